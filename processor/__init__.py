@@ -1,0 +1,1 @@
+"""Pays the refunds a dropshipping fulfiller's policy promises, from Kafka events."""
