@@ -1,0 +1,103 @@
+"""The `refund-processor` console script."""
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from processor.config import PolicyConfigError, load_policy
+from processor.events import to_millis
+from processor.outputs import output_to_dict
+from processor.replay import replay
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback, exit code 2."""
+
+
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"time needs a zone, e.g. {text}Z: {text!r}")
+    return moment
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refund-processor",
+        description="Pays the refunds a dropshipping fulfiller's policy promises.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    replay_cmd = commands.add_parser(
+        "replay", help="decide a JSONL history offline; outputs as JSON lines on stdout"
+    )
+    replay_cmd.add_argument("events", type=Path, help="JSON events, one per line")
+    replay_cmd.add_argument(
+        "--now", type=_moment, help="after the last event, move the clock to this time"
+    )
+    replay_cmd.add_argument("--policy", type=Path, help="policy YAML (default config/policy.yaml)")
+
+    generate_cmd = commands.add_parser("generate", help="write a realistic JSONL history")
+    generate_cmd.add_argument("--orders", type=int, required=True)
+    generate_cmd.add_argument("--seed", type=int, default=1)
+    generate_cmd.add_argument("--out", type=Path, help="file to write (default stdout)")
+    return parser
+
+
+def _replay(args: argparse.Namespace, out: TextIO) -> None:
+    config = load_policy(args.policy)
+    now = to_millis(args.now) if args.now is not None else None
+    try:
+        source = args.events.open(encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot read {args.events}: {exc.strerror}") from exc
+    with source:
+        try:
+            batch: list[str] = []
+            for output in replay(source, str(args.events), config, now=now):
+                batch.append(json.dumps(output_to_dict(output), separators=(",", ":")))
+                if len(batch) >= 4096:
+                    out.write("\n".join(batch) + "\n")
+                    batch.clear()
+            if batch:
+                out.write("\n".join(batch) + "\n")
+        except UnicodeDecodeError as exc:
+            raise CliError(f"{args.events} is not UTF-8 text: {exc}") from exc
+
+
+def _generate(args: argparse.Namespace, out: TextIO) -> None:
+    from processor.generate import write_history
+
+    if args.orders < 1:
+        raise CliError("--orders must be at least 1")
+    if args.out is None:
+        write_history(out, orders=args.orders, seed=args.seed)
+        return
+    with args.out.open("w", encoding="utf-8") as target:
+        write_history(target, orders=args.orders, seed=args.seed)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "replay":
+            _replay(args, sys.stdout)
+        elif args.command == "generate":
+            _generate(args, sys.stdout)
+    except (CliError, PolicyConfigError) as exc:
+        print(f"refund-processor: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""Policy parameters: the knobs of the refund rules, loaded from `config/policy.yaml`."""
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_POLICY_FILE = Path(__file__).resolve().parent.parent / "config" / "policy.yaml"
+
+MS_PER_DAY = 86_400_000
+
+
+class PolicyConfigError(ValueError):
+    """A policy file that cannot be used; the message names the file and the key."""
+
+
+class PolicyConfig(BaseModel):
+    """Frozen so that one decision run can never see the policy change under it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    policy_version: str = Field(min_length=1, max_length=64)
+    lost_after_days: int = Field(default=20, ge=1, le=365)
+    allowed_lateness: timedelta = timedelta(hours=1)
+    orphan_ttl: timedelta = timedelta(days=7)
+    default_partial_resolution: Literal["refund", "reship"] = "refund"
+
+    @property
+    def lost_after_ms(self) -> int:
+        return self.lost_after_days * MS_PER_DAY
+
+    @property
+    def allowed_lateness_ms(self) -> int:
+        return int(self.allowed_lateness.total_seconds() * 1000)
+
+    @property
+    def orphan_ttl_ms(self) -> int:
+        return int(self.orphan_ttl.total_seconds() * 1000)
+
+
+def load_policy(path: Path | None = None) -> PolicyConfig:
+    """Reads a policy YAML file; errors name the file and the offending key."""
+    path = path or DEFAULT_POLICY_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PolicyConfigError(f"cannot read policy file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise PolicyConfigError(f"policy file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise PolicyConfigError(f"policy file {path} must hold a mapping of keys to values")
+    try:
+        return PolicyConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise PolicyConfigError(f"policy file {path}: {problems}") from exc

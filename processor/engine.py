@@ -1,0 +1,121 @@
+"""Routes events to their order's state in a store, keeps the event-time clock, fires timers.
+
+The engine is the same for the offline replay (in-memory store, one clock for the whole
+file) and the live processor (Redis store, one clock per task). It owns routing and
+time; every decision is the policy core's.
+"""
+
+from processor.config import PolicyConfig
+from processor.events import Event, TrackingUpdate, event_to_json, parse_event_json
+from processor.outputs import Output
+from processor.policy import Result, apply_event, expire_orphans, fire_timer, timers
+from processor.state import Held, OrderState, OrphanBucket
+from processor.store import StateStore, Timer, order_owner, tracking_owner
+
+EXPIRE_ORPHANS_TIMER = "expire-orphans"
+
+
+class Engine:
+    def __init__(self, store: StateStore, config: PolicyConfig) -> None:
+        self.store = store
+        self.config = config
+        self._lateness_ms = config.allowed_lateness_ms
+        self._orphan_ttl_ms = config.orphan_ttl_ms
+
+    def process(self, event: Event, origin: str) -> list[Output]:
+        """Applies one event, then fires the timers its advance of the clock made due."""
+        outputs: list[Output] = []
+        order_id = event.order_id
+        if order_id is None:
+            assert isinstance(event, TrackingUpdate)
+            order_id = self.store.order_for_tracking(event.tracking_number)
+        if order_id is None:
+            assert isinstance(event, TrackingUpdate)
+            self._hold_orphan(event, origin)
+        else:
+            self._apply(order_id, event, origin, outputs)
+        self.advance_clock(event.at - self._lateness_ms, outputs)
+        return outputs
+
+    def advance_clock(self, clock: int, outputs: list[Output]) -> None:
+        """Moves the clock forward (never back) and fires due timers, oldest deadline first."""
+        current = self.store.get_clock()
+        if current is not None and clock <= current:
+            return
+        self.store.set_clock(clock)
+        while (timer := self.store.pop_due_timer(clock)) is not None:
+            self._fire(timer, outputs)
+
+    def _apply(self, order_id: str, event: Event, origin: str, outputs: list[Output]) -> None:
+        state = self.store.load_order(order_id)
+        result = apply_event(state, order_id, event, origin, self.config)
+        self._commit(state, result, outputs)
+        for tracking_number in result.linked_tracking_numbers:
+            self.store.link_tracking(tracking_number, order_id)
+            self._adopt_orphans(tracking_number, order_id, outputs)
+
+    def _commit(self, before: OrderState | None, result: Result, outputs: list[Output]) -> None:
+        """Saves the new state and brings its timers in line with what it now needs."""
+        state = result.state
+        owner = order_owner(state.order_id)
+        old = timers(before, self.config) if before is not None else {}
+        new = timers(state, self.config)
+        for name, deadline in old.items():
+            if new.get(name) != deadline:
+                self.store.cancel_timer(Timer(deadline, owner, name))
+        for name, deadline in new.items():
+            if old.get(name) != deadline:
+                self.store.set_timer(Timer(deadline, owner, name))
+        self.store.save_order(state)
+        outputs.extend(result.outputs)
+
+    def _fire(self, timer: Timer, outputs: list[Output]) -> None:
+        kind, _, key = timer.owner.partition(":")
+        if kind == "order":
+            state = self.store.load_order(key)
+            if state is not None:
+                self._commit(
+                    state, fire_timer(state, timer.name, timer.deadline, self.config), outputs
+                )
+            return
+        bucket = self.store.load_orphans(key)
+        if bucket is None:
+            return
+        bucket.held, dead = expire_orphans(bucket.held, timer.deadline, self.config)
+        outputs.extend(dead)
+        if bucket.held:
+            self.store.save_orphans(bucket)
+            self.store.set_timer(self._orphan_timer(bucket))
+        else:
+            self.store.delete_orphans(key)
+
+    def _hold_orphan(self, event: TrackingUpdate, origin: str) -> None:
+        """A tracking update nobody has claimed yet waits in its tracking number's bucket."""
+        tracking_number = event.tracking_number
+        bucket = self.store.load_orphans(tracking_number) or OrphanBucket(tracking_number)
+        if event.event_id in bucket.seen:
+            return
+        if bucket.held:
+            self.store.cancel_timer(self._orphan_timer(bucket))
+        bucket.seen.add(event.event_id)
+        bucket.held.append(
+            Held(event_to_json(event), origin, event.at, f"tracking:{tracking_number}")
+        )
+        self.store.save_orphans(bucket)
+        self.store.set_timer(self._orphan_timer(bucket))
+
+    def _orphan_timer(self, bucket: OrphanBucket) -> Timer:
+        """Derived from the bucket: it expires when its oldest update reaches orphan_ttl."""
+        deadline = min(h.at for h in bucket.held) + self._orphan_ttl_ms
+        return Timer(deadline, tracking_owner(bucket.tracking_number), EXPIRE_ORPHANS_TIMER)
+
+    def _adopt_orphans(self, tracking_number: str, order_id: str, outputs: list[Output]) -> None:
+        """A package just claimed this tracking number: its waiting updates go to the order."""
+        bucket = self.store.load_orphans(tracking_number)
+        if bucket is None:
+            return
+        self.store.delete_orphans(tracking_number)
+        if bucket.held:
+            self.store.cancel_timer(self._orphan_timer(bucket))
+        for held in bucket.held:
+            self._apply(order_id, parse_event_json(held.event_json), held.origin, outputs)

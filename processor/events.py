@@ -1,0 +1,281 @@
+"""Input events (SPEC section 3) as validated, immutable models.
+
+Every way an event can be wrong maps to one stable reason code (`InvalidEventError.reason`),
+because a dead letter is only useful if an operator can count and fix it by reason.
+"""
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Final, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
+
+MAX_AMOUNT_MINOR: Final = 10**12
+MAX_QUANTITY: Final = 1_000_000
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS: Final = timedelta(milliseconds=1)
+
+
+def to_millis(moment: datetime) -> int:
+    """Exact integer milliseconds since the epoch (no float rounding)."""
+    return (moment - _EPOCH) // _ONE_MS
+
+
+def from_millis(millis: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=millis)
+
+
+def _quantity(value: int) -> int:
+    if not 1 <= value <= MAX_QUANTITY:
+        raise PydanticCustomError(
+            "invalid_quantity",
+            "quantity must be between 1 and {maximum}, got {value}",
+            {"maximum": MAX_QUANTITY, "value": value},
+        )
+    return value
+
+
+def _amount(value: int) -> int:
+    if not 0 <= value <= MAX_AMOUNT_MINOR:
+        raise PydanticCustomError(
+            "invalid_amount",
+            "amount must be between 0 and {maximum} minor units, got {value}",
+            {"maximum": MAX_AMOUNT_MINOR, "value": value},
+        )
+    return value
+
+
+def _currency(value: str) -> str:
+    if len(value) != 3 or not value.isascii() or not value.isalpha() or not value.isupper():
+        raise PydanticCustomError(
+            "invalid_currency",
+            "currency must be three capital letters (ISO 4217), got '{value}'",
+            {"value": value},
+        )
+    return value
+
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Quantity = Annotated[int, AfterValidator(_quantity)]
+AmountMinor = Annotated[int, AfterValidator(_amount)]
+Currency = Annotated[str, AfterValidator(_currency)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+
+class OrderLine(_Model):
+    sku: Id
+    quantity: Quantity
+    unit_price_minor: AmountMinor
+
+
+class ItemLine(_Model):
+    """Units of one SKU in a package or a claim (no price: the order holds it)."""
+
+    sku: Id
+    quantity: Quantity
+
+
+_L = TypeVar("_L", OrderLine, ItemLine)
+
+
+def _unique_skus(lines: list[_L]) -> list[_L]:
+    seen: set[str] = set()
+    for line in lines:
+        if line.sku in seen:
+            raise PydanticCustomError(
+                "duplicate_sku", "SKU '{sku}' appears twice in one event", {"sku": line.sku}
+            )
+        seen.add(line.sku)
+    return lines
+
+
+class _Event(_Model):
+    event_id: Id
+    occurred_at: AwareDatetime
+
+    @property
+    def at(self) -> int:
+        """Event time in epoch milliseconds, the unit the policy core computes in."""
+        return to_millis(self.occurred_at)
+
+
+class OrderPlaced(_Event):
+    type: Literal["order_placed"]
+    order_id: Id
+    merchant_id: Id
+    currency: Currency
+    lines: Annotated[list[OrderLine], Field(min_length=1), AfterValidator(_unique_skus)]
+    shipping_fee_minor: AmountMinor
+
+
+class PackageShipped(_Event):
+    type: Literal["package_shipped"]
+    order_id: Id
+    package_id: Id
+    tracking_number: Id
+    carrier: Id
+    lines: Annotated[list[ItemLine], Field(min_length=1), AfterValidator(_unique_skus)]
+
+
+class CancellationRequested(_Event):
+    type: Literal["cancellation_requested"]
+    order_id: Id
+    request_id: Id
+
+
+class OrderCancelled(_Event):
+    type: Literal["order_cancelled"]
+    order_id: Id
+    request_id: Id | None = None
+
+
+ClaimType = Literal[
+    "not_received", "damaged", "defective", "wrong_item", "wrong_quantity", "missing_item"
+]
+
+
+def _null_as_empty(value: object) -> object:
+    return [] if value is None else value
+
+
+class ClaimFiled(_Event):
+    type: Literal["claim_filed"]
+    order_id: Id
+    claim_id: Id
+    claim_type: ClaimType
+    package_id: Id | None = None
+    lines: Annotated[
+        list[ItemLine], BeforeValidator(_null_as_empty), AfterValidator(_unique_skus)
+    ] = Field(default_factory=list)
+
+
+class ClaimReviewed(_Event):
+    type: Literal["claim_reviewed"]
+    order_id: Id
+    claim_id: Id
+    proof_accepted: bool
+    resolution: Literal["refund", "reship"] | None = None
+
+
+class ReturnReceived(_Event):
+    type: Literal["return_received"]
+    order_id: Id
+    package_id: Id
+    condition: Literal["intact", "opened", "relabeled"]
+
+
+TrackingStatus = Literal[
+    "info_received",
+    "picked_up",
+    "in_transit",
+    "out_for_delivery",
+    "attempt_failed",
+    "available_for_pickup",
+    "delivered",
+    "exception",
+    "lost",
+    "rto_initiated",
+    "rto_in_transit",
+    "rto_delivered",
+]
+
+
+class TrackingUpdate(_Event):
+    type: Literal["tracking_update"]
+    tracking_number: Id
+    carrier: Id
+    order_id: Id | None = None
+    status: TrackingStatus
+    carrier_status: str = Field(max_length=256)
+    location: str | None = Field(default=None, max_length=256)
+
+
+OrderEvent = (
+    OrderPlaced
+    | PackageShipped
+    | CancellationRequested
+    | OrderCancelled
+    | ClaimFiled
+    | ClaimReviewed
+    | ReturnReceived
+)
+Event = OrderEvent | TrackingUpdate
+
+_EVENT_ADAPTER: Final[TypeAdapter[Event]] = TypeAdapter(
+    Annotated[Event, Field(discriminator="type")]
+)
+
+
+class InvalidEventError(ValueError):
+    """An input that can never become a valid event; `reason` is the dead-letter code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+_REASON_BY_ERROR_TYPE: Final = {
+    "json_invalid": "invalid_json",
+    "json_type": "invalid_json",
+    "dict_type": "not_an_object",
+    "union_tag_invalid": "unknown_type",
+    "union_tag_not_found": "missing_field",
+    "missing": "missing_field",
+    "string_too_long": "id_too_long",
+    "timezone_aware": "invalid_timestamp",
+    "datetime_type": "invalid_timestamp",
+    "datetime_parsing": "invalid_timestamp",
+    "datetime_from_date_parsing": "invalid_timestamp",
+    "invalid_quantity": "invalid_quantity",
+    "invalid_amount": "invalid_amount",
+    "invalid_currency": "invalid_currency",
+    "duplicate_sku": "duplicate_sku",
+}
+
+
+def _invalid(exc: ValidationError) -> InvalidEventError:
+    first = exc.errors(include_url=False)[0]
+    reason = _REASON_BY_ERROR_TYPE.get(first["type"], "invalid_field")
+    if first["type"] == "string_too_long" and first["loc"][-1] in ("carrier_status", "location"):
+        reason = "invalid_field"
+    if first["type"] == "union_tag_not_found":
+        return InvalidEventError(reason, "type: Field required")
+    # loc[0] is the discriminator value; the field path starts after it.
+    where = ".".join(str(part) for part in first["loc"][1:]) or "event"
+    extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    return InvalidEventError(reason, f"{where}: {first['msg']}{extra}")
+
+
+def parse_event_json(text: str | bytes) -> Event:
+    """Parses one JSON event (a replay line); raises InvalidEventError with a specific reason."""
+    try:
+        return _EVENT_ADAPTER.validate_json(text)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def parse_event(value: Mapping[str, Any]) -> Event:
+    """Validates an already-decoded event (from Avro: timestamps are datetimes)."""
+    try:
+        return _EVENT_ADAPTER.validate_python(value)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def event_to_json(event: Event) -> str:
+    return event.model_dump_json()

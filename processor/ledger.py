@@ -1,0 +1,64 @@
+"""Refund arithmetic: how many units of each SKU a refund may still cover, and for how much.
+
+This is the one place that enforces the money invariants: a unit is refunded at most
+once, never more units than were ordered, and the shipping fee is added exactly once,
+by the refund that leaves every ordered unit refunded. So an order's refunds never add
+up to more than its total.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from processor.outputs import RefundLine
+from processor.state import Ledger, Order
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """One refund's lines and amount, and the ledger as it stands after it."""
+
+    lines: tuple[RefundLine, ...]
+    shipping_fee_minor: int
+    amount_minor: int
+    ledger: Ledger
+
+    def describe(self) -> str:
+        parts = [f"{line.quantity} x {line.sku} ({line.amount_minor})" for line in self.lines]
+        if self.shipping_fee_minor:
+            parts.append(f"shipping fee ({self.shipping_fee_minor})")
+        return " + ".join(parts) + f" = {self.amount_minor}"
+
+
+def settle_refund(order: Order, ledger: Ledger, units: Mapping[str, int]) -> Settlement | None:
+    """Refunds what is left of `units`; None when nothing is (the caller denies it)."""
+    refunded = dict(ledger.refunded)
+    lines: list[RefundLine] = []
+    for sku in sorted(units):
+        priced = order.lines.get(sku)
+        if priced is None:
+            continue
+        already = refunded.get(sku, 0)
+        quantity = min(units[sku], priced.quantity - already)
+        if quantity <= 0:
+            continue
+        refunded[sku] = already + quantity
+        lines.append(RefundLine(sku, quantity, quantity * priced.unit_price_minor))
+    if not lines:
+        return None
+    everything_refunded = all(
+        refunded.get(sku, 0) >= priced.quantity for sku, priced in order.lines.items()
+    )
+    fee = (
+        order.shipping_fee_minor if everything_refunded and not ledger.shipping_fee_refunded else 0
+    )
+    amount = sum(line.amount_minor for line in lines) + fee
+    return Settlement(
+        lines=tuple(lines),
+        shipping_fee_minor=fee,
+        amount_minor=amount,
+        ledger=Ledger(
+            refunded=refunded,
+            shipping_fee_refunded=ledger.shipping_fee_refunded or fee > 0 or everything_refunded,
+            refunded_minor=ledger.refunded_minor + amount,
+        ),
+    )

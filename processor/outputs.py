@@ -1,0 +1,139 @@
+"""What the policy core emits (SPEC section 5), and their deterministic ids.
+
+Ids are UUIDv5 of what a command settles, never of timing or reason, so that replaying
+the same history yields the same ids and a wallet can deduplicate by them.
+"""
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from processor.events import from_millis
+
+# Fixed namespace: changing it would change every id ever issued.
+ID_NAMESPACE: Final = uuid.UUID("6f1c7a52-3d0e-4b8e-9a51-2f7c0d4e8b19")
+
+Outcome = Literal["refunded", "reshipped", "denied", "pending", "anomaly"]
+
+
+def refund_command_id(order_id: str, subject: str) -> str:
+    """`subject` is "package:<id>", "claim:<id>" or "cancellation"."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"refund|{order_id}|{subject}"))
+
+
+def reship_command_id(order_id: str, claim_id: str) -> str:
+    return str(uuid.uuid5(ID_NAMESPACE, f"reship|{order_id}|claim:{claim_id}"))
+
+
+def decision_id(order_id: str, trigger: str, subject: str, code: str) -> str:
+    return str(uuid.uuid5(ID_NAMESPACE, f"decision|{order_id}|{trigger}|{subject}|{code}"))
+
+
+def iso_millis(millis: int) -> str:
+    return from_millis(millis).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class RefundLine:
+    sku: str
+    quantity: int
+    amount_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class RefundCommand:
+    command_id: str
+    merchant_id: str
+    order_id: str
+    package_id: str | None
+    claim_id: str | None
+    reason: str
+    amount_minor: int
+    shipping_fee_minor: int
+    currency: str
+    lines: tuple[RefundLine, ...]
+    evidence_event_ids: tuple[str, ...]
+    decided_at: int
+    policy_version: str
+
+    type: Literal["refund_command"] = "refund_command"
+
+
+@dataclass(frozen=True, slots=True)
+class ReshipLine:
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReshipCommand:
+    command_id: str
+    merchant_id: str
+    order_id: str
+    claim_id: str
+    lines: tuple[ReshipLine, ...]
+    evidence_event_ids: tuple[str, ...]
+    decided_at: int
+    policy_version: str
+
+    type: Literal["reship_command"] = "reship_command"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    decision_id: str
+    order_id: str
+    outcome: Outcome
+    code: str
+    rule: str | None
+    detail: str
+    decided_at: int
+    evidence_event_ids: tuple[str, ...]
+    package_id: str | None
+    claim_id: str | None
+    command_id: str | None
+    amount_minor: int | None
+    currency: str | None
+    policy_version: str
+
+    type: Literal["decision"] = "decision"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An input that will never be decided; `origin` says where its bytes came from."""
+
+    origin: str
+    reason: str
+    message: str
+    payload: str
+    key: str | None = None
+
+    type: Literal["dead_letter"] = "dead_letter"
+
+
+Output = RefundCommand | ReshipCommand | Decision | DeadLetter
+
+
+def output_to_dict(output: Output) -> dict[str, Any]:
+    """The JSON form of an output (replay's stdout), with ISO timestamps."""
+    if isinstance(output, DeadLetter):
+        return {
+            "type": output.type,
+            "origin": output.origin,
+            "reason": output.reason,
+            "message": output.message,
+            "key": output.key,
+            "payload": output.payload,
+        }
+    record: dict[str, Any] = {"type": output.type}
+    for name in output.__slots__:
+        value = getattr(output, name)
+        if name == "decided_at":
+            value = iso_millis(value)
+        elif name == "lines":
+            value = [{slot: getattr(line, slot) for slot in line.__slots__} for line in value]
+        elif name == "evidence_event_ids":
+            value = list(value)
+        record[name] = value
+    return record

@@ -1,0 +1,857 @@
+"""The refund policy as a pure function: (order state, event or timer, policy) -> (state, outputs).
+
+Rules R1-R12 of SPEC section 4 live here and nowhere else; docs/policy.md explains them.
+Nothing in this module does I/O: the replay, the test driver and the live processor all
+call `apply_event` and `fire_timer` and differ only in where state and outputs go.
+"""
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from processor.config import PolicyConfig
+from processor.events import (
+    CancellationRequested,
+    ClaimFiled,
+    ClaimReviewed,
+    Event,
+    ItemLine,
+    OrderCancelled,
+    OrderEvent,
+    OrderPlaced,
+    PackageShipped,
+    ReturnReceived,
+    TrackingUpdate,
+    event_to_json,
+    parse_event_json,
+)
+from processor.ledger import settle_refund
+from processor.outputs import (
+    DeadLetter,
+    Decision,
+    Outcome,
+    Output,
+    RefundCommand,
+    ReshipCommand,
+    ReshipLine,
+    decision_id,
+    refund_command_id,
+    reship_command_id,
+)
+from processor.state import (
+    Cancellation,
+    Claim,
+    Held,
+    Order,
+    OrderState,
+    Package,
+    Priced,
+    Review,
+)
+
+# Scans that prove the courier has the package (R4: cancellation too late).
+_IN_COURIER_HANDS: Final = frozenset(
+    {
+        "picked_up",
+        "in_transit",
+        "out_for_delivery",
+        "attempt_failed",
+        "available_for_pickup",
+        "delivered",
+        "exception",
+        "lost",
+        "rto_initiated",
+        "rto_in_transit",
+        "rto_delivered",
+    }
+)
+_FULL_REFUND_CLAIMS: Final = frozenset({"damaged", "defective", "wrong_item"})
+_PARTIAL_CLAIMS: Final = frozenset({"wrong_quantity", "missing_item"})
+DEADLINE_TIMER_PREFIX: Final = "deadline:"
+EXPIRE_HELD_TIMER: Final = "expire-held"
+_DEAD_LETTER_REASON: Final = {
+    "order": "unknown_order",
+    "package": "unknown_package",
+    "claim": "unknown_claim",
+    "tracking": "unknown_tracking_number",
+}
+
+
+@dataclass(slots=True)
+class Result:
+    """A step's new state, its outputs, and tracking numbers it linked to the order."""
+
+    state: OrderState
+    outputs: list[Output] = field(default_factory=list)
+    linked_tracking_numbers: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Step:
+    """One decision step: what triggered it, and where its outputs go."""
+
+    state: OrderState
+    config: PolicyConfig
+    trigger: str
+    at: int
+    result: Result
+
+    def emit(self, output: Output) -> None:
+        self.result.outputs.append(output)
+
+    def decide(
+        self,
+        outcome: Outcome,
+        code: str,
+        rule: str | None,
+        detail: str,
+        evidence: tuple[str, ...],
+        *,
+        subject: str,
+        package_id: str | None = None,
+        claim_id: str | None = None,
+        command_id: str | None = None,
+        amount_minor: int | None = None,
+    ) -> None:
+        order = self.state.order
+        self.emit(
+            Decision(
+                decision_id=decision_id(self.state.order_id, self.trigger, subject, code),
+                order_id=self.state.order_id,
+                outcome=outcome,
+                code=code,
+                rule=rule,
+                detail=detail,
+                decided_at=self.at,
+                evidence_event_ids=evidence,
+                package_id=package_id,
+                claim_id=claim_id,
+                command_id=command_id,
+                amount_minor=amount_minor,
+                currency=order.currency if order and amount_minor is not None else None,
+                policy_version=self.config.policy_version,
+            )
+        )
+
+    def refund(
+        self,
+        units: Mapping[str, int],
+        *,
+        reason: str,
+        rule: str,
+        subject: str,
+        evidence: tuple[str, ...],
+        package_id: str | None = None,
+        claim_id: str | None = None,
+        what: str,
+    ) -> bool:
+        """Refunds what is left of `units`; logs `already_refunded` when nothing is."""
+        order = self.state.order
+        assert order is not None, "refund rules run only once order_placed is known"
+        settled = settle_refund(order, self.state.ledger, units)
+        if settled is None:
+            self.decide(
+                "denied",
+                "already_refunded",
+                rule,
+                f"{what}: every unit was already refunded",
+                evidence,
+                subject=subject,
+                package_id=package_id,
+                claim_id=claim_id,
+            )
+            return False
+        self.state.ledger = settled.ledger
+        command_id = refund_command_id(self.state.order_id, subject)
+        self.emit(
+            RefundCommand(
+                command_id=command_id,
+                merchant_id=order.merchant_id,
+                order_id=self.state.order_id,
+                package_id=package_id,
+                claim_id=claim_id,
+                reason=reason,
+                amount_minor=settled.amount_minor,
+                shipping_fee_minor=settled.shipping_fee_minor,
+                currency=order.currency,
+                lines=settled.lines,
+                evidence_event_ids=evidence,
+                decided_at=self.at,
+                policy_version=self.config.policy_version,
+            )
+        )
+        self.decide(
+            "refunded",
+            reason,
+            rule,
+            f"{what}: refunded {settled.describe()}",
+            evidence,
+            subject=subject,
+            package_id=package_id,
+            claim_id=claim_id,
+            command_id=command_id,
+            amount_minor=settled.amount_minor,
+        )
+        return True
+
+
+def apply_event(
+    state: OrderState | None,
+    order_id: str,
+    event: OrderEvent | TrackingUpdate,
+    origin: str,
+    config: PolicyConfig,
+) -> Result:
+    """Applies one event to its order; `origin` says where it came from, for dead letters.
+
+    An event id seen before is a no-op. An event whose order, package, claim or tracking
+    number is not known yet is held and applied when the missing piece arrives.
+    """
+    new_state = state.clone() if state is not None else OrderState(order_id=order_id)
+    result = Result(new_state)
+    if event.event_id in new_state.seen:
+        return result
+    step = _Step(new_state, config, event.event_id, event.at, result)
+    _apply(step, event, origin)
+    _revisit_pending_claims(step)
+    return result
+
+
+def fire_timer(state: OrderState, name: str, deadline: int, config: PolicyConfig) -> Result:
+    """Fires a timer that `timers()` derived from this state, now that the clock reached it."""
+    new_state = state.clone()
+    result = Result(new_state)
+    step = _Step(new_state, config, f"timer:{name}", deadline, result)
+    if name == EXPIRE_HELD_TIMER:
+        _expire_held(step, deadline)
+    elif name.startswith(DEADLINE_TIMER_PREFIX):
+        package = new_state.packages.get(name.removeprefix(DEADLINE_TIMER_PREFIX))
+        if package is not None:
+            _lost_deadline(step, package)
+    _revisit_pending_claims(step)
+    return result
+
+
+def timers(state: OrderState, config: PolicyConfig) -> dict[str, int]:
+    """The timers this state needs, by name: derived, so they never drift from the state."""
+    due: dict[str, int] = {}
+    for package in state.packages.values():
+        if _awaits_deadline(package):
+            due[DEADLINE_TIMER_PREFIX + package.package_id] = package.deadline
+    if state.held:
+        due[EXPIRE_HELD_TIMER] = min(h.at for h in state.held) + config.orphan_ttl_ms
+    return due
+
+
+def _awaits_deadline(package: Package) -> bool:
+    return not (
+        package.deadline_passed
+        or package.settled_by is not None
+        or package.back_event_id is not None
+        or (package.delivered_at is not None and package.delivered_at <= package.deadline)
+    )
+
+
+def expire_orphans(
+    held: list[Held], now: int, config: PolicyConfig
+) -> tuple[list[Held], list[Output]]:
+    """Splits held events into those still waiting and dead letters for those past orphan_ttl."""
+    keep: list[Held] = []
+    dead: list[Output] = []
+    for item in held:
+        if item.at + config.orphan_ttl_ms <= now:
+            dead.append(_dead_letter(item))
+        else:
+            keep.append(item)
+    return keep, dead
+
+
+def _dead_letter(item: Held) -> DeadLetter:
+    kind, _, missing = item.waits_for.partition(":")
+    reason = _DEAD_LETTER_REASON[kind]
+    what = f"{kind} {missing!r}" if missing else kind
+    return DeadLetter(
+        origin=item.origin,
+        reason=reason,
+        message=f"no {what} arrived within orphan_ttl of this event",
+        payload=item.event_json,
+    )
+
+
+def _expire_held(step: _Step, now: int) -> None:
+    step.state.held, dead = expire_orphans(step.state.held, now, step.config)
+    step.result.outputs.extend(dead)
+
+
+def _hold(step: _Step, event: Event, origin: str, waits_for: str) -> None:
+    step.state.held.append(Held(event_to_json(event), origin, event.at, waits_for))
+
+
+def _reject(step: _Step, event: Event, origin: str, reason: str, message: str) -> None:
+    step.emit(
+        DeadLetter(origin=origin, reason=reason, message=message, payload=event_to_json(event))
+    )
+
+
+def _apply(step: _Step, event: Event, origin: str) -> None:
+    state = step.state
+    if state.order is None and not isinstance(event, OrderPlaced):
+        _hold(step, event, origin, "order")
+        state.seen.add(event.event_id)
+        return
+    match event:
+        case OrderPlaced():
+            _order_placed(step, event, origin)
+        case PackageShipped():
+            _package_shipped(step, event, origin)
+        case TrackingUpdate():
+            _tracking_update(step, event, origin)
+        case CancellationRequested():
+            _cancellation_requested(step, event)
+        case OrderCancelled():
+            _order_cancelled(step, event)
+        case ClaimFiled():
+            _claim_filed(step, event, origin)
+        case ClaimReviewed():
+            _claim_reviewed(step, event, origin)
+        case ReturnReceived():
+            _return_received(step, event, origin)
+
+
+def _release_held(step: _Step, waits_for: str) -> None:
+    """Applies, in arrival order, the held events whose missing piece just arrived."""
+    ready = [h for h in step.state.held if h.waits_for == waits_for]
+    if not ready:
+        return
+    step.state.held = [h for h in step.state.held if h.waits_for != waits_for]
+    for item in ready:
+        event = parse_event_json(item.event_json)
+        inner = _Step(step.state, step.config, event.event_id, event.at, step.result)
+        _apply(inner, event, item.origin)
+
+
+def _order_placed(step: _Step, event: OrderPlaced, origin: str) -> None:
+    state = step.state
+    if state.order is not None:
+        _reject(
+            step, event, origin, "duplicate_order", f"order {event.order_id!r} was already placed"
+        )
+        return
+    state.seen.add(event.event_id)
+    state.order = Order(
+        merchant_id=event.merchant_id,
+        currency=event.currency,
+        lines={line.sku: Priced(line.quantity, line.unit_price_minor) for line in event.lines},
+        shipping_fee_minor=event.shipping_fee_minor,
+        placed_event_id=event.event_id,
+        placed_at=event.at,
+    )
+    _release_held(step, "order")
+
+
+def _unknown_skus(order: Order, lines: list[ItemLine]) -> list[str]:
+    return [line.sku for line in lines if line.sku not in order.lines]
+
+
+def _package_shipped(step: _Step, event: PackageShipped, origin: str) -> None:
+    state = step.state
+    assert state.order is not None
+    unknown = _unknown_skus(state.order, event.lines)
+    if unknown:
+        _reject(
+            step, event, origin, "unknown_sku", f"order {state.order_id!r} has no SKU {unknown}"
+        )
+        return
+    if event.package_id in state.packages:
+        _reject(
+            step,
+            event,
+            origin,
+            "duplicate_package",
+            f"package {event.package_id!r} already shipped",
+        )
+        return
+    state.seen.add(event.event_id)
+    package = Package(
+        package_id=event.package_id,
+        tracking_number=event.tracking_number,
+        lines={line.sku: line.quantity for line in event.lines},
+        shipped_at=event.at,
+        shipped_event_id=event.event_id,
+        deadline=event.at + step.config.lost_after_ms,
+    )
+    state.packages[package.package_id] = package
+    step.result.linked_tracking_numbers.append(event.tracking_number)
+    if state.cancelled is not None:
+        step.decide(
+            "anomaly",
+            "shipped_after_cancellation",
+            "R12",
+            f"package {package.package_id} shipped after the order was cancelled",
+            (state.cancelled.event_id, event.event_id),
+            subject=f"package:{package.package_id}",
+            package_id=package.package_id,
+        )
+    elif state.cancel_request is not None:
+        _deny_cancellation(step, state.cancel_request, event.event_id, package.package_id)
+    _release_held(step, f"package:{package.package_id}")
+    _release_held(step, f"tracking:{event.tracking_number}")
+
+
+def _deny_cancellation(
+    step: _Step, request: Cancellation, shipped_evidence: str, package_id: str
+) -> None:
+    step.state.cancel_request = None
+    step.decide(
+        "denied",
+        "cancellation_too_late",
+        "R4",
+        f"package {package_id} had left the warehouse when cancellation was requested",
+        (request.event_id, shipped_evidence),
+        subject=f"cancellation-request:{request.request_id}",
+    )
+
+
+def _tracking_update(step: _Step, event: TrackingUpdate, origin: str) -> None:
+    state = step.state
+    package = state.package_for_tracking(event.tracking_number)
+    if package is None:
+        _hold(step, event, origin, f"tracking:{event.tracking_number}")
+        state.seen.add(event.event_id)
+        return
+    state.seen.add(event.event_id)
+    if event.status in _IN_COURIER_HANDS and (
+        package.picked_up_at is None or event.at < package.picked_up_at
+    ):
+        package.picked_up_at = event.at
+    evidence = (package.shipped_event_id, event.event_id)
+    match event.status:
+        case "delivered":
+            _delivered(step, package, event)
+        case "lost":
+            _refund_package(
+                step, package, "lost", "R3b", evidence=evidence, why="courier declared it lost"
+            )
+        case "rto_delivered":
+            if package.back_event_id is None:
+                package.back_event_id = event.event_id
+            _refund_package(
+                step, package, "rto_delivered", "R1", evidence=evidence, why="returned to origin"
+            )
+        case _:
+            pass
+
+
+def _delivered(step: _Step, package: Package, event: TrackingUpdate) -> None:
+    if package.delivered_at is None or event.at < package.delivered_at:
+        package.delivered_at = event.at
+        package.delivered_event_id = event.event_id
+    refunded_as_lost = package.settled_by in ("lost", "late_delivery")
+    if refunded_as_lost and event.at <= package.deadline and not package.anomaly_reported:
+        package.anomaly_reported = True
+        step.decide(
+            "anomaly",
+            "delivered_after_refund",
+            "R11",
+            f"package {package.package_id} delivered on time after it was refunded as "
+            f"{package.settled_by}; no automatic action",
+            (package.shipped_event_id, event.event_id),
+            subject=f"package:{package.package_id}",
+            package_id=package.package_id,
+        )
+
+
+def _refund_package(
+    step: _Step, package: Package, reason: str, rule: str, *, evidence: tuple[str, ...], why: str
+) -> None:
+    """R1, R2, R3, R3b: a package-level refund happens at most once per package."""
+    subject = f"package:{package.package_id}"
+    if package.settled_by is not None:
+        step.decide(
+            "denied",
+            "already_refunded",
+            rule,
+            f"package {package.package_id} {why}, but it was already refunded "
+            f"as {package.settled_by}",
+            evidence,
+            subject=subject,
+            package_id=package.package_id,
+        )
+        return
+    package.settled_by = reason
+    step.refund(
+        package.lines,
+        reason=reason,
+        rule=rule,
+        subject=subject,
+        evidence=evidence,
+        package_id=package.package_id,
+        what=f"package {package.package_id} {why}",
+    )
+
+
+def _lost_deadline(step: _Step, package: Package) -> None:
+    """R3: the lost/late deadline of a package has passed on the event-time clock."""
+    if not _awaits_deadline(package):
+        return
+    package.deadline_passed = True
+    days = step.config.lost_after_days
+    if package.delivered_at is not None:
+        evidence = (package.shipped_event_id, package.delivered_event_id or "")
+        _refund_package(
+            step,
+            package,
+            "late_delivery",
+            "R3",
+            evidence=evidence,
+            why=f"delivered more than {days} days after shipping",
+        )
+    else:
+        _refund_package(
+            step,
+            package,
+            "lost",
+            "R3",
+            evidence=(package.shipped_event_id,),
+            why=f"not delivered within {days} days of shipping",
+        )
+
+
+def _cancellation_requested(step: _Step, event: CancellationRequested) -> None:
+    state = step.state
+    state.seen.add(event.event_id)
+    request = Cancellation(event.request_id, event.event_id, event.at)
+    shipped = [
+        p
+        for p in state.packages.values()
+        if p.shipped_at <= event.at or (p.picked_up_at is not None and p.picked_up_at <= event.at)
+    ]
+    if shipped:
+        _deny_cancellation(step, request, shipped[0].shipped_event_id, shipped[0].package_id)
+        return
+    if state.cancelled is not None:
+        return
+    state.cancel_request = request
+    step.decide(
+        "pending",
+        "awaiting_interception",
+        "R4",
+        "cancellation requested before any package shipped; waiting for the warehouse",
+        (event.event_id,),
+        subject=f"cancellation-request:{event.request_id}",
+    )
+
+
+def _order_cancelled(step: _Step, event: OrderCancelled) -> None:
+    """R5: refund every ordered unit that is in no shipped package."""
+    state = step.state
+    order = state.order
+    assert order is not None
+    state.seen.add(event.event_id)
+    first = state.cancelled is None
+    if first:
+        state.cancelled = Cancellation(event.request_id, event.event_id, event.at)
+    state.cancel_request = None
+    shipped = _shipped_units(state)
+    unshipped = {
+        sku: line.quantity - shipped.get(sku, 0)
+        for sku, line in order.lines.items()
+        if line.quantity > shipped.get(sku, 0)
+    }
+    evidence = (order.placed_event_id, event.event_id)
+    if not unshipped:
+        step.decide(
+            "denied",
+            "cancellation_too_late",
+            "R5",
+            "order cancelled but every ordered unit had already shipped",
+            evidence,
+            subject="cancellation",
+        )
+        return
+    step.refund(
+        unshipped,
+        reason="cancellation_intercepted",
+        rule="R5",
+        subject="cancellation",
+        evidence=evidence,
+        what="order cancelled before shipping",
+    )
+
+
+def _shipped_units(state: OrderState) -> dict[str, int]:
+    shipped: dict[str, int] = {}
+    for package in state.packages.values():
+        for sku, quantity in package.lines.items():
+            shipped[sku] = shipped.get(sku, 0) + quantity
+    return shipped
+
+
+def _claim_filed(step: _Step, event: ClaimFiled, origin: str) -> None:
+    state = step.state
+    assert state.order is not None
+    unknown = _unknown_skus(state.order, event.lines)
+    if unknown:
+        _reject(
+            step, event, origin, "unknown_sku", f"order {state.order_id!r} has no SKU {unknown}"
+        )
+        return
+    if event.claim_id in state.claims:
+        _reject(
+            step, event, origin, "duplicate_claim", f"claim {event.claim_id!r} was already filed"
+        )
+        return
+    if event.package_id is not None and event.package_id not in state.packages:
+        _hold(step, event, origin, f"package:{event.package_id}")
+        state.seen.add(event.event_id)
+        return
+    state.seen.add(event.event_id)
+    claim = Claim(
+        claim_id=event.claim_id,
+        claim_type=event.claim_type,
+        package_id=event.package_id,
+        lines={line.sku: line.quantity for line in event.lines},
+        filed_event_id=event.event_id,
+        filed_at=event.at,
+    )
+    state.claims[claim.claim_id] = claim
+    if claim.claim_type == "not_received":
+        _judge_not_received(step, claim, (event.event_id,), initial=True)
+    _release_held(step, f"claim:{claim.claim_id}")
+
+
+def _claim_packages(state: OrderState, claim: Claim) -> list[Package]:
+    if claim.package_id is not None:
+        return [state.packages[claim.package_id]]
+    return list(state.packages.values())
+
+
+def _judge_not_received(
+    step: _Step, claim: Claim, evidence: tuple[str, ...], *, initial: bool
+) -> None:
+    """R6: courier tracking is the only proof of delivery, in both directions."""
+    packages = _claim_packages(step.state, claim)
+    delivered = [p for p in packages if p.delivered_event_id is not None]
+    if packages and len(delivered) == len(packages):
+        claim.status = "denied"
+        step.decide(
+            "denied",
+            "tracking_shows_delivered",
+            "R6",
+            "courier tracking shows " + ", ".join(f"{p.package_id} delivered" for p in delivered),
+            evidence + tuple(p.delivered_event_id or "" for p in delivered),
+            subject=f"claim:{claim.claim_id}",
+            claim_id=claim.claim_id,
+        )
+    elif packages and all(p.settled_by is not None for p in packages):
+        claim.status = "settled"
+    elif initial:
+        claim.status = "pending"
+        step.decide(
+            "pending",
+            "awaiting_tracking",
+            "R6",
+            "no delivery scan yet: refunded automatically if the package is lost or "
+            "returned, denied if tracking shows it delivered",
+            evidence,
+            subject=f"claim:{claim.claim_id}",
+            claim_id=claim.claim_id,
+        )
+
+
+def _claim_reviewed(step: _Step, event: ClaimReviewed, origin: str) -> None:
+    state = step.state
+    claim = state.claims.get(event.claim_id)
+    if claim is None:
+        _hold(step, event, origin, f"claim:{event.claim_id}")
+        state.seen.add(event.event_id)
+        return
+    state.seen.add(event.event_id)
+    subject = f"claim:{claim.claim_id}"
+    evidence = (claim.filed_event_id, event.event_id)
+    if claim.status == "settled":
+        step.decide(
+            "denied",
+            "claim_already_settled",
+            None,
+            f"claim {claim.claim_id} already yielded its one refund or reship",
+            evidence,
+            subject=subject,
+            claim_id=claim.claim_id,
+        )
+        return
+    claim.review = Review(event.proof_accepted, event.resolution, event.event_id, event.at)
+    if not event.proof_accepted:
+        claim.status = "denied"
+        step.decide(
+            "denied",
+            "proof_rejected",
+            "R7",
+            f"staff rejected the buyer's proof for the {claim.claim_type} claim",
+            evidence,
+            subject=subject,
+            claim_id=claim.claim_id,
+        )
+        return
+    if claim.claim_type == "not_received":
+        _judge_not_received(step, claim, evidence, initial=claim.status != "pending")
+    elif claim.claim_type in _FULL_REFUND_CLAIMS:
+        claim.status = "settled"
+        step.refund(
+            _claimed_units(state, claim),
+            reason=claim.claim_type,
+            rule="R8",
+            subject=subject,
+            evidence=evidence,
+            claim_id=claim.claim_id,
+            what=f"{claim.claim_type} claim {claim.claim_id} with accepted proof",
+        )
+    elif claim.claim_type == "wrong_quantity":
+        _resolve_partial(step, claim, "R9", evidence)
+    else:
+        _judge_missing_item(step, claim, evidence, initial=True)
+
+
+def _claimed_units(state: OrderState, claim: Claim) -> Mapping[str, int]:
+    if claim.lines:
+        return claim.lines
+    if claim.package_id is not None:
+        return state.packages[claim.package_id].lines
+    assert state.order is not None
+    return {sku: line.quantity for sku, line in state.order.lines.items()}
+
+
+def _resolve_partial(step: _Step, claim: Claim, rule: str, evidence: tuple[str, ...]) -> None:
+    """R9 (and R10 once ready): a refund of the claimed units, or a reship of them."""
+    state = step.state
+    assert state.order is not None
+    assert claim.review is not None
+    claim.status = "settled"
+    subject = f"claim:{claim.claim_id}"
+    resolution = claim.review.resolution or step.config.default_partial_resolution
+    if resolution == "refund":
+        step.refund(
+            _claimed_units(state, claim),
+            reason=claim.claim_type,
+            rule=rule,
+            subject=subject,
+            evidence=evidence,
+            claim_id=claim.claim_id,
+            what=f"{claim.claim_type} claim {claim.claim_id} with accepted proof",
+        )
+        return
+    units = _claimed_units(state, claim)
+    command_id = reship_command_id(state.order_id, claim.claim_id)
+    step.emit(
+        ReshipCommand(
+            command_id=command_id,
+            merchant_id=state.order.merchant_id,
+            order_id=state.order_id,
+            claim_id=claim.claim_id,
+            lines=tuple(ReshipLine(sku, quantity) for sku, quantity in sorted(units.items())),
+            evidence_event_ids=evidence,
+            decided_at=step.at,
+            policy_version=step.config.policy_version,
+        )
+    )
+    step.decide(
+        "reshipped",
+        claim.claim_type,
+        rule,
+        f"{claim.claim_type} claim {claim.claim_id}: reship "
+        + ", ".join(f"{q} x {sku}" for sku, q in sorted(units.items())),
+        evidence,
+        subject=subject,
+        claim_id=claim.claim_id,
+        command_id=command_id,
+    )
+
+
+def _all_packages_concluded(state: OrderState) -> bool:
+    """R10's precondition: everything shipped (or cancelled) and every package concluded."""
+    order = state.order
+    assert order is not None
+    if state.cancelled is None:
+        shipped = _shipped_units(state)
+        if any(shipped.get(sku, 0) < line.quantity for sku, line in order.lines.items()):
+            return False
+    return all(
+        p.delivered_event_id is not None or p.settled_by is not None
+        for p in state.packages.values()
+    )
+
+
+def _judge_missing_item(
+    step: _Step, claim: Claim, evidence: tuple[str, ...], *, initial: bool
+) -> None:
+    """R10: a missing item is only missing once every package of the order has arrived."""
+    if _all_packages_concluded(step.state):
+        packages = step.state.packages.values()
+        proof = tuple(p.delivered_event_id for p in packages if p.delivered_event_id is not None)
+        _resolve_partial(step, claim, "R10", evidence + proof)
+        return
+    if initial:
+        claim.status = "pending"
+        step.decide(
+            "pending",
+            "awaiting_packages",
+            "R10",
+            "not every package of the order is delivered or refunded yet",
+            evidence,
+            subject=f"claim:{claim.claim_id}",
+            claim_id=claim.claim_id,
+        )
+
+
+def _revisit_pending_claims(step: _Step) -> None:
+    """Whatever waited on the state that just changed is decided again, at once."""
+    for claim in _pending(step.state):
+        assert claim.review is not None or claim.claim_type == "not_received"
+        evidence = (claim.filed_event_id,) + ((claim.review.event_id,) if claim.review else ())
+        if claim.claim_type == "not_received":
+            _judge_not_received(step, claim, evidence, initial=False)
+        else:
+            _judge_missing_item(step, claim, evidence, initial=False)
+
+
+def _pending(state: OrderState) -> Iterator[Claim]:
+    return (c for c in list(state.claims.values()) if c.status == "pending")
+
+
+def _return_received(step: _Step, event: ReturnReceived, origin: str) -> None:
+    state = step.state
+    package = state.packages.get(event.package_id)
+    if package is None:
+        _hold(step, event, origin, f"package:{event.package_id}")
+        state.seen.add(event.event_id)
+        return
+    state.seen.add(event.event_id)
+    if package.back_event_id is None:
+        package.back_event_id = event.event_id
+    evidence = (package.shipped_event_id, event.event_id)
+    if event.condition == "intact":
+        _refund_package(
+            step, package, "return_received", "R2", evidence=evidence, why="came back intact"
+        )
+    elif package.settled_by is None:
+        step.decide(
+            "denied",
+            "return_not_intact",
+            "R2b",
+            f"package {package.package_id} came back {event.condition}: the policy refunds "
+            "only unopened returns with their original label",
+            evidence,
+            subject=f"package:{package.package_id}",
+            package_id=package.package_id,
+        )
+    else:
+        step.decide(
+            "denied",
+            "already_refunded",
+            "R2b",
+            f"package {package.package_id} came back {event.condition}; it was already "
+            f"refunded as {package.settled_by}",
+            evidence,
+            subject=f"package:{package.package_id}",
+            package_id=package.package_id,
+        )

@@ -1,0 +1,185 @@
+"""Per-order state: the ledger and the facts the rules decide on.
+
+Plain mutable dataclasses, serialised with one pydantic TypeAdapter for the Redis store.
+The policy core never mutates a state it was given: it works on `clone()` and returns it.
+Times are epoch milliseconds (event time).
+"""
+
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from pydantic import TypeAdapter
+
+ClaimStatus = Literal["open", "pending", "denied", "settled"]
+
+
+@dataclass(slots=True, frozen=True)
+class Priced:
+    quantity: int
+    unit_price_minor: int
+
+
+@dataclass(slots=True, frozen=True)
+class Order:
+    merchant_id: str
+    currency: str
+    lines: dict[str, Priced]
+    shipping_fee_minor: int
+    placed_event_id: str
+    placed_at: int
+
+    @property
+    def total_minor(self) -> int:
+        return self.shipping_fee_minor + sum(
+            line.quantity * line.unit_price_minor for line in self.lines.values()
+        )
+
+
+@dataclass(slots=True)
+class Package:
+    """A shipped package and the courier facts about it; `settled_by` ends its refund life."""
+
+    package_id: str
+    tracking_number: str
+    lines: dict[str, int]
+    shipped_at: int
+    shipped_event_id: str
+    deadline: int
+    picked_up_at: int | None = None
+    delivered_at: int | None = None
+    delivered_event_id: str | None = None
+    back_event_id: str | None = None
+    settled_by: str | None = None
+    deadline_passed: bool = False
+    anomaly_reported: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class Review:
+    proof_accepted: bool
+    resolution: str | None
+    event_id: str
+    at: int
+
+
+@dataclass(slots=True)
+class Claim:
+    claim_id: str
+    claim_type: str
+    package_id: str | None
+    lines: dict[str, int]
+    filed_event_id: str
+    filed_at: int
+    review: Review | None = None
+    status: ClaimStatus = "open"
+
+
+@dataclass(slots=True, frozen=True)
+class Cancellation:
+    request_id: str | None
+    event_id: str
+    at: int
+
+
+@dataclass(slots=True, frozen=True)
+class Held:
+    """An event that cannot be applied yet, kept whole so it can become a dead letter.
+
+    `waits_for` names the missing piece: "order", "package:<id>", "claim:<id>" or
+    "tracking:<number>".
+    """
+
+    event_json: str
+    origin: str
+    at: int
+    waits_for: str
+
+
+@dataclass(slots=True)
+class Ledger:
+    """Units refunded per SKU; the single place that keeps refunds within what was paid."""
+
+    refunded: dict[str, int] = field(default_factory=dict)
+    shipping_fee_refunded: bool = False
+    refunded_minor: int = 0
+
+
+@dataclass(slots=True)
+class OrderState:
+    order_id: str
+    order: Order | None = None
+    packages: dict[str, Package] = field(default_factory=dict)
+    claims: dict[str, Claim] = field(default_factory=dict)
+    ledger: Ledger = field(default_factory=Ledger)
+    cancel_request: Cancellation | None = None
+    cancelled: Cancellation | None = None
+    held: list[Held] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+    def package_for_tracking(self, tracking_number: str) -> Package | None:
+        for package in self.packages.values():
+            if package.tracking_number == tracking_number:
+                return package
+        return None
+
+    def clone(self) -> "OrderState":
+        """A deep copy, hand-written because `copy.deepcopy` costs too much per event."""
+        return OrderState(
+            order_id=self.order_id,
+            order=self.order,  # never mutated after order_placed
+            packages={k: _copy_package(p) for k, p in self.packages.items()},
+            claims={k: _copy_claim(c) for k, c in self.claims.items()},
+            ledger=Ledger(
+                dict(self.ledger.refunded),
+                self.ledger.shipping_fee_refunded,
+                self.ledger.refunded_minor,
+            ),
+            cancel_request=self.cancel_request,
+            cancelled=self.cancelled,
+            held=list(self.held),
+            seen=set(self.seen),
+        )
+
+
+def _copy_package(package: Package) -> Package:
+    return Package(
+        package.package_id,
+        package.tracking_number,
+        package.lines,
+        package.shipped_at,
+        package.shipped_event_id,
+        package.deadline,
+        package.picked_up_at,
+        package.delivered_at,
+        package.delivered_event_id,
+        package.back_event_id,
+        package.settled_by,
+        package.deadline_passed,
+        package.anomaly_reported,
+    )
+
+
+def _copy_claim(claim: Claim) -> Claim:
+    return Claim(
+        claim.claim_id,
+        claim.claim_type,
+        claim.package_id,
+        claim.lines,
+        claim.filed_event_id,
+        claim.filed_at,
+        claim.review,
+        claim.status,
+    )
+
+
+@dataclass(slots=True)
+class OrphanBucket:
+    """Tracking updates with no order_id whose tracking number no package has claimed yet."""
+
+    tracking_number: str
+    held: list[Held] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+
+ORDER_STATE_ADAPTER: Final = TypeAdapter(OrderState)
+ORPHAN_BUCKET_ADAPTER: Final = TypeAdapter(OrphanBucket)

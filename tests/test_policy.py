@@ -1,0 +1,397 @@
+"""One example per rule of SPEC section 4, with exact amounts and codes.
+
+Default order: 2 x A at 1000 + 1 x B at 2500 + shipping 500 = 5000.
+"""
+
+from processor.outputs import Decision, RefundCommand, ReshipCommand, refund_command_id
+from processor.testing import TestDriver
+from tests.factories import (
+    at,
+    cancellation_requested,
+    claim_filed,
+    claim_reviewed,
+    order_cancelled,
+    order_placed,
+    return_received,
+    scan,
+    shipped,
+)
+
+
+def _codes(decisions: list[Decision]) -> list[tuple[str, str]]:
+    return [(d.outcome, d.code) for d in decisions]
+
+
+def _one_refund(driver: TestDriver) -> RefundCommand:
+    refunds = driver.refunds()
+    assert len(refunds) == 1, refunds
+    return refunds[0]
+
+
+def _shipped_order(driver: TestDriver) -> None:
+    driver.pipe(order_placed())
+    driver.pipe(shipped(event_id="ship-1"))
+
+
+def test_r1_rto_delivered_refunds_the_package_in_full() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(scan("rto_initiated", when=at(4)))
+    driver.pipe(scan("rto_delivered", when=at(9), event_id="rto-1"))
+
+    refund = _one_refund(driver)
+    assert (refund.reason, refund.amount_minor, refund.shipping_fee_minor) == (
+        "rto_delivered",
+        5000,
+        500,
+    )
+    assert [(line.sku, line.quantity, line.amount_minor) for line in refund.lines] == [
+        ("A", 2, 2000),
+        ("B", 1, 2500),
+    ]
+    assert refund.evidence_event_ids == ("ship-1", "rto-1")
+    assert refund.command_id == refund_command_id("o1", "package:p1")
+    assert _codes(driver.decisions()) == [("refunded", "rto_delivered")]
+    assert driver.decisions()[0].rule == "R1"
+
+
+def test_r2_intact_return_refunds_the_package() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(return_received("p1", "intact"))
+
+    refund = _one_refund(driver)
+    assert (refund.reason, refund.amount_minor) == ("return_received", 5000)
+
+
+def test_r2_after_r1_is_already_refunded() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(scan("rto_delivered", when=at(9)))
+    driver.pipe(return_received("p1", "intact"))
+
+    assert len(driver.refunds()) == 1
+    assert _codes(driver.decisions()) == [
+        ("refunded", "rto_delivered"),
+        ("denied", "already_refunded"),
+    ]
+
+
+def test_r2b_opened_return_is_denied_and_stops_the_lost_timer() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(return_received("p1", "opened"))
+    driver.advance_to(at(60))
+
+    assert driver.refunds() == []
+    assert _codes(driver.decisions()) == [("denied", "return_not_intact")]
+    assert driver.decisions()[0].rule == "R2b"
+
+
+def test_r3_no_delivery_by_the_deadline_refunds_as_lost() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(scan("in_transit", when=at(3)))
+    assert driver.timers("o1") == {"deadline:p1": driver.order("o1").packages["p1"].deadline}  # type: ignore[union-attr]
+
+    driver.advance_to(at(21))
+
+    refund = _one_refund(driver)
+    assert (refund.reason, refund.amount_minor) == ("lost", 5000)
+    assert refund.decided_at == driver.order("o1").packages["p1"].deadline  # type: ignore[union-attr]
+    assert driver.timers("o1") == {}
+
+
+def test_r3_deadline_waits_for_allowed_lateness() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    # Shipped at day 1, so the deadline is day 21; the clock lags the newest event by 1 h.
+    driver.pipe(order_placed("other", when=at(21, 0.5)))
+    assert driver.refunds() == []
+    driver.pipe(order_placed("other2", when=at(21, 1)))
+    assert [r.reason for r in driver.refunds()] == ["lost"]
+
+
+def test_r3_delivery_after_the_deadline_refunds_as_late_delivery() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(scan("delivered", when=at(25), event_id="late-1"))
+
+    refund = _one_refund(driver)
+    assert (refund.reason, refund.amount_minor) == ("late_delivery", 5000)
+    assert refund.evidence_event_ids == ("ship-1", "late-1")
+
+
+def test_r3_delivery_exactly_at_the_deadline_is_on_time() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(scan("delivered", when=at(21)))
+    driver.advance_to(at(90))
+
+    assert driver.refunds() == []
+
+
+def test_r3b_lost_scan_refunds_at_once_and_only_once() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(scan("lost", when=at(5)))
+    driver.advance_to(at(60))
+
+    refund = _one_refund(driver)
+    assert (refund.reason, refund.amount_minor) == ("lost", 5000)
+    assert driver.decisions()[0].rule == "R3b"
+
+
+def test_r4_cancellation_after_shipping_is_denied() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(cancellation_requested(when=at(1, 2)))
+
+    assert driver.refunds() == []
+    assert _codes(driver.decisions()) == [("denied", "cancellation_too_late")]
+
+
+def test_r4_pickup_scan_before_the_request_makes_it_too_late() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped(when=at(2)))
+    driver.pipe(scan("picked_up", when=at(0, 3)))
+    driver.pipe(cancellation_requested(when=at(0, 4)))
+
+    assert _codes(driver.decisions()) == [("denied", "cancellation_too_late")]
+
+
+def test_r4_request_pending_until_a_package_ships_then_denied() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(cancellation_requested(when=at(0, 1)))
+    driver.pipe(shipped(when=at(1)))
+
+    assert _codes(driver.decisions()) == [
+        ("pending", "awaiting_interception"),
+        ("denied", "cancellation_too_late"),
+    ]
+
+
+def test_r5_interception_before_shipping_refunds_everything_with_the_fee() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(cancellation_requested())
+    driver.pipe(order_cancelled())
+
+    refund = _one_refund(driver)
+    assert (refund.reason, refund.amount_minor, refund.shipping_fee_minor) == (
+        "cancellation_intercepted",
+        5000,
+        500,
+    )
+    assert refund.command_id == refund_command_id("o1", "cancellation")
+
+
+def test_r5_partial_interception_refunds_only_unshipped_units_without_the_fee() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 2}))
+    driver.pipe(order_cancelled(when=at(1, 2)))
+    driver.pipe(scan("rto_delivered", "TN-p1", when=at(9)))
+
+    cancel, rto = driver.refunds()
+    assert (cancel.reason, cancel.amount_minor, cancel.shipping_fee_minor) == (
+        "cancellation_intercepted",
+        2500,
+        0,
+    )
+    # The last refund leaves every unit refunded, so it carries the shipping fee.
+    assert (rto.reason, rto.amount_minor, rto.shipping_fee_minor) == ("rto_delivered", 2500, 500)
+
+
+def test_r6_not_received_but_tracking_shows_delivered_is_denied() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(scan("delivered", when=at(5), event_id="dlv"))
+    driver.pipe(claim_filed("not_received", package_id="p1", event_id="claim"))
+
+    assert driver.refunds() == []
+    decision = driver.decisions()[-1]
+    assert (decision.outcome, decision.code, decision.rule) == (
+        "denied",
+        "tracking_shows_delivered",
+        "R6",
+    )
+    assert decision.evidence_event_ids == ("claim", "dlv")
+
+
+def test_r6_not_received_waits_for_tracking_then_is_denied_on_delivery() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(claim_filed("not_received", when=at(4)))
+    driver.pipe(scan("delivered", when=at(5)))
+
+    assert _codes(driver.decisions()) == [
+        ("pending", "awaiting_tracking"),
+        ("denied", "tracking_shows_delivered"),
+    ]
+
+
+def test_r7_rejected_proof_is_denied() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(scan("delivered", when=at(5)))
+    driver.pipe(claim_filed("damaged", lines={"A": 1}))
+    driver.pipe(claim_reviewed(accepted=False))
+
+    assert driver.refunds() == []
+    assert _codes(driver.decisions()) == [("denied", "proof_rejected")]
+
+
+def test_r8_damaged_refunds_the_claimed_units() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(scan("delivered", when=at(5)))
+    driver.pipe(claim_filed("damaged", lines={"A": 1}))
+    driver.pipe(claim_reviewed())
+
+    refund = _one_refund(driver)
+    assert (refund.reason, refund.amount_minor, refund.claim_id) == ("damaged", 1000, "c1")
+    assert refund.command_id == refund_command_id("o1", "claim:c1")
+
+
+def test_r8_claim_without_lines_refunds_the_package() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 2}))
+    driver.pipe(shipped("p2", {"B": 1}))
+    driver.pipe(claim_filed("defective", package_id="p2"))
+    driver.pipe(claim_reviewed())
+
+    refund = _one_refund(driver)
+    assert (refund.reason, refund.amount_minor, refund.shipping_fee_minor) == ("defective", 2500, 0)
+
+
+def test_r8_claim_without_lines_or_package_refunds_the_whole_order() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(claim_filed("wrong_item"))
+    driver.pipe(claim_reviewed())
+
+    refund = _one_refund(driver)
+    assert (refund.reason, refund.amount_minor) == ("wrong_item", 5000)
+
+
+def test_r9_wrong_quantity_refund() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(claim_filed("wrong_quantity", lines={"A": 1}))
+    driver.pipe(claim_reviewed(resolution="refund"))
+
+    refund = _one_refund(driver)
+    assert (refund.reason, refund.amount_minor) == ("wrong_quantity", 1000)
+
+
+def test_r9_wrong_quantity_reship_emits_a_reship_and_no_refund() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(claim_filed("wrong_quantity", lines={"A": 1}))
+    driver.pipe(claim_reviewed(resolution="reship"))
+
+    assert driver.refunds() == []
+    (reship,) = driver.read(ReshipCommand)
+    assert [(line.sku, line.quantity) for line in reship.lines] == [("A", 1)]
+    assert reship.claim_id == "c1"
+    assert _codes(driver.decisions()) == [("reshipped", "wrong_quantity")]
+
+
+def test_r10_missing_item_waits_until_every_package_is_delivered() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 2}))
+    driver.pipe(shipped("p2", {"B": 1}))
+    driver.pipe(scan("delivered", "TN-p1", when=at(4)))
+    driver.pipe(claim_filed("missing_item", lines={"A": 1}, when=at(5)))
+    driver.pipe(claim_reviewed(when=at(6)))
+    assert driver.refunds() == []
+    assert _codes(driver.decisions()) == [("pending", "awaiting_packages")]
+
+    driver.pipe(scan("delivered", "TN-p2", when=at(8), event_id="p2-dlv"))
+
+    refund = _one_refund(driver)
+    assert (refund.reason, refund.amount_minor) == ("missing_item", 1000)
+    assert refund.decided_at == driver.order("o1").packages["p2"].delivered_at  # type: ignore[union-attr]
+    assert "p2-dlv" in refund.evidence_event_ids
+
+
+def test_r10_a_lost_package_concludes_it_and_releases_the_claim_on_the_timer() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 2}))
+    driver.pipe(shipped("p2", {"B": 1}))
+    driver.pipe(scan("delivered", "TN-p1", when=at(4)))
+    driver.pipe(claim_filed("missing_item", lines={"A": 1}, when=at(5)))
+    driver.pipe(claim_reviewed(when=at(6)))
+    driver.advance_to(at(30))
+
+    assert sorted((r.reason, r.amount_minor) for r in driver.refunds()) == [
+        ("lost", 2500),
+        ("missing_item", 1000),
+    ]
+
+
+def test_r11_on_time_delivery_after_a_lost_refund_is_an_anomaly() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.advance_to(at(22))
+    driver.pipe(scan("delivered", when=at(6)))
+
+    assert len(driver.refunds()) == 1
+    assert _codes(driver.decisions()) == [("refunded", "lost"), ("anomaly", "delivered_after_refund")]
+
+
+def test_r12_shipping_after_cancellation_is_an_anomaly() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(order_cancelled())
+    driver.pipe(shipped(when=at(1)))
+
+    assert _codes(driver.decisions()) == [
+        ("refunded", "cancellation_intercepted"),
+        ("anomaly", "shipped_after_cancellation"),
+    ]
+
+
+def test_a_claim_yields_at_most_one_refund() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(claim_filed("damaged", lines={"A": 1}))
+    driver.pipe(claim_reviewed())
+    driver.pipe(claim_reviewed(when=at(8)))
+
+    assert len(driver.refunds()) == 1
+    assert _codes(driver.decisions())[-1] == ("denied", "claim_already_settled")
+
+
+def test_refund_rules_before_order_placed_wait_for_it() -> None:
+    driver = TestDriver()
+    driver.pipe(shipped(when=at(1)))
+    driver.pipe(scan("rto_delivered", when=at(2)))
+    assert driver.refunds() == []
+
+    driver.pipe(order_placed(when=at(0)))
+
+    refund = _one_refund(driver)
+    assert (refund.reason, refund.amount_minor) == ("rto_delivered", 5000)
+
+
+def test_the_sum_of_refunds_never_exceeds_the_total() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(claim_filed("damaged", lines={"A": 1}))
+    driver.pipe(claim_reviewed())
+    driver.pipe(scan("rto_delivered", when=at(9)))
+    driver.pipe(return_received("p1", "intact", when=at(10)))
+    driver.advance_to(at(60))
+
+    assert [(r.reason, r.amount_minor) for r in driver.refunds()] == [
+        ("damaged", 1000),
+        ("rto_delivered", 4000),
+    ]
+    assert sum(r.amount_minor for r in driver.refunds()) == 5000
