@@ -1,0 +1,143 @@
+"""Routing, waiting for missing pieces, orphan expiry, deduplication and the clock."""
+
+from processor.testing import TestDriver
+from tests.factories import (
+    at,
+    claim_filed,
+    claim_reviewed,
+    order_placed,
+    return_received,
+    scan,
+    shipped,
+)
+
+
+def _dead(driver: TestDriver) -> list[tuple[str, str]]:
+    return [(d.reason, d.origin) for d in driver.dead_letters()]
+
+
+def test_tracking_without_order_id_waits_for_its_package_then_is_decided() -> None:
+    driver = TestDriver()
+    driver.pipe(scan("rto_delivered", "TN-X", order_id=None, when=at(2)))
+    driver.pipe(order_placed(when=at(2, 0.1)))
+    assert driver.refunds() == []
+
+    driver.pipe(shipped(tracking_number="TN-X", when=at(2, 0.2)))
+
+    assert [(r.reason, r.amount_minor) for r in driver.refunds()] == [("rto_delivered", 5000)]
+
+
+def test_tracking_without_order_id_for_a_known_tracking_number_is_routed_at_once() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped(tracking_number="TN-X"))
+    driver.pipe(scan("lost", "TN-X", order_id=None, when=at(4)))
+
+    assert [r.reason for r in driver.refunds()] == ["lost"]
+
+
+def test_an_unclaimed_tracking_number_becomes_a_dead_letter_after_orphan_ttl() -> None:
+    driver = TestDriver()
+    driver.pipe(scan("in_transit", "TN-NOBODY", order_id=None, when=at(1)))
+    driver.advance_to(at(7.9))
+    assert driver.dead_letters() == []
+
+    driver.advance_to(at(8))
+
+    assert _dead(driver) == [("unknown_tracking_number", "test:1")]
+
+
+def test_events_of_an_order_that_never_arrives_become_dead_letters() -> None:
+    driver = TestDriver()
+    driver.pipe(shipped(order_id="ghost", when=at(1)))
+    driver.pipe(claim_filed("damaged", order_id="ghost", when=at(2)))
+    driver.advance_to(at(8))
+    assert _dead(driver) == [("unknown_order", "test:1")]
+
+    driver.advance_to(at(9))
+    assert _dead(driver) == [("unknown_order", "test:1"), ("unknown_order", "test:2")]
+    assert driver.order("ghost").held == []  # type: ignore[union-attr]
+
+
+def test_a_tracking_number_the_order_never_ships_becomes_a_dead_letter() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(scan("picked_up", "TN-OTHER", when=at(1)))
+    driver.advance_to(at(8, 1))
+
+    assert [d.reason for d in driver.dead_letters()] == ["unknown_tracking_number"]
+
+
+def test_a_claim_for_an_unknown_package_and_a_review_for_an_unknown_claim_expire() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(claim_filed("damaged", "c1", package_id="p9", when=at(1)))
+    driver.pipe(claim_reviewed("c2", when=at(1)))
+    driver.pipe(return_received("p8", when=at(1)))
+    driver.advance_to(at(8, 1))
+
+    assert sorted(d.reason for d in driver.dead_letters()) == [
+        "unknown_claim",
+        "unknown_package",
+        "unknown_package",
+    ]
+
+
+def test_a_held_claim_is_decided_when_its_package_ships() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(claim_filed("damaged", package_id="p1", lines={"B": 1}, when=at(1)))
+    driver.pipe(claim_reviewed(when=at(1, 0.1)))
+    driver.pipe(shipped("p1", when=at(1, 0.2)))
+
+    assert [(r.reason, r.amount_minor) for r in driver.refunds()] == [("damaged", 2500)]
+
+
+def test_a_package_line_with_an_sku_the_order_lacks_is_a_dead_letter() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped(lines={"Z": 1}))
+
+    (dead,) = driver.dead_letters()
+    assert dead.reason == "unknown_sku"
+    assert "Z" in dead.message
+    assert driver.order("o1").packages == {}  # type: ignore[union-attr]
+
+
+def test_second_order_placed_package_and_claim_with_the_same_id_are_dead_letters() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1"))
+    driver.pipe(shipped("p1"))
+    driver.pipe(claim_filed("damaged", "c1"))
+    driver.pipe(claim_filed("damaged", "c1"))
+
+    assert [d.reason for d in driver.dead_letters()] == [
+        "duplicate_order",
+        "duplicate_package",
+        "duplicate_claim",
+    ]
+
+
+def test_a_redelivered_event_is_a_no_op() -> None:
+    once, twice = TestDriver(), TestDriver()
+    events = [order_placed(), shipped(), scan("rto_delivered", when=at(4))]
+    for event in events:
+        once.pipe(event)
+        twice.pipe(event)
+        twice.pipe(event)
+
+    assert twice.outputs() == once.outputs()
+    assert len(twice.refunds()) == 1
+
+
+def test_the_clock_is_the_newest_event_minus_allowed_lateness_and_never_goes_back() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed(when=at(1)))
+    first = driver.clock()
+    driver.pipe(order_placed("o2", when=at(0)))
+
+    assert first is not None
+    assert driver.clock() == first
+    assert first == driver.order("o1").order.placed_at - 3_600_000  # type: ignore[union-attr]

@@ -1,0 +1,84 @@
+"""Every way an input can be invalid maps to its own dead-letter reason."""
+
+import json
+from typing import Any
+
+import pytest
+
+from processor.events import InvalidEventError, OrderPlaced, parse_event_json
+from tests.factories import claim_filed, order_placed, scan, shipped
+
+
+def _reason(event: dict[str, Any] | str) -> str:
+    text = event if isinstance(event, str) else json.dumps(event)
+    with pytest.raises(InvalidEventError) as caught:
+        parse_event_json(text)
+    return caught.value.reason
+
+
+def _without(event: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k != key}
+
+
+def test_a_valid_order_parses_with_exact_fields() -> None:
+    event = parse_event_json(json.dumps(order_placed(fee=700)))
+    assert isinstance(event, OrderPlaced)
+    assert event.shipping_fee_minor == 700
+    assert [(line.sku, line.quantity, line.unit_price_minor) for line in event.lines] == [
+        ("A", 2, 1000),
+        ("B", 1, 2500),
+    ]
+
+
+def test_null_and_absent_nullable_fields_are_accepted() -> None:
+    claim = claim_filed("damaged") | {"lines": None}
+    del claim["package_id"]
+    assert parse_event_json(json.dumps(claim)).type == "claim_filed"
+    assert parse_event_json(json.dumps(_without(scan("delivered"), "order_id"))).type == (
+        "tracking_update"
+    )
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        ("{not json", "invalid_json"),
+        ("[1, 2]", "not_an_object"),
+        (order_placed() | {"type": "order_exploded"}, "unknown_type"),
+        (_without(order_placed(), "type"), "missing_field"),
+        (_without(order_placed(), "merchant_id"), "missing_field"),
+        (order_placed() | {"shipping_fee_minor": "500"}, "invalid_field"),
+        (order_placed() | {"occurred_at": "2026-03-01T10:00:00"}, "invalid_timestamp"),
+        (order_placed() | {"occurred_at": "yesterday"}, "invalid_timestamp"),
+        (order_placed() | {"occurred_at": 1772359200}, "invalid_timestamp"),
+        (order_placed(lines={"A": (0, 1000)}), "invalid_quantity"),
+        (shipped(lines={"A": -1}), "invalid_quantity"),
+        (order_placed(fee=-1), "invalid_amount"),
+        (order_placed(lines={"A": (1, 10**12 + 1)}), "invalid_amount"),
+        (order_placed(currency="usd"), "invalid_currency"),
+        (order_placed(currency="US"), "invalid_currency"),
+        (
+            order_placed()
+            | {"lines": [{"sku": "A", "quantity": 1, "unit_price_minor": 1}] * 2},
+            "duplicate_sku",
+        ),
+        (shipped() | {"lines": [{"sku": "A", "quantity": 1}] * 2}, "duplicate_sku"),
+        (order_placed(event_id="e" * 129), "id_too_long"),
+        (order_placed("o" * 129), "id_too_long"),
+        (order_placed() | {"event_id": ""}, "invalid_field"),
+        (scan("teleported"), "invalid_field"),
+        (claim_filed("damaged") | {"claim_type": "ennui"}, "invalid_field"),
+    ],
+)
+def test_invalid_input_gets_its_specific_reason(event: dict[str, Any] | str, reason: str) -> None:
+    assert _reason(event) == reason
+
+
+def test_the_message_names_the_offending_field() -> None:
+    with pytest.raises(InvalidEventError) as caught:
+        parse_event_json(json.dumps(order_placed(lines={"A": (0, 1000)})))
+    assert caught.value.message.startswith("lines.0.quantity:")
+
+
+def test_an_id_of_exactly_128_characters_is_accepted() -> None:
+    assert parse_event_json(json.dumps(order_placed(event_id="e" * 128))).event_id == "e" * 128
