@@ -204,13 +204,19 @@ def apply_event(
 ) -> Result:
     """Applies one event to its order; `origin` says where it came from, for dead letters.
 
-    An event id seen before is a no-op. An event whose order, package, claim or tracking
-    number is not known yet is held and applied when the missing piece arrives.
+    An event id seen before is a no-op. The order's own timers whose deadline is earlier
+    than the event fire first, so an order's events and deadlines are decided in
+    event-time order whatever the stream's clock did (docs/policy.md, "Time"). An event
+    whose order, package, claim or tracking number is not known yet is held and applied
+    when the missing piece arrives.
     """
     new_state = state.clone() if state is not None else OrderState(order_id=order_id)
     result = Result(new_state)
     if event.event_id in new_state.seen:
         return result
+    for name, deadline in sorted(timers(new_state, config).items(), key=lambda t: (t[1], t[0])):
+        if deadline < event.at:
+            _fire(_Step(new_state, config, f"timer:{name}", deadline, result), name, event)
     step = _Step(new_state, config, event.event_id, event.at, result)
     _apply(step, event, origin)
     _revisit_pending_claims(step)
@@ -221,15 +227,27 @@ def fire_timer(state: OrderState, name: str, deadline: int, config: PolicyConfig
     """Fires a timer that `timers()` derived from this state, now that the clock reached it."""
     new_state = state.clone()
     result = Result(new_state)
-    step = _Step(new_state, config, f"timer:{name}", deadline, result)
+    _fire(_Step(new_state, config, f"timer:{name}", deadline, result), name, None)
+    return result
+
+
+def _fire(step: _Step, name: str, next_event: Event | None) -> None:
+    """A timer firing; `next_event` is the order's event that made it due, if one did."""
     if name == EXPIRE_HELD_TIMER:
-        _expire_held(step, deadline)
+        _expire_held(step, step.at)
     elif name.startswith(DEADLINE_TIMER_PREFIX):
-        package = new_state.packages.get(name.removeprefix(DEADLINE_TIMER_PREFIX))
+        package = step.state.packages.get(name.removeprefix(DEADLINE_TIMER_PREFIX))
         if package is not None:
+            if (
+                isinstance(next_event, TrackingUpdate)
+                and next_event.status == "delivered"
+                and next_event.tracking_number == package.tracking_number
+            ):
+                # The late delivery that made the deadline due is already known (R3).
+                package.delivered_at = next_event.at
+                package.delivered_event_id = next_event.event_id
             _lost_deadline(step, package)
     _revisit_pending_claims(step)
-    return result
 
 
 def timers(state: OrderState, config: PolicyConfig) -> dict[str, int]:

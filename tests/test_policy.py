@@ -343,7 +343,10 @@ def test_r11_on_time_delivery_after_a_lost_refund_is_an_anomaly() -> None:
     driver.pipe(scan("delivered", when=at(6)))
 
     assert len(driver.refunds()) == 1
-    assert _codes(driver.decisions()) == [("refunded", "lost"), ("anomaly", "delivered_after_refund")]
+    assert _codes(driver.decisions()) == [
+        ("refunded", "lost"),
+        ("anomaly", "delivered_after_refund"),
+    ]
 
 
 def test_r12_shipping_after_cancellation_is_an_anomaly() -> None:
@@ -395,3 +398,15 @@ def test_the_sum_of_refunds_never_exceeds_the_total() -> None:
         ("rto_delivered", 4000),
     ]
     assert sum(r.amount_minor for r in driver.refunds()) == 5000
+
+
+def test_an_orders_deadline_fires_before_its_own_later_events_whatever_the_clock() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    # Deadline: day 21. Both claim events come after it but within allowed lateness,
+    # so the stream clock alone would not have fired the timer yet.
+    driver.pipe(claim_filed("damaged", lines={"A": 2, "B": 1}, when=at(21, 0.2)))
+    driver.pipe(claim_reviewed(when=at(21, 0.3)))
+
+    assert [(r.reason, r.amount_minor) for r in driver.refunds()] == [("lost", 5000)]
+    assert _codes(driver.decisions())[-1] == ("denied", "already_refunded")

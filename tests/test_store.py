@@ -1,7 +1,5 @@
 """The state-store contract, run against every backend the engine can use."""
 
-from collections.abc import Iterator
-
 import pytest
 
 from processor.state import Held, OrderState, OrphanBucket
@@ -9,8 +7,8 @@ from processor.store import InMemoryStore, StateStore, Timer, order_owner, track
 
 
 @pytest.fixture(params=["memory"])
-def store(request: pytest.FixtureRequest) -> Iterator[StateStore]:
-    yield InMemoryStore()
+def store(request: pytest.FixtureRequest) -> StateStore:
+    return InMemoryStore()
 
 
 def test_an_order_round_trips(store: StateStore) -> None:

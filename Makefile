@@ -1,0 +1,20 @@
+# The two front-door commands: `make demo` and `make test`. Both install what they need.
+.PHONY: install test lint test-full bench
+
+install:
+	@command -v uv >/dev/null || pip install --quiet "uv==0.13.9"
+	uv sync --frozen
+
+lint: install
+	uv run ruff check .
+	uv run ruff format --check .
+	uv run mypy
+
+test: lint
+	uv run pytest
+
+test-full: install
+	uv run pytest --run-slow
+
+bench: install
+	uv run python bench/replay_bench.py

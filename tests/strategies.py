@@ -1,0 +1,183 @@
+"""Hypothesis strategies for order histories: small, but reaching every rule and edge."""
+
+from datetime import timedelta
+from typing import Any
+
+from hypothesis import strategies as st
+
+from tests.factories import T0
+
+MINUTE = timedelta(minutes=1)
+_STATUSES = [
+    "info_received",
+    "picked_up",
+    "in_transit",
+    "out_for_delivery",
+    "attempt_failed",
+    "available_for_pickup",
+    "delivered",
+    "delivered",
+    "exception",
+    "lost",
+    "rto_initiated",
+    "rto_in_transit",
+    "rto_delivered",
+]
+_CLAIM_TYPES = [
+    "not_received",
+    "damaged",
+    "defective",
+    "wrong_item",
+    "wrong_quantity",
+    "missing_item",
+]
+
+Timed = tuple[int, dict[str, Any]]  # (minutes after T0, event in JSON form)
+
+
+def _iso(minutes: int) -> str:
+    return (T0 + minutes * MINUTE).isoformat().replace("+00:00", "Z")
+
+
+@st.composite
+def order_history(draw: st.DrawFn, order_id: str) -> list[Timed]:
+    """One order's events with their times, sorted by time (ties keep causal order)."""
+    events: list[Timed] = []
+    counter = iter(range(1_000))
+
+    def add(minutes: int, kind: str, **fields: Any) -> None:
+        event_id = f"{order_id}-e{next(counter)}"
+        event = {"type": kind, "event_id": event_id, "occurred_at": _iso(minutes)} | fields
+        events.append((minutes, event))
+
+    placed = draw(st.integers(0, 3 * 24 * 60))
+    skus = draw(st.lists(st.sampled_from("ABC"), min_size=1, max_size=3, unique=True))
+    ordered = {sku: draw(st.integers(1, 3)) for sku in skus}
+    add(
+        placed,
+        "order_placed",
+        order_id=order_id,
+        merchant_id=f"m-{order_id}",
+        currency="USD",
+        shipping_fee_minor=draw(st.integers(0, 1000)),
+        lines=[
+            {"sku": sku, "quantity": q, "unit_price_minor": draw(st.integers(0, 5000))}
+            for sku, q in ordered.items()
+        ],
+    )
+    package_count = draw(st.integers(0, 3))
+    packages: list[str] = []
+    for index in range(package_count):
+        lines = {sku: share for sku in skus if (share := draw(st.integers(0, ordered[sku]))) > 0}
+        if not lines:
+            continue
+        package_id = f"{order_id}-p{index}"
+        tracking_number = f"TN-{package_id}"
+        packages.append(package_id)
+        ship = placed + draw(st.integers(0, 3 * 24 * 60))
+        add(
+            ship,
+            "package_shipped",
+            order_id=order_id,
+            package_id=package_id,
+            tracking_number=tracking_number,
+            carrier="ups",
+            lines=[{"sku": sku, "quantity": q} for sku, q in lines.items()],
+        )
+        for status in draw(st.lists(st.sampled_from(_STATUSES), max_size=4)):
+            add(
+                ship + draw(st.integers(1, 30 * 24 * 60)),
+                "tracking_update",
+                tracking_number=tracking_number,
+                carrier="ups",
+                order_id=draw(st.sampled_from([order_id, None])),
+                status=status,
+                carrier_status=status.upper(),
+                location=None,
+            )
+        if draw(st.integers(0, 9)) == 0:
+            add(
+                ship + draw(st.integers(1, 40 * 24 * 60)),
+                "return_received",
+                order_id=order_id,
+                package_id=package_id,
+                condition=draw(st.sampled_from(["intact", "opened", "relabeled"])),
+            )
+    if draw(st.booleans()):
+        add(
+            placed + draw(st.integers(1, 3 * 24 * 60)),
+            "cancellation_requested",
+            order_id=order_id,
+            request_id=f"{order_id}-r",
+        )
+    if draw(st.integers(0, 3)) == 0:
+        add(
+            placed + draw(st.integers(1, 3 * 24 * 60)),
+            "order_cancelled",
+            order_id=order_id,
+            request_id=None,
+        )
+    for index in range(draw(st.integers(0, 2))):
+        claim_id = f"{order_id}-c{index}"
+        filed = placed + draw(st.integers(1, 35 * 24 * 60))
+        add(
+            filed,
+            "claim_filed",
+            order_id=order_id,
+            claim_id=claim_id,
+            claim_type=draw(st.sampled_from(_CLAIM_TYPES)),
+            package_id=draw(st.sampled_from([None, *packages])),
+            lines=[
+                {"sku": sku, "quantity": draw(st.integers(1, 4))}
+                for sku in draw(st.lists(st.sampled_from(skus), max_size=2, unique=True))
+            ],
+        )
+        for _ in range(draw(st.integers(0, 2))):
+            add(
+                filed + draw(st.integers(1, 5 * 24 * 60)),
+                "claim_reviewed",
+                order_id=order_id,
+                claim_id=claim_id,
+                proof_accepted=draw(st.booleans()),
+                resolution=draw(st.sampled_from([None, "refund", "reship"])),
+            )
+    # A stable sort keeps the causal order of events that share a minute.
+    return sorted(events, key=lambda timed: timed[0])
+
+
+@st.composite
+def histories(draw: st.DrawFn, max_orders: int = 3) -> list[list[Timed]]:
+    """Several orders' histories, each in its own time order."""
+    count = draw(st.integers(1, max_orders))
+    return [draw(order_history(f"o{n}")) for n in range(count)]
+
+
+def merged_by_time(orders: list[list[Timed]]) -> list[dict[str, Any]]:
+    """The stream in event-time order (stable, so per-order order is kept)."""
+    timed = [
+        (minutes, n, i, event)
+        for n, order in enumerate(orders)
+        for i, (minutes, event) in enumerate(order)
+    ]
+    return [event for *_, event in sorted(timed, key=lambda t: (t[0], t[1], t[2]))]
+
+
+@st.composite
+def jittered(
+    draw: st.DrawFn, orders: list[list[Timed]], max_minutes: int = 59
+) -> list[dict[str, Any]]:
+    """Another interleaving of the same orders whose disorder stays under `max_minutes`.
+
+    Each event's sort key is its time plus a jitter in [0, max_minutes], raised to its
+    predecessor's key within the same order, so an order's own sequence is unchanged
+    and an event never follows one that is `max_minutes` or more newer than itself.
+    """
+    keyed: list[tuple[int, int, int, dict[str, Any]]] = []
+    for n, order in enumerate(orders):
+        previous = -1
+        priority = draw(st.integers(0, 1_000))  # per order, so ties keep the order's sequence
+        for i, (minutes, event) in enumerate(order):
+            key = max(previous, minutes + draw(st.integers(0, max_minutes)))
+            previous = key
+            keyed.append((key, priority, n * 10_000 + i, event))
+    return [event for *_, event in sorted(keyed, key=lambda t: (t[0], t[1], t[2]))]

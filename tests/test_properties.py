@@ -1,0 +1,123 @@
+"""Money invariants and determinism, over histories hypothesis builds and shrinks."""
+
+import json
+from collections import defaultdict
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processor.config import load_policy
+from processor.outputs import Decision, Output, RefundCommand, ReshipCommand, output_to_dict
+from processor.testing import TestDriver
+from tests.strategies import histories, jittered, merged_by_time
+
+POLICY = load_policy()
+END = "2026-06-01T00:00:00Z"
+
+
+def _run(events: list[dict[str, Any]]) -> list[Output]:
+    driver = TestDriver(POLICY)
+    for event in events:
+        driver.pipe(event)
+    driver.advance_to(END)
+    return driver.outputs()
+
+
+def _orders(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {e["order_id"]: e for e in events if e["type"] == "order_placed"}
+
+
+def assert_money_invariants(events: list[dict[str, Any]], outputs: list[Output]) -> None:
+    orders = _orders(events)
+    refunds = [o for o in outputs if isinstance(o, RefundCommand)]
+    paid: dict[str, int] = defaultdict(int)
+    units: dict[tuple[str, str], int] = defaultdict(int)
+    for refund in refunds:
+        order = orders[refund.order_id]
+        paid[refund.order_id] += refund.amount_minor
+        assert refund.amount_minor == refund.shipping_fee_minor + sum(
+            line.amount_minor for line in refund.lines
+        )
+        prices = {line["sku"]: line["unit_price_minor"] for line in order["lines"]}
+        for line in refund.lines:
+            assert line.quantity > 0
+            assert line.amount_minor == line.quantity * prices[line.sku]
+            units[(refund.order_id, line.sku)] += line.quantity
+    for order_id, amount in paid.items():
+        order = orders[order_id]
+        total = order["shipping_fee_minor"] + sum(
+            line["quantity"] * line["unit_price_minor"] for line in order["lines"]
+        )
+        assert amount <= total, f"{order_id} refunded {amount} of {total}"
+    for (order_id, sku), quantity in units.items():
+        ordered = {line["sku"]: line["quantity"] for line in orders[order_id]["lines"]}
+        assert quantity <= ordered[sku], f"{order_id} refunded {quantity} x {sku}"
+    command_ids = [r.command_id for r in refunds]
+    assert len(command_ids) == len(set(command_ids)), "the same refund was issued twice"
+    fees = [(r.order_id, r.shipping_fee_minor) for r in refunds if r.shipping_fee_minor]
+    assert len(fees) == len({order_id for order_id, _ in fees}), "shipping fee refunded twice"
+
+
+def assert_every_command_has_its_decision(outputs: list[Output]) -> None:
+    decided = {
+        (d.command_id, d.outcome) for d in outputs if isinstance(d, Decision) and d.command_id
+    }
+    for output in outputs:
+        if isinstance(output, RefundCommand):
+            assert (output.command_id, "refunded") in decided
+        if isinstance(output, ReshipCommand):
+            assert (output.command_id, "reshipped") in decided
+
+
+def _refund_set(outputs: list[Output]) -> set[tuple[str, str, int, tuple[Any, ...]]]:
+    return {
+        (o.command_id, o.order_id, o.amount_minor, o.lines)
+        for o in outputs
+        if isinstance(o, RefundCommand)
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(histories())
+def test_money_invariants_hold_in_event_time_order(orders: list[list[Any]]) -> None:
+    events = merged_by_time(orders)
+    outputs = _run(events)
+    assert_money_invariants(events, outputs)
+    assert_every_command_has_its_decision(outputs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories(), st.randoms(use_true_random=False))
+def test_money_invariants_hold_in_any_arrival_order(orders: list[list[Any]], rng: Any) -> None:
+    events = merged_by_time(orders)
+    rng.shuffle(events)
+    outputs = _run(events)
+    assert_money_invariants(events, outputs)
+    assert_every_command_has_its_decision(outputs)
+
+
+@settings(max_examples=100, deadline=None)
+@given(histories())
+def test_replaying_twice_gives_identical_outputs(orders: list[list[Any]]) -> None:
+    events = merged_by_time(orders)
+    first = [json.dumps(output_to_dict(o)) for o in _run(events)]
+    second = [json.dumps(output_to_dict(o)) for o in _run(events)]
+    assert first == second
+
+
+@settings(max_examples=150, deadline=None)
+@given(histories())
+def test_delivering_every_event_twice_changes_nothing(orders: list[list[Any]]) -> None:
+    events = merged_by_time(orders)
+    doubled = [e for event in events for e in (event, event)]
+    assert _run(doubled) == _run(events)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_interleaving_within_allowed_lateness_changes_no_refund(data: st.DataObject) -> None:
+    orders = data.draw(histories())
+    in_order = merged_by_time(orders)
+    shuffled = data.draw(jittered(orders, max_minutes=59))
+    assert _refund_set(_run(shuffled)) == _refund_set(_run(in_order))
