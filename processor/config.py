@@ -7,7 +7,13 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-DEFAULT_POLICY_FILE = Path(__file__).resolve().parent.parent / "config" / "policy.yaml"
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _default_policy_file() -> Path:
+    """config/policy.yaml of a source checkout, or the copy an installed wheel carries."""
+    installed = _PACKAGE / "default-config" / "policy.yaml"
+    return installed if installed.exists() else _PACKAGE.parent / "config" / "policy.yaml"
 
 MS_PER_DAY = 86_400_000
 
@@ -42,7 +48,7 @@ class PolicyConfig(BaseModel):
 
 def load_policy(path: Path | None = None) -> PolicyConfig:
     """Reads a policy YAML file; errors name the file and the offending key."""
-    path = path or DEFAULT_POLICY_FILE
+    path = path or _default_policy_file()
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
