@@ -81,7 +81,11 @@ def scan(
 
 
 def cancellation_requested(
-    order_id: str = "o1", *, request_id: str = "r1", when: str = at(0, 1), event_id: str | None = None
+    order_id: str = "o1",
+    *,
+    request_id: str = "r1",
+    when: str = at(0, 1),
+    event_id: str | None = None,
 ) -> Event:
     return _common("cancellation_requested", when, event_id) | {
         "order_id": order_id,
@@ -90,7 +94,11 @@ def cancellation_requested(
 
 
 def order_cancelled(
-    order_id: str = "o1", *, request_id: str | None = "r1", when: str = at(0, 2), event_id: str | None = None
+    order_id: str = "o1",
+    *,
+    request_id: str | None = "r1",
+    when: str = at(0, 2),
+    event_id: str | None = None,
 ) -> Event:
     return _common("order_cancelled", when, event_id) | {
         "order_id": order_id,

@@ -58,8 +58,7 @@ def test_null_and_absent_nullable_fields_are_accepted() -> None:
         (order_placed(currency="usd"), "invalid_currency"),
         (order_placed(currency="US"), "invalid_currency"),
         (
-            order_placed()
-            | {"lines": [{"sku": "A", "quantity": 1, "unit_price_minor": 1}] * 2},
+            order_placed() | {"lines": [{"sku": "A", "quantity": 1, "unit_price_minor": 1}] * 2},
             "duplicate_sku",
         ),
         (shipped() | {"lines": [{"sku": "A", "quantity": 1}] * 2}, "duplicate_sku"),
