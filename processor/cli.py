@@ -10,6 +10,7 @@ from typing import TextIO
 
 from processor.config import PolicyConfigError, load_policy
 from processor.events import to_millis
+from processor.generate import write_history
 from processor.outputs import output_to_dict
 from processor.replay import replay
 
@@ -73,8 +74,6 @@ def _replay(args: argparse.Namespace, out: TextIO) -> None:
 
 
 def _generate(args: argparse.Namespace, out: TextIO) -> None:
-    from processor.generate import write_history
-
     if args.orders < 1:
         raise CliError("--orders must be at least 1")
     if args.out is None:
