@@ -9,7 +9,7 @@ from processor.config import PolicyConfig
 from processor.events import Event, TrackingUpdate, event_to_json, parse_event_json
 from processor.outputs import Output
 from processor.policy import Result, apply_event, expire_orphans, fire_timer, timers
-from processor.state import Held, OrderState, OrphanBucket
+from processor.state import Held, OrphanBucket
 from processor.store import StateStore, Timer, order_owner, tracking_owner
 
 EXPIRE_ORPHANS_TIMER = "expire-orphans"
@@ -47,18 +47,19 @@ class Engine:
             self._fire(timer, outputs)
 
     def _apply(self, order_id: str, event: Event, origin: str, outputs: list[Output]) -> None:
-        state = self.store.load_order(order_id)
-        result = apply_event(state, order_id, event, origin, self.config)
-        self._commit(state, result, outputs)
+        result = apply_event(self.store.load_order(order_id), order_id, event, origin, self.config)
+        self._commit(result, outputs)
         for tracking_number in result.linked_tracking_numbers:
             self.store.link_tracking(tracking_number, order_id)
             self._adopt_orphans(tracking_number, order_id, outputs)
 
-    def _commit(self, before: OrderState | None, result: Result, outputs: list[Output]) -> None:
+    def _commit(self, result: Result, outputs: list[Output]) -> None:
         """Saves the new state and brings its timers in line with what it now needs."""
+        old = result.timers_before
+        if old is None:
+            return
         state = result.state
         owner = order_owner(state.order_id)
-        old = timers(before, self.config) if before is not None else {}
         new = timers(state, self.config)
         for name, deadline in old.items():
             if new.get(name) != deadline:
@@ -74,9 +75,7 @@ class Engine:
         if kind == "order":
             state = self.store.load_order(key)
             if state is not None:
-                self._commit(
-                    state, fire_timer(state, timer.name, timer.deadline, self.config), outputs
-                )
+                self._commit(fire_timer(state, timer.name, timer.deadline, self.config), outputs)
             return
         bucket = self.store.load_orphans(key)
         if bucket is None:

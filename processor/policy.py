@@ -6,8 +6,8 @@ call `apply_event` and `fire_timer` and differ only in where state and outputs g
 """
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Final
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
 
 from processor.config import PolicyConfig
 from processor.events import (
@@ -79,9 +79,14 @@ _DEAD_LETTER_REASON: Final = {
 
 @dataclass(slots=True)
 class Result:
-    """A step's new state, its outputs, and tracking numbers it linked to the order."""
+    """A step's new state, its outputs, and tracking numbers it linked to the order.
+
+    `timers_before` are the timers the state needed before the step (None when the step
+    was a no-op), so the caller can bring its timer index in line without recomputing.
+    """
 
     state: OrderState
+    timers_before: dict[str, int] | None
     outputs: list[Output] = field(default_factory=list)
     linked_tracking_numbers: list[str] = field(default_factory=list)
 
@@ -210,14 +215,16 @@ def apply_event(
     whose order, package, claim or tracking number is not known yet is held and applied
     when the missing piece arrives.
     """
+    if state is not None and event.event_id in state.seen:
+        return Result(state, timers_before=None)
     new_state = state.clone() if state is not None else OrderState(order_id=order_id)
-    result = Result(new_state)
-    if event.event_id in new_state.seen:
-        return result
-    for name, deadline in sorted(timers(new_state, config).items(), key=lambda t: (t[1], t[0])):
-        if deadline < event.at:
-            _fire(_Step(new_state, config, f"timer:{name}", deadline, result), name, event)
-    step = _Step(new_state, config, event.event_id, event.at, result)
+    before = timers(new_state, config)
+    result = Result(new_state, timers_before=before)
+    at = event.at
+    overdue = sorted((deadline, name) for name, deadline in before.items() if deadline < at)
+    for deadline, name in overdue:
+        _fire(_Step(new_state, config, f"timer:{name}", deadline, result), name, event)
+    step = _Step(new_state, config, event.event_id, at, result)
     _apply(step, event, origin)
     _revisit_pending_claims(step)
     return result
@@ -226,7 +233,7 @@ def apply_event(
 def fire_timer(state: OrderState, name: str, deadline: int, config: PolicyConfig) -> Result:
     """Fires a timer that `timers()` derived from this state, now that the clock reached it."""
     new_state = state.clone()
-    result = Result(new_state)
+    result = Result(new_state, timers_before=timers(state, config))
     _fire(_Step(new_state, config, f"timer:{name}", deadline, result), name, None)
     return result
 
@@ -244,8 +251,12 @@ def _fire(step: _Step, name: str, next_event: Event | None) -> None:
                 and next_event.tracking_number == package.tracking_number
             ):
                 # The late delivery that made the deadline due is already known (R3).
-                package.delivered_at = next_event.at
-                package.delivered_event_id = next_event.event_id
+                package = _set_package(
+                    step,
+                    package,
+                    delivered_at=next_event.at,
+                    delivered_event_id=next_event.event_id,
+                )
             _lost_deadline(step, package)
     _revisit_pending_claims(step)
 
@@ -294,6 +305,19 @@ def _dead_letter(item: Held) -> DeadLetter:
         message=f"no {what} arrived within orphan_ttl of this event",
         payload=item.event_json,
     )
+
+
+def _set_package(step: _Step, package: Package, **changes: Any) -> Package:
+    """Records are immutable: a change replaces the package in the new state."""
+    updated = replace(package, **changes)
+    step.state.packages[package.package_id] = updated
+    return updated
+
+
+def _set_claim(step: _Step, claim: Claim, **changes: Any) -> Claim:
+    updated = replace(claim, **changes)
+    step.state.claims[claim.claim_id] = updated
+    return updated
 
 
 def _expire_held(step: _Step, now: int) -> None:
@@ -441,7 +465,7 @@ def _tracking_update(step: _Step, event: TrackingUpdate, origin: str) -> None:
     if event.status in _IN_COURIER_HANDS and (
         package.picked_up_at is None or event.at < package.picked_up_at
     ):
-        package.picked_up_at = event.at
+        package = _set_package(step, package, picked_up_at=event.at)
     evidence = (package.shipped_event_id, event.event_id)
     match event.status:
         case "delivered":
@@ -452,7 +476,7 @@ def _tracking_update(step: _Step, event: TrackingUpdate, origin: str) -> None:
             )
         case "rto_delivered":
             if package.back_event_id is None:
-                package.back_event_id = event.event_id
+                package = _set_package(step, package, back_event_id=event.event_id)
             _refund_package(
                 step, package, "rto_delivered", "R1", evidence=evidence, why="returned to origin"
             )
@@ -462,11 +486,12 @@ def _tracking_update(step: _Step, event: TrackingUpdate, origin: str) -> None:
 
 def _delivered(step: _Step, package: Package, event: TrackingUpdate) -> None:
     if package.delivered_at is None or event.at < package.delivered_at:
-        package.delivered_at = event.at
-        package.delivered_event_id = event.event_id
+        package = _set_package(
+            step, package, delivered_at=event.at, delivered_event_id=event.event_id
+        )
     refunded_as_lost = package.settled_by in ("lost", "late_delivery")
     if refunded_as_lost and event.at <= package.deadline and not package.anomaly_reported:
-        package.anomaly_reported = True
+        package = _set_package(step, package, anomaly_reported=True)
         step.decide(
             "anomaly",
             "delivered_after_refund",
@@ -496,7 +521,7 @@ def _refund_package(
             package_id=package.package_id,
         )
         return
-    package.settled_by = reason
+    package = _set_package(step, package, settled_by=reason)
     step.refund(
         package.lines,
         reason=reason,
@@ -512,7 +537,7 @@ def _lost_deadline(step: _Step, package: Package) -> None:
     """R3: the lost/late deadline of a package has passed on the event-time clock."""
     if not _awaits_deadline(package):
         return
-    package.deadline_passed = True
+    package = _set_package(step, package, deadline_passed=True)
     days = step.config.lost_after_days
     if package.delivered_at is not None:
         evidence = (package.shipped_event_id, package.delivered_event_id or "")
@@ -651,7 +676,7 @@ def _judge_not_received(
     packages = _claim_packages(step.state, claim)
     delivered = [p for p in packages if p.delivered_event_id is not None]
     if packages and len(delivered) == len(packages):
-        claim.status = "denied"
+        claim = _set_claim(step, claim, status="denied")
         step.decide(
             "denied",
             "tracking_shows_delivered",
@@ -662,9 +687,9 @@ def _judge_not_received(
             claim_id=claim.claim_id,
         )
     elif packages and all(p.settled_by is not None for p in packages):
-        claim.status = "settled"
+        claim = _set_claim(step, claim, status="settled")
     elif initial:
-        claim.status = "pending"
+        claim = _set_claim(step, claim, status="pending")
         step.decide(
             "pending",
             "awaiting_tracking",
@@ -698,9 +723,11 @@ def _claim_reviewed(step: _Step, event: ClaimReviewed, origin: str) -> None:
             claim_id=claim.claim_id,
         )
         return
-    claim.review = Review(event.proof_accepted, event.resolution, event.event_id, event.at)
+    claim = _set_claim(
+        step, claim, review=Review(event.proof_accepted, event.resolution, event.event_id, event.at)
+    )
     if not event.proof_accepted:
-        claim.status = "denied"
+        claim = _set_claim(step, claim, status="denied")
         step.decide(
             "denied",
             "proof_rejected",
@@ -714,7 +741,7 @@ def _claim_reviewed(step: _Step, event: ClaimReviewed, origin: str) -> None:
     if claim.claim_type == "not_received":
         _judge_not_received(step, claim, evidence, initial=claim.status != "pending")
     elif claim.claim_type in _FULL_REFUND_CLAIMS:
-        claim.status = "settled"
+        claim = _set_claim(step, claim, status="settled")
         step.refund(
             _claimed_units(state, claim),
             reason=claim.claim_type,
@@ -744,9 +771,9 @@ def _resolve_partial(step: _Step, claim: Claim, rule: str, evidence: tuple[str, 
     state = step.state
     assert state.order is not None
     assert claim.review is not None
-    claim.status = "settled"
-    subject = f"claim:{claim.claim_id}"
     resolution = claim.review.resolution or step.config.default_partial_resolution
+    claim = _set_claim(step, claim, status="settled")
+    subject = f"claim:{claim.claim_id}"
     if resolution == "refund":
         step.refund(
             _claimed_units(state, claim),
@@ -809,7 +836,7 @@ def _judge_missing_item(
         _resolve_partial(step, claim, "R10", evidence + proof)
         return
     if initial:
-        claim.status = "pending"
+        claim = _set_claim(step, claim, status="pending")
         step.decide(
             "pending",
             "awaiting_packages",
@@ -823,6 +850,8 @@ def _judge_missing_item(
 
 def _revisit_pending_claims(step: _Step) -> None:
     """Whatever waited on the state that just changed is decided again, at once."""
+    if not step.state.claims:
+        return
     for claim in _pending(step.state):
         assert claim.review is not None or claim.claim_type == "not_received"
         evidence = (claim.filed_event_id,) + ((claim.review.event_id,) if claim.review else ())
@@ -845,7 +874,7 @@ def _return_received(step: _Step, event: ReturnReceived, origin: str) -> None:
         return
     state.seen.add(event.event_id)
     if package.back_event_id is None:
-        package.back_event_id = event.event_id
+        package = _set_package(step, package, back_event_id=event.event_id)
     evidence = (package.shipped_event_id, event.event_id)
     if event.condition == "intact":
         _refund_package(

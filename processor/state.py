@@ -1,8 +1,9 @@
 """Per-order state: the ledger and the facts the rules decide on.
 
-Plain mutable dataclasses, serialised with one pydantic TypeAdapter for the Redis store.
-The policy core never mutates a state it was given: it works on `clone()` and returns it.
-Times are epoch milliseconds (event time).
+Frozen dataclasses inside one mutable `OrderState`, serialised with a pydantic
+TypeAdapter for the Redis store. The policy core never changes a state it was given:
+it works on `clone()` and replaces the records it changes. Times are epoch
+milliseconds (event time).
 """
 
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ class Order:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Package:
     """A shipped package and the courier facts about it; `settled_by` ends its refund life."""
 
@@ -62,7 +63,7 @@ class Review:
     at: int
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Claim:
     claim_id: str
     claim_type: str
@@ -95,7 +96,7 @@ class Held:
     waits_for: str
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Ledger:
     """Units refunded per SKU; the single place that keeps refunds within what was paid."""
 
@@ -123,53 +124,22 @@ class OrderState:
         return None
 
     def clone(self) -> "OrderState":
-        """A deep copy, hand-written because `copy.deepcopy` costs too much per event."""
+        """A copy the policy core may change without touching this one.
+
+        Everything inside is immutable except the containers, so copying the containers
+        is enough; `copy.deepcopy` would cost more than the rest of a decision.
+        """
         return OrderState(
             order_id=self.order_id,
-            order=self.order,  # never mutated after order_placed
-            packages={k: _copy_package(p) for k, p in self.packages.items()},
-            claims={k: _copy_claim(c) for k, c in self.claims.items()},
-            ledger=Ledger(
-                dict(self.ledger.refunded),
-                self.ledger.shipping_fee_refunded,
-                self.ledger.refunded_minor,
-            ),
+            order=self.order,
+            packages=dict(self.packages),
+            claims=dict(self.claims),
+            ledger=self.ledger,
             cancel_request=self.cancel_request,
             cancelled=self.cancelled,
             held=list(self.held),
             seen=set(self.seen),
         )
-
-
-def _copy_package(package: Package) -> Package:
-    return Package(
-        package.package_id,
-        package.tracking_number,
-        package.lines,
-        package.shipped_at,
-        package.shipped_event_id,
-        package.deadline,
-        package.picked_up_at,
-        package.delivered_at,
-        package.delivered_event_id,
-        package.back_event_id,
-        package.settled_by,
-        package.deadline_passed,
-        package.anomaly_reported,
-    )
-
-
-def _copy_claim(claim: Claim) -> Claim:
-    return Claim(
-        claim.claim_id,
-        claim.claim_type,
-        claim.package_id,
-        claim.lines,
-        claim.filed_event_id,
-        claim.filed_at,
-        claim.review,
-        claim.status,
-    )
 
 
 @dataclass(slots=True)

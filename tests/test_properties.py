@@ -1,5 +1,6 @@
 """Money invariants and determinism, over histories hypothesis builds and shrinks."""
 
+import copy
 import json
 from collections import defaultdict
 from typing import Any
@@ -8,9 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processor.config import load_policy
+from processor.events import parse_event_json
 from processor.outputs import Decision, Output, RefundCommand, ReshipCommand, output_to_dict
+from processor.policy import apply_event, fire_timer, timers
+from processor.state import OrderState
 from processor.testing import TestDriver
-from tests.strategies import histories, jittered, merged_by_time
+from tests.strategies import histories, jittered, merged_by_time, order_history
 
 POLICY = load_policy()
 END = "2026-06-01T00:00:00Z"
@@ -121,3 +125,20 @@ def test_interleaving_within_allowed_lateness_changes_no_refund(data: st.DataObj
     in_order = merged_by_time(orders)
     shuffled = data.draw(jittered(orders, max_minutes=59))
     assert _refund_set(_run(shuffled)) == _refund_set(_run(in_order))
+
+
+@settings(max_examples=150, deadline=None)
+@given(order_history("o1"))
+def test_the_policy_never_changes_the_state_it_is_given(history: list[Any]) -> None:
+    state: OrderState | None = None
+    for _, raw in history:
+        event = parse_event_json(json.dumps(raw | {"order_id": "o1"}))
+        snapshot = copy.deepcopy(state)
+        result = apply_event(state, "o1", event, "test", POLICY)
+        assert state == snapshot
+        state = result.state
+    assert state is not None
+    for name, deadline in timers(state, POLICY).items():
+        snapshot = copy.deepcopy(state)
+        fire_timer(state, name, deadline, POLICY)
+        assert state == snapshot
