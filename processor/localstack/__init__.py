@@ -1,0 +1,160 @@
+"""Real Kafka and Redis as plain local processes, for tests and demos on machines without Docker.
+
+`processor.localstack.kafka.LocalKafka` runs an Apache Kafka 4.x KRaft broker from jars that
+Maven fetches once; `processor.localstack.redis.LocalRedis` runs the distribution's
+`redis-server`. `python -m processor.localstack up|down|status` runs both in the background.
+
+This module holds the process plumbing both share. The classes live in the submodules (not
+re-exported here) so that importing the package stays cheap and free of import cycles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = [
+    "ServiceStartError",
+    "die_with_parent",
+    "file_size",
+    "free_port",
+    "pid_alive",
+    "poll_until",
+    "port_open",
+    "read_log",
+    "stop_pid",
+    "stop_process",
+    "tail",
+]
+
+
+class ServiceStartError(RuntimeError):
+    """A local service did not come up; the message carries the tail of its log."""
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that was free a moment ago.
+
+    Another process can take it before the service binds it; callers retry on bind errors.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
+    """True if something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def poll_until(check: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    """Call `check` until it returns True or `timeout` seconds pass; return its last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def file_size(path: Path) -> int:
+    """Current size of a log (0 if absent), to read only what a later run appends."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def read_log(path: Path, *, since: int = 0) -> str:
+    """What was written to a log after byte `since` (one run's part of an appended log)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(since)
+            return handle.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return f"(no {path})"
+
+
+def tail(path: Path, lines: int = 40, *, since: int = 0) -> str:
+    """Last `lines` lines written to a log after byte `since`, for error messages."""
+    return "\n".join(read_log(path, since=since).splitlines()[-lines:])
+
+
+def die_with_parent(cmd: list[str]) -> list[str]:
+    """Prefix `cmd` so the child gets SIGTERM when the thread that started it dies (Linux).
+
+    Without it a SIGKILLed pytest leaves a JVM broker running forever. util-linux's
+    `setpriv --pdeathsig` sets that up and then execs `cmd` (same PID), which avoids a
+    `preexec_fn` (unsafe with librdkafka's threads running). Without `setpriv`: no guard.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "TERM", "--", *cmd] if setpriv else cmd
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes], *, crash: bool = False, timeout: float = 30
+) -> None:
+    """Stop a child: SIGTERM (clean shutdown) or SIGKILL when `crash`; SIGKILL after `timeout`."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGKILL if crash else signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def pid_alive(pid: int) -> bool:
+    """True if `pid` exists and is not a zombie (orphans of `up` may never be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except OSError:  # no /proc: fall back to signal 0
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state not in ("Z", "X")
+
+
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
+
+
+def stop_pid(pid: int, workdir: Path, *, timeout: float = 30) -> bool:
+    """Stop a process we started in an earlier run (no Popen handle any more).
+
+    Only signals `pid` if its working directory is `workdir` (both services are started
+    there), so a recycled PID now belonging to something else is left alone. The command line
+    cannot serve: redis-server rewrites its process title. Returns True if it was running.
+    """
+    if not pid_alive(pid) or _cwd(pid) != str(workdir.resolve()):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if not poll_until(lambda: not pid_alive(pid), timeout):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        poll_until(lambda: not pid_alive(pid), 5)
+    return True

@@ -1,0 +1,152 @@
+"""`python -m processor.localstack up|down|status`: Kafka and Redis in the background for demos.
+
+`up` starts a Kafka broker and a Redis (AOF on) that outlive the command and prints
+`KAFKA_BOOTSTRAP_SERVERS=...` and `REDIS_URL=...` on stdout (progress goes to stderr), e.g.
+`set -a; eval "$(python -m processor.localstack up)"; set +a`. It is idempotent: a stack
+that is already up is reused. Everything lives in `.stack/` under the current directory:
+`state.json` (addresses, PIDs, dirs), `env` (the same KEY=VALUE lines), and each service's
+data and logs in `kafka/` and `redis/`. `down` stops both and removes `.stack/`'s contents.
+With those variables set, the test fixtures use this stack instead of starting their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import TypedDict
+
+from processor.localstack import ServiceStartError, pid_alive, port_open, stop_pid
+from processor.localstack.kafka import LocalKafka
+from processor.localstack.redis import LocalRedis
+
+STACK_DIR = Path(".stack")
+_SERVICES = ("kafka", "redis")
+
+
+class ServiceState(TypedDict):
+    pid: int
+    port: int
+    address: str
+    workdir: str
+
+
+def _state_path() -> Path:
+    return STACK_DIR / "state.json"
+
+
+def _load() -> dict[str, ServiceState]:
+    try:
+        state: dict[str, ServiceState] = json.loads(_state_path().read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return state
+
+
+def _alive(service: ServiceState) -> bool:
+    return pid_alive(service["pid"]) and port_open(service["port"])
+
+
+def _env_lines(state: dict[str, ServiceState]) -> list[str]:
+    return [
+        f"KAFKA_BOOTSTRAP_SERVERS={state['kafka']['address']}",
+        f"REDIS_URL={state['redis']['address']}",
+    ]
+
+
+def _stop_all(state: dict[str, ServiceState]) -> None:
+    for name in _SERVICES:
+        if name in state and stop_pid(state[name]["pid"], Path(state[name]["workdir"])):
+            print(f"stopped {name} (pid {state[name]['pid']})", file=sys.stderr)
+    for name in _SERVICES:
+        shutil.rmtree(STACK_DIR / name, ignore_errors=True)
+    for leftover in (_state_path(), STACK_DIR / "env"):
+        leftover.unlink(missing_ok=True)
+
+
+def up() -> int:
+    """Start both services unless a complete stack is already running."""
+    state = _load()
+    if state and all(name in state and _alive(state[name]) for name in _SERVICES):
+        print("stack already up", file=sys.stderr)
+        print("\n".join(_env_lines(state)))
+        return 0
+    _stop_all(state)  # half-dead stack: start over
+    STACK_DIR.mkdir(exist_ok=True)
+    (STACK_DIR / ".gitignore").write_text("*\n")
+    redis = LocalRedis(appendonly=True, workdir=STACK_DIR / "redis", detach=True)
+    kafka = LocalKafka(workdir=STACK_DIR / "kafka", detach=True)
+    try:
+        print("starting redis...", file=sys.stderr)
+        redis.start()
+        print("starting kafka (first run downloads jars with Maven)...", file=sys.stderr)
+        kafka.start()
+    except BaseException as error:  # incl. Ctrl-C: detached servers must not be left behind
+        redis.close()
+        kafka.close()
+        if not isinstance(error, ServiceStartError):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    state = {
+        "kafka": ServiceState(
+            pid=kafka.pid,
+            port=int(kafka.bootstrap_servers.rsplit(":", 1)[1]),
+            address=kafka.bootstrap_servers,
+            workdir=str(kafka.workdir),
+        ),
+        "redis": ServiceState(
+            pid=redis.pid, port=redis.port, address=redis.url, workdir=str(redis.workdir)
+        ),
+    }
+    _state_path().write_text(json.dumps(state, indent=2) + "\n")
+    lines = _env_lines(state)
+    (STACK_DIR / "env").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def down() -> int:
+    """Stop whatever `up` started here and remove its data."""
+    state = _load()
+    if not state:
+        print("no stack recorded in .stack/", file=sys.stderr)
+    _stop_all(state)
+    return 0
+
+
+def status() -> int:
+    """Report each service; exit 0 only if both are up."""
+    state = _load()
+    healthy = True
+    for name in _SERVICES:
+        service = state.get(name)
+        if service is None:
+            print(f"{name}: not started")
+            healthy = False
+        elif _alive(service):
+            print(f"{name}: up pid={service['pid']} {service['address']}")
+        else:
+            print(f"{name}: DOWN (was pid={service['pid']} {service['address']})")
+            healthy = False
+    return 0 if healthy else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m processor.localstack",
+        description="Run Kafka and Redis locally in the background (state in ./.stack/).",
+    )
+    parser.add_argument("command", choices=["up", "down", "status"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    logging.getLogger("processor.localstack.kafka.rdkafka").setLevel(logging.WARNING)
+    command: str = args.command
+    return {"up": up, "down": down, "status": status}[command]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
