@@ -1,7 +1,6 @@
 """The `refund-processor` console script."""
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -11,8 +10,7 @@ from typing import TextIO
 from processor.config import PolicyConfigError, load_policy
 from processor.events import to_millis
 from processor.generate import write_history
-from processor.outputs import output_to_dict
-from processor.replay import replay
+from processor.replay import write_replay
 
 
 class CliError(Exception):
@@ -61,14 +59,7 @@ def _replay(args: argparse.Namespace, out: TextIO) -> None:
         raise CliError(f"cannot read {args.events}: {exc.strerror}") from exc
     with source:
         try:
-            batch: list[str] = []
-            for output in replay(source, str(args.events), config, now=now):
-                batch.append(json.dumps(output_to_dict(output), separators=(",", ":")))
-                if len(batch) >= 4096:
-                    out.write("\n".join(batch) + "\n")
-                    batch.clear()
-            if batch:
-                out.write("\n".join(batch) + "\n")
+            write_replay(source, str(args.events), config, out, now=now)
         except UnicodeDecodeError as exc:
             raise CliError(f"{args.events} is not UTF-8 text: {exc}") from exc
 

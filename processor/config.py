@@ -15,6 +15,7 @@ def _default_policy_file() -> Path:
     installed = _PACKAGE / "default-config" / "policy.yaml"
     return installed if installed.exists() else _PACKAGE.parent / "config" / "policy.yaml"
 
+
 MS_PER_DAY = 86_400_000
 
 

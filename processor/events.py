@@ -5,9 +5,9 @@ because a dead letter is only useful if an operator can count and fix it by reas
 """
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Generic, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -76,8 +76,26 @@ AmountMinor = Annotated[int, AfterValidator(_amount)]
 Currency = Annotated[str, AfterValidator(_currency)]
 
 
+_T = TypeVar("_T")
+
+
+class _computed_once(Generic[_T]):  # noqa: N801 - used like the decorator it is
+    """`functools.cached_property` without its per-access lock (Python 3.11 holds one)."""
+
+    def __init__(self, compute: Callable[[Any], _T]) -> None:
+        self._compute = compute
+        self._name = compute.__name__
+
+    def __get__(self, instance: Any, owner: type | None = None) -> _T:
+        value = self._compute(instance)
+        instance.__dict__[self._name] = value
+        return value
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+    model_config = ConfigDict(
+        strict=True, frozen=True, extra="ignore", ignored_types=(_computed_once,)
+    )
 
 
 class OrderLine(_Model):
@@ -111,7 +129,7 @@ class _Event(_Model):
     event_id: Id
     occurred_at: AwareDatetime
 
-    @property
+    @_computed_once
     def at(self) -> int:
         """Event time in epoch milliseconds, the unit the policy core computes in."""
         return to_millis(self.occurred_at)

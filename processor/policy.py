@@ -362,6 +362,8 @@ def _apply(step: _Step, event: Event, origin: str) -> None:
 
 def _release_held(step: _Step, waits_for: str) -> None:
     """Applies, in arrival order, the held events whose missing piece just arrived."""
+    if not step.state.held:
+        return
     ready = [h for h in step.state.held if h.waits_for == waits_for]
     if not ready:
         return

@@ -5,13 +5,22 @@ refunded for this history?" without Kafka or Redis, and the live processor must 
 with it (SPEC section 6 says where the two may differ).
 """
 
+import gc
+import json
 from collections.abc import Iterable, Iterator
+from typing import TextIO
 
 from processor.config import PolicyConfig
 from processor.engine import Engine
 from processor.events import InvalidEventError, parse_event_json
-from processor.outputs import DeadLetter, Output
+from processor.outputs import DeadLetter, Output, output_to_dict
 from processor.store import InMemoryStore, StateStore
+
+# Order states are long-lived and free of reference cycles, yet the cyclic collector
+# would rescan all of them again and again as they accumulate (15% of replay time on a
+# 100k-order history). Freezing moves what exists to a generation it never scans;
+# reference counting still frees replaced states.
+_FREEZE_EVERY = 20_000
 
 
 class OfflineProcessor:
@@ -44,9 +53,37 @@ def replay(
     `source:line` as its origin.
     """
     processor = OfflineProcessor(config)
-    for number, line in enumerate(lines, start=1):
-        text = line.rstrip("\r\n")
-        if text.strip():
-            yield from processor.feed(text, f"{source}:{number}")
-    if now is not None:
-        yield from processor.advance_to(now)
+    try:
+        for number, line in enumerate(lines, start=1):
+            if number % _FREEZE_EVERY == 0:
+                gc.freeze()
+            text = line.rstrip("\r\n")
+            if text.strip():
+                yield from processor.feed(text, f"{source}:{number}")
+        if now is not None:
+            yield from processor.advance_to(now)
+    finally:
+        gc.unfreeze()
+
+
+def write_replay(
+    lines: Iterable[str],
+    source: str,
+    config: PolicyConfig,
+    out: TextIO,
+    *,
+    now: int | None = None,
+) -> int:
+    """Replays and writes each output as a compact JSON line; returns how many."""
+    written = 0
+    batch: list[str] = []
+    for output in replay(lines, source, config, now=now):
+        batch.append(json.dumps(output_to_dict(output), separators=(",", ":")))
+        if len(batch) >= 4096:
+            out.write("\n".join(batch) + "\n")
+            written += len(batch)
+            batch.clear()
+    if batch:
+        out.write("\n".join(batch) + "\n")
+        written += len(batch)
+    return written
