@@ -9,8 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processor.config import load_policy
-from processor.events import parse_event_json
-from processor.outputs import Decision, Output, RefundCommand, ReshipCommand, output_to_dict
+from processor.events import InvalidEventError, parse_event_json
+from processor.generate import generate_history, iter_labelled_history
+from processor.outputs import (
+    DeadLetter,
+    Decision,
+    Output,
+    RefundCommand,
+    ReshipCommand,
+    output_to_dict,
+)
 from processor.policy import apply_event, fire_timer, timers
 from processor.state import OrderState
 from processor.testing import TestDriver
@@ -142,3 +150,42 @@ def test_the_policy_never_changes_the_state_it_is_given(history: list[Any]) -> N
         snapshot = copy.deepcopy(state)
         fire_timer(state, name, deadline, POLICY)
         assert state == snapshot
+
+
+def _valid_events(lines: list[str]) -> list[dict[str, Any]]:
+    valid = []
+    for line in lines:
+        try:
+            parse_event_json(line)
+        except InvalidEventError:
+            continue
+        valid.append(json.loads(line))
+    return valid
+
+
+def _replay_lines(lines: list[str]) -> list[Output]:
+    driver = TestDriver(POLICY)
+    for line in lines:
+        driver.pipe(line)
+    driver.advance_to(END)
+    return driver.outputs()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_generated_histories_keep_the_money_invariants(seed: int) -> None:
+    lines = generate_history(60, seed)
+    outputs = _replay_lines(lines)
+    assert_money_invariants(_valid_events(lines), outputs)
+    assert_every_command_has_its_decision(outputs)
+    malformed = sum(1 for _, kind in iter_labelled_history(60, seed) if kind)
+    assert sum(1 for o in outputs if isinstance(o, DeadLetter)) >= malformed
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_generated_histories_replay_identically_and_ignore_redelivery(seed: int) -> None:
+    lines = generate_history(40, seed, malformed_share=0)
+    once = _replay_lines(lines)
+    assert _replay_lines(lines) == once
+    assert _replay_lines([line for line in lines for _ in (0, 1)]) == once
