@@ -3,7 +3,15 @@
 The engine is the same for the offline replay (in-memory store, one clock for the whole
 file) and the live processor (Redis store, one clock per task). It owns routing and
 time; every decision is the policy core's.
+
+Tracking updates without an order_id wait, per tracking number, for the
+`package_shipped` that links the number to an order. In the replay both happen in this
+one engine. The live processor splits them across tasks: the order's task publishes the
+link (`publish_link`), the tracking number's task receives it (`link`) and forwards
+the waiting updates to the order's task (`forward`).
 """
+
+from collections.abc import Callable
 
 from processor.config import PolicyConfig
 from processor.events import Event, TrackingUpdate, event_to_json, parse_event_json
@@ -14,28 +22,56 @@ from processor.store import StateStore, Timer, order_owner, tracking_owner
 
 EXPIRE_ORPHANS_TIMER = "expire-orphans"
 
+# (order_id, tracking update, origin, outputs): a tracking update whose order is now known.
+Forward = Callable[[str, TrackingUpdate, str, list[Output]], None]
+# (tracking_number, order_id, outputs): a package_shipped linked a number to its order.
+PublishLink = Callable[[str, str, list[Output]], None]
+
 
 class Engine:
-    def __init__(self, store: StateStore, config: PolicyConfig) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        config: PolicyConfig,
+        *,
+        forward: Forward | None = None,
+        publish_link: PublishLink | None = None,
+    ) -> None:
         self.store = store
         self.config = config
         self._lateness_ms = config.allowed_lateness_ms
         self._orphan_ttl_ms = config.orphan_ttl_ms
+        self._forward: Forward = forward or self._apply
+        self._publish_link: PublishLink = publish_link or self.link
 
     def process(self, event: Event, origin: str) -> list[Output]:
         """Applies one event, then fires the timers its advance of the clock made due."""
         outputs: list[Output] = []
-        order_id = event.order_id
-        if order_id is None:
+        if event.order_id is not None:
+            self._apply(event.order_id, event, origin, outputs)
+        else:
             assert isinstance(event, TrackingUpdate)
             order_id = self.store.order_for_tracking(event.tracking_number)
-        if order_id is None:
-            assert isinstance(event, TrackingUpdate)
-            self._hold_orphan(event, origin)
-        else:
-            self._apply(order_id, event, origin, outputs)
+            if order_id is None:
+                self._hold_orphan(event, origin)
+            else:
+                self._forward(order_id, event, origin, outputs)
         self.advance_clock(event.at - self._lateness_ms, outputs)
         return outputs
+
+    def link(self, tracking_number: str, order_id: str, outputs: list[Output]) -> None:
+        """A package claimed this tracking number: its waiting updates go to the order."""
+        self.store.link_tracking(tracking_number, order_id)
+        bucket = self.store.load_orphans(tracking_number)
+        if bucket is None:
+            return
+        self.store.delete_orphans(tracking_number)
+        if bucket.held:
+            self.store.cancel_timer(self._orphan_timer(bucket))
+        for held in bucket.held:
+            event = parse_event_json(held.event_json)
+            assert isinstance(event, TrackingUpdate)
+            self._forward(order_id, event, held.origin, outputs)
 
     def advance_clock(self, clock: int, outputs: list[Output]) -> None:
         """Moves the clock forward (never back) and fires due timers, oldest deadline first."""
@@ -50,8 +86,7 @@ class Engine:
         result = apply_event(self.store.load_order(order_id), order_id, event, origin, self.config)
         self._commit(result, outputs)
         for tracking_number in result.linked_tracking_numbers:
-            self.store.link_tracking(tracking_number, order_id)
-            self._adopt_orphans(tracking_number, order_id, outputs)
+            self._publish_link(tracking_number, order_id, outputs)
 
     def _commit(self, result: Result, outputs: list[Output]) -> None:
         """Saves the new state and brings its timers in line with what it now needs."""
@@ -107,14 +142,3 @@ class Engine:
         """Derived from the bucket: it expires when its oldest update reaches orphan_ttl."""
         deadline = min(h.at for h in bucket.held) + self._orphan_ttl_ms
         return Timer(deadline, tracking_owner(bucket.tracking_number), EXPIRE_ORPHANS_TIMER)
-
-    def _adopt_orphans(self, tracking_number: str, order_id: str, outputs: list[Output]) -> None:
-        """A package just claimed this tracking number: its waiting updates go to the order."""
-        bucket = self.store.load_orphans(tracking_number)
-        if bucket is None:
-            return
-        self.store.delete_orphans(tracking_number)
-        if bucket.held:
-            self.store.cancel_timer(self._orphan_timer(bucket))
-        for held in bucket.held:
-            self._apply(order_id, parse_event_json(held.event_json), held.origin, outputs)
