@@ -10,7 +10,9 @@ from typing import TextIO
 from processor.config import PolicyConfigError, load_policy
 from processor.events import to_millis
 from processor.generate import write_history
+from processor.publish import PublishError, publish_lines
 from processor.replay import write_replay
+from processor.settings import SettingsError, load_settings, make_serde
 
 
 class CliError(Exception):
@@ -47,6 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     generate_cmd.add_argument("--orders", type=int, required=True)
     generate_cmd.add_argument("--seed", type=int, default=1)
     generate_cmd.add_argument("--out", type=Path, help="file to write (default stdout)")
+
+    publish_cmd = commands.add_parser(
+        "publish", help="write JSONL events into the input topics as Avro"
+    )
+    publish_cmd.add_argument("events", type=Path, help="JSON events, one per line")
+    publish_cmd.add_argument(
+        "--config", type=Path, help="settings YAML (default $REFUND_CONFIG or config/local.yaml)"
+    )
+    publish_cmd.add_argument(
+        "--bootstrap-servers", metavar="HOST:PORT", help="Kafka to write to (overrides settings)"
+    )
     return parser
 
 
@@ -74,6 +87,30 @@ def _generate(args: argparse.Namespace, out: TextIO) -> None:
         write_history(target, orders=args.orders, seed=args.seed)
 
 
+def _publish(args: argparse.Namespace) -> None:
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
+    if args.bootstrap_servers is not None:
+        if not args.bootstrap_servers.strip():
+            raise CliError("--bootstrap-servers must not be empty")
+        kafka = settings.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
+        settings = settings.model_copy(update={"kafka": kafka})
+    try:
+        source = args.events.open("rb")
+    except OSError as exc:
+        raise CliError(f"cannot read {args.events}: {exc.strerror}") from exc
+    with source:
+        try:
+            summary = publish_lines(
+                source, str(args.events), settings, make_serde(settings), errors=sys.stderr
+            )
+        except PublishError as exc:
+            raise CliError(str(exc)) from exc
+    print(summary.line(), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -81,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _replay(args, sys.stdout)
         elif args.command == "generate":
             _generate(args, sys.stdout)
+        elif args.command == "publish":
+            _publish(args)
     except (CliError, PolicyConfigError) as exc:
         print(f"refund-processor: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,418 @@
+"""Settings (processor/settings.py): YAML + environment, error messages, secrets, and the
+librdkafka mapping, the last checked against a real broker as well as key by key."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from pydantic import ValidationError
+
+from processor.localstack.kafka import KafkaAdmin
+from processor.settings import (
+    CONFIG_ENV,
+    KafkaSettings,
+    RedisSettings,
+    Settings,
+    SettingsError,
+    default_settings_file,
+    load_settings,
+    make_serde,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SECRETS = ("kafka-s3cret", "key-s3cret", "redis-s3cret", "registry-s3cret", "oauth-s3cret")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's own REFUND_* variables must not change what these tests see."""
+    for name in list(os.environ):
+        upper = name.upper()
+        if upper.startswith("REFUND_") and not upper.startswith("REFUND_PROCESSOR_"):
+            monkeypatch.delenv(name)
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "settings.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _sasl_yaml() -> str:
+    return """
+kafka:
+  bootstrap_servers: broker-1:9093,broker-2:9093
+  security_protocol: SASL_SSL
+  sasl_mechanism: SCRAM-SHA-512
+  sasl_username: refunds
+  ssl_ca_location: /etc/ca.pem
+  ssl_certificate_location: /etc/client.pem
+  ssl_key_location: /etc/client.key
+  librdkafka:
+    socket.keepalive.enable: "true"
+    sasl.oauthbearer.client.secret: oauth-s3cret
+redis:
+  url: redis://redis.internal:6379/2
+  tls: true
+schema_registry_url: https://registry.internal:8081
+schema_registry:
+  username: refunds
+"""
+
+
+def _secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REFUND_KAFKA__SASL_PASSWORD", "kafka-s3cret")
+    monkeypatch.setenv("REFUND_KAFKA__SSL_KEY_PASSWORD", "key-s3cret")
+    monkeypatch.setenv("REFUND_REDIS__PASSWORD", "redis-s3cret")
+    monkeypatch.setenv("REFUND_SCHEMA_REGISTRY__PASSWORD", "registry-s3cret")
+
+
+def _assert_no_secret(text: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def test_values_come_from_the_yaml_file_and_defaults_fill_the_rest(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """
+application_id: refunds-eu
+kafka:
+  bootstrap_servers: kafka.internal:9092
+topics:
+  orders: eu.orders
+commit_interval_ms: 250
+policy_file: /etc/policy.yaml
+""",
+    )
+
+    settings = load_settings(path)
+
+    assert settings.application_id == "refunds-eu"
+    assert settings.kafka.bootstrap_servers == "kafka.internal:9092"
+    assert settings.kafka.security_protocol == "PLAINTEXT"
+    assert settings.topics.orders == "eu.orders"
+    assert settings.topics.tracking == "courier.tracking"
+    assert settings.commit_interval_ms == 250
+    assert settings.max_batch_records == 5000
+    assert settings.idle_partition_wait_ms == 2000
+    assert settings.policy_file == Path("/etc/policy.yaml")
+    assert settings.metrics_bind == ("127.0.0.1", 9108)
+    assert settings.schema_registry_url is None
+
+
+def test_environment_variables_win_over_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _write(
+        tmp_path,
+        "kafka:\n  bootstrap_servers: from-file:9092\n  client_id: file-client\n"
+        "topics:\n  orders: file.orders\n",
+    )
+    monkeypatch.setenv("REFUND_KAFKA__BOOTSTRAP_SERVERS", "from-env:9092")
+    monkeypatch.setenv("REFUND_TOPICS__TRACKING", "env.tracking")
+    monkeypatch.setenv("REFUND_COMMIT_INTERVAL_MS", "40")
+    monkeypatch.setenv("REFUND_KAFKA__LIBRDKAFKA", '{"socket.keepalive.enable": "true"}')
+
+    settings = load_settings(path)
+
+    assert settings.kafka.bootstrap_servers == "from-env:9092"
+    assert settings.kafka.client_id == "file-client"  # the rest of the section stays
+    assert settings.topics.orders == "file.orders"
+    assert settings.topics.tracking == "env.tracking"
+    assert settings.commit_interval_ms == 40
+    assert settings.kafka.librdkafka == {"socket.keepalive.enable": "true"}
+
+
+def test_refund_config_names_the_file_unless_a_path_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from_env = _write(tmp_path, "application_id: from-env-file\n")
+    explicit = tmp_path / "explicit.yaml"
+    explicit.write_text("application_id: explicit-file\n")
+    monkeypatch.setenv(CONFIG_ENV, str(from_env))
+
+    assert load_settings().application_id == "from-env-file"
+    assert load_settings(explicit).application_id == "explicit-file"
+
+
+def test_the_default_file_is_the_checkouts_local_yaml_with_loopback_services() -> None:
+    assert default_settings_file() == REPO / "config" / "local.yaml"
+
+    settings = load_settings()
+
+    assert settings.kafka.bootstrap_servers.startswith("127.0.0.1:")
+    assert settings.redis.url.startswith("redis://127.0.0.1:")
+    assert settings.topics.orders == "orders.events"
+
+
+def test_the_production_example_loads_with_its_secrets_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    example = REPO / "config" / "production.example.yaml"
+    with pytest.raises(SettingsError, match=r"kafka: .*sasl_password are required"):
+        load_settings(example)
+
+    monkeypatch.setenv("REFUND_KAFKA__SASL_PASSWORD", "kafka-s3cret")
+    monkeypatch.setenv("REFUND_REDIS__PASSWORD", "redis-s3cret")
+    monkeypatch.setenv("REFUND_SCHEMA_REGISTRY__PASSWORD", "registry-s3cret")
+    settings = load_settings(example)
+
+    assert settings.kafka.security_protocol == "SASL_SSL"
+    assert settings.redis.uses_tls
+    assert settings.kafka.producer_config()["sasl.password"] == "kafka-s3cret"
+    assert make_serde(settings).framing == "confluent"
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings()
+
+    with pytest.raises(ValidationError):
+        settings.application_id = "other"  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        settings.kafka.bootstrap_servers = "other:9092"  # type: ignore[misc]
+
+
+def test_internal_topics_and_ids_derive_from_the_application_id() -> None:
+    settings = Settings(application_id="refunds-eu")
+
+    assert settings.by_order_topic == "refunds-eu-by-order"
+    assert settings.group_id == "refunds-eu"
+    assert settings.transactional_id("3") == "refunds-eu-3"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_a_bad_value_is_named_by_file_and_dotted_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, "kafka:\n  security_protocol: TLS\n")
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path)
+
+    message = str(caught.value)
+    assert str(path) in message
+    assert "kafka.security_protocol: Input should be 'PLAINTEXT'" in message
+
+
+def test_a_misspelt_key_is_an_error_not_a_silent_default(tmp_path: Path) -> None:
+    path = _write(tmp_path, "kafka:\n  bootstrap_server: typo:9092\n")
+
+    with pytest.raises(SettingsError, match=r"kafka\.bootstrap_server: Extra inputs"):
+        load_settings(path)
+
+
+def test_a_bad_value_from_the_environment_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _write(tmp_path, "")
+    monkeypatch.setenv("REFUND_MAX_BATCH_RECORDS", "lots")
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path)
+
+    assert "max_batch_records: Input should be a valid integer" in str(caught.value)
+    assert "REFUND_MAX_BATCH_RECORDS" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("kafka:\n  security_protocol: SASL_SSL\n", r"kafka: .*sasl_mechanism is required"),
+        (
+            "kafka:\n  sasl_username: u\n",
+            r"kafka: .*sasl_username set but security_protocol is PLAINTEXT",
+        ),
+        ("kafka:\n  librdkafka:\n    acks: '1'\n", r"kafka\.librdkafka: .*acks cannot be set"),
+        ("topics:\n  dlq: orders.events\n", r"topics: .*orders and dlq are the same topic"),
+        ("redis:\n  url: http://x\n", r"redis\.url: .*redis://"),
+        ("metrics_address: localhost\n", r"metrics_address: .*host:port"),
+        ("schema_registry:\n  username: u\n  password: p\n", r"schema_registry_url is unset"),
+        ("application_id: 'has space'\n", r"application_id: String should match"),
+        ("- a list\n", r"must hold a mapping"),
+    ],
+)
+def test_inconsistent_settings_are_rejected(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(SettingsError, match=expected):
+        load_settings(_write(tmp_path, text))
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"cannot read settings file .*nope\.yaml"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def test_secrets_never_appear_in_repr_str_or_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _secret_env(monkeypatch)
+    settings = load_settings(_write(tmp_path, _sasl_yaml()))
+
+    logging.getLogger("test").warning("settings: %s / %r", settings, settings)
+    for shown in (repr(settings), str(settings), repr(settings.kafka), str(settings.redis)):
+        _assert_no_secret(shown)
+    _assert_no_secret(caplog.text)
+    assert "**********" in repr(settings.kafka)
+    assert "socket.keepalive.enable" in repr(settings.kafka)  # non-secret passthrough shows
+    # ...while the clients get them in clear.
+    assert settings.kafka.producer_config()["sasl.password"] == "kafka-s3cret"
+    assert settings.kafka.consumer_config("g")["ssl.key.password"] == "key-s3cret"
+
+
+def test_secrets_never_appear_in_error_messages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _secret_env(monkeypatch)
+    monkeypatch.setenv("REFUND_REDIS__SOCKET_TIMEOUT_S", "-1")  # an unrelated error
+    with pytest.raises(SettingsError) as unrelated:
+        load_settings(_write(tmp_path, _sasl_yaml()))
+    _assert_no_secret(str(unrelated.value))
+
+    # The secret itself invalid, in the file: malformed YAML on its line...
+    bad_yaml = _write(tmp_path, 'kafka:\n  sasl_password: "kafka-s3cret\n')
+    with pytest.raises(SettingsError) as broken:
+        load_settings(bad_yaml)
+    _assert_no_secret(str(broken.value))
+    # ...or of the wrong type, or a password in a URL.
+    for text in (
+        "kafka:\n  sasl_password: [kafka-s3cret]\n",
+        "redis:\n  url: redis://user:redis-s3cret@host:6379/0\n",
+        "schema_registry_url: https://u:registry-s3cret@registry:8081\n",
+    ):
+        with pytest.raises(SettingsError) as caught:
+            load_settings(_write(tmp_path, text))
+        _assert_no_secret(str(caught.value))
+        assert caught.value.__cause__ is None
+        assert caught.value.__suppress_context__
+
+
+# --------------------------------------------------------------------------- librdkafka
+
+
+def test_producer_consumer_and_admin_configs_map_every_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _secret_env(monkeypatch)
+    kafka = load_settings(_write(tmp_path, _sasl_yaml())).kafka
+    common = {
+        "bootstrap.servers": "broker-1:9093,broker-2:9093",
+        "security.protocol": "SASL_SSL",
+        "client.id": "refund-processor",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "refunds",
+        "sasl.password": "kafka-s3cret",
+        "ssl.ca.location": "/etc/ca.pem",
+        "ssl.certificate.location": "/etc/client.pem",
+        "ssl.key.location": "/etc/client.key",
+        "ssl.key.password": "key-s3cret",
+    }
+    passthrough = {
+        "socket.keepalive.enable": "true",
+        "sasl.oauthbearer.client.secret": "oauth-s3cret",
+    }
+
+    assert kafka.producer_config() == {
+        **common,
+        "enable.idempotence": True,
+        "acks": "all",
+        "partitioner": "murmur2_random",
+        "linger.ms": 5,
+        **passthrough,
+    }
+    assert kafka.producer_config("tx-7")["transactional.id"] == "tx-7"
+    assert kafka.consumer_config("refund-processor") == {
+        **common,
+        "group.id": "refund-processor",
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "range",
+        **passthrough,
+    }
+    assert kafka.admin_config() == {**common, **passthrough}
+
+
+def test_the_passthrough_is_applied_last() -> None:
+    kafka = KafkaSettings(librdkafka={"linger.ms": "50", "auto.commit.interval.ms": "1"})
+
+    assert kafka.producer_config()["linger.ms"] == "50"
+    assert list(kafka.consumer_config("g"))[-2:] == ["linger.ms", "auto.commit.interval.ms"]
+
+
+def test_clients_built_from_the_configs_work_against_a_real_broker(
+    kafka_bootstrap: str, admin: KafkaAdmin, unique_topic: Callable[[str], str]
+) -> None:
+    """librdkafka accepts every mapped key, transactions work, read_committed reads them."""
+    topic = admin.create_topic(unique_topic("settings"), 1)
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+
+    assert topic in AdminClient(kafka.admin_config()).list_topics(timeout=10).topics
+    producer = Producer(kafka.producer_config(f"test-{uuid.uuid4().hex}"))
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.produce(topic, b"v", b"k")
+    producer.commit_transaction(30)
+
+    consumer = Consumer(kafka.consumer_config(f"group-{uuid.uuid4().hex}"))
+    try:
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        deadline = time.monotonic() + 30
+        received = None
+        while received is None and time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is not None and msg.error() is None:
+                received = msg
+        assert received is not None, "the committed record never arrived"
+        assert (received.key(), received.value()) == (b"k", b"v")
+    finally:
+        consumer.close()
+
+
+# --------------------------------------------------------------------------- redis, serde
+
+
+def test_the_redis_client_talks_bytes_to_the_configured_server(redis_url: str) -> None:
+    client = RedisSettings(url=redis_url, socket_timeout_s=2).client()
+    key = f"test-settings-{uuid.uuid4().hex}"
+    try:
+        client.set(key, "v")
+        assert client.get(key) == b"v"
+    finally:
+        client.delete(key)
+
+
+def test_redis_tls_and_password_reach_the_connection_pool() -> None:
+    client = RedisSettings(
+        url="redis://redis.internal:6380/1",
+        password="redis-s3cret",
+        tls=True,
+        tls_ca_location="/etc/redis-ca.pem",
+    ).client()
+
+    pool = client.connection_pool
+    assert pool.connection_class is redis.SSLConnection
+    assert pool.connection_kwargs["password"] == "redis-s3cret"
+    assert pool.connection_kwargs["ssl_ca_certs"] == "/etc/redis-ca.pem"
+    assert pool.connection_kwargs["db"] == 1
+
+
+def test_make_serde_uses_the_confluent_framing_only_with_a_registry() -> None:
+    assert make_serde(Settings()).framing == "single_object"
+    with_registry = Settings(schema_registry_url="http://127.0.0.1:8081")
+    assert make_serde(with_registry).framing == "confluent"
