@@ -12,7 +12,8 @@ from processor.events import to_millis
 from processor.generate import write_history
 from processor.publish import PublishError, publish_lines
 from processor.replay import write_replay
-from processor.settings import SettingsError, load_settings, make_serde
+from processor.runner import Runner
+from processor.settings import Settings, SettingsError, load_settings, make_serde
 
 
 class CliError(Exception):
@@ -54,13 +55,30 @@ def _parser() -> argparse.ArgumentParser:
         "publish", help="write JSONL events into the input topics as Avro"
     )
     publish_cmd.add_argument("events", type=Path, help="JSON events, one per line")
-    publish_cmd.add_argument(
-        "--config", type=Path, help="settings YAML (default $REFUND_CONFIG or config/local.yaml)"
-    )
-    publish_cmd.add_argument(
-        "--bootstrap-servers", metavar="HOST:PORT", help="Kafka to write to (overrides settings)"
-    )
+    run_cmd = commands.add_parser("run", help="the live processor (Kafka + Redis)")
+    for command in (publish_cmd, run_cmd):
+        command.add_argument(
+            "--config",
+            type=Path,
+            help="settings YAML (default $REFUND_CONFIG or config/local.yaml)",
+        )
+        command.add_argument(
+            "--bootstrap-servers", metavar="HOST:PORT", help="Kafka to use (overrides settings)"
+        )
     return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
+    if args.bootstrap_servers is not None:
+        if not args.bootstrap_servers.strip():
+            raise CliError("--bootstrap-servers must not be empty")
+        kafka = settings.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
+        settings = settings.model_copy(update={"kafka": kafka})
+    return settings
 
 
 def _replay(args: argparse.Namespace, out: TextIO) -> None:
@@ -88,15 +106,7 @@ def _generate(args: argparse.Namespace, out: TextIO) -> None:
 
 
 def _publish(args: argparse.Namespace) -> None:
-    try:
-        settings = load_settings(args.config)
-    except SettingsError as exc:
-        raise CliError(str(exc)) from None
-    if args.bootstrap_servers is not None:
-        if not args.bootstrap_servers.strip():
-            raise CliError("--bootstrap-servers must not be empty")
-        kafka = settings.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
-        settings = settings.model_copy(update={"kafka": kafka})
+    settings = _settings(args)
     try:
         source = args.events.open("rb")
     except OSError as exc:
@@ -120,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _generate(args, sys.stdout)
         elif args.command == "publish":
             _publish(args)
+        elif args.command == "run":
+            Runner(_settings(args)).run()
     except (CliError, PolicyConfigError) as exc:
         print(f"refund-processor: error: {exc}", file=sys.stderr)
         return 2

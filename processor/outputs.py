@@ -115,8 +115,9 @@ class DeadLetter:
 Output = RefundCommand | ReshipCommand | Decision | DeadLetter
 
 
-def output_to_dict(output: Output) -> dict[str, Any]:
-    """The JSON form of an output (replay's stdout), with ISO timestamps."""
+def output_to_dict(output: Output, *, iso_times: bool = True) -> dict[str, Any]:
+    """An output as plain data: ISO timestamps for JSON (replay's stdout), or datetimes
+    for Avro (`iso_times=False`)."""
     if isinstance(output, DeadLetter):
         return {
             "type": output.type,
@@ -130,7 +131,7 @@ def output_to_dict(output: Output) -> dict[str, Any]:
     for name in output.__slots__:
         value = getattr(output, name)
         if name == "decided_at":
-            value = iso_millis(value)
+            value = iso_millis(value) if iso_times else from_millis(value)
         elif name == "lines":
             value = [{slot: getattr(line, slot) for slot in line.__slots__} for line in value]
         elif name == "evidence_event_ids":

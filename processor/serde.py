@@ -46,6 +46,7 @@ from fastavro.validation import ValidationError, validate
 __all__ = [
     "CONFLUENT_MAGIC",
     "INPUT_TYPES",
+    "INTERNAL_TYPES",
     "MESSAGE_TYPES",
     "NAMESPACE",
     "ORDER_EVENT_TYPES",
@@ -86,9 +87,11 @@ ORDER_EVENT_TYPES: Final = (
 TRACKING_EVENT_TYPES: Final = ("tracking_update",)
 INPUT_TYPES: Final = ORDER_EVENT_TYPES + TRACKING_EVENT_TYPES
 OUTPUT_TYPES: Final = ("refund_command", "reship_command", "decision")
+#: Records only the processor's own internal topics carry.
+INTERNAL_TYPES: Final = ("watermark",)
 #: Every message type; each must have its record in ``schemas/``. Other top-level records
 #: there (``SkuQuantity``) are named types for reference only.
-MESSAGE_TYPES: Final = INPUT_TYPES + OUTPUT_TYPES
+MESSAGE_TYPES: Final = INPUT_TYPES + OUTPUT_TYPES + INTERNAL_TYPES
 
 _SO_HEADER_LEN: Final = 10  # C3 01 + 8-byte fingerprint
 _CF_HEADER_LEN: Final = 5  # 00 + 4-byte id

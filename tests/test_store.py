@@ -1,14 +1,29 @@
 """The state-store contract, run against every backend the engine can use."""
 
+from collections.abc import Iterator
+
 import pytest
 
+from processor.redis_store import RedisTaskStore
 from processor.state import Held, OrderState, OrphanBucket
 from processor.store import InMemoryStore, StateStore, Timer, order_owner, tracking_owner
+from tests.test_redis_store import ReopeningStore, scratch_app
 
 
-@pytest.fixture(params=["memory"])
-def store(request: pytest.FixtureRequest) -> StateStore:
-    return InMemoryStore()
+@pytest.fixture(params=["memory", "redis", "redis-reopened"])
+def store(request: pytest.FixtureRequest) -> Iterator[StateStore]:
+    """Every backend: "memory"; "redis", one RedisTaskStore (reads see its overlay);
+    "redis-reopened", every write staged, applied and read back through a fresh claim."""
+    if request.param == "memory":
+        yield InMemoryStore()
+        return
+    with scratch_app(request.getfixturevalue("redis_url")) as (client, app):
+        if request.param == "redis":
+            redis_store = RedisTaskStore(client, app=app, task="orders.events-0")
+            redis_store.claim({})
+            yield redis_store
+        else:
+            yield ReopeningStore(client, app=app, task="orders.events-0")
 
 
 def test_an_order_round_trips(store: StateStore) -> None:

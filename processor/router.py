@@ -1,0 +1,160 @@
+"""First hop of the live topology: every input event onto `<app>-by-order`, keyed by order.
+
+Order events already carry their order_id. A tracking update without one is resolved
+through the tracking-number index, which the router itself fills as it routes each
+`package_shipped`, so resolution never waits on a downstream task. An update whose
+number nobody has shipped yet stays pending here (its input offset is not committed
+past it) and is retried every batch until `orphan_ttl` of event time has passed; then
+it becomes a dead letter, as in the replay.
+
+After each batch the router reports, per input partition it owns, how far in event
+time it has routed (a watermark). Order tasks apply nothing newer than the slowest
+input's watermark, so events reach the policy in event-time order whichever instance
+routed them (docs/live.md).
+"""
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from processor.config import PolicyConfig
+from processor.events import Event, PackageShipped, TrackingUpdate
+from processor.outputs import DeadLetter
+
+
+class TrackingIndex(Protocol):
+    """tracking_number -> order_id, shared by every router instance."""
+
+    def link_many(self, links: Mapping[str, str]) -> None: ...
+
+    def lookup_many(self, tracking_numbers: Iterable[str]) -> dict[str, str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A decoded input event and where it came from."""
+
+    source: str  # "<topic>:<partition>"
+    offset: int
+    event: Event
+    origin: str  # "<topic>/<partition>/<offset>"
+    payload: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    order_id: str
+    event: Event
+    origin: str
+
+
+@dataclass(slots=True)
+class RouteResult:
+    routed: list[Routed] = field(default_factory=list)
+    dead_letters: list[tuple[Inbound, DeadLetter]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Source:
+    """Routing progress of one input partition."""
+
+    routed_until: int | None = None  # largest occurred_at routed
+    next_offset: int | None = None  # the offset after the last one seen
+    pending: list[Inbound] = field(default_factory=list)
+    quiet_since: float = 0.0  # monotonic seconds of the last record seen
+
+
+class Router:
+    def __init__(self, index: TrackingIndex, config: PolicyConfig) -> None:
+        self._index = index
+        self._orphan_ttl_ms = config.orphan_ttl_ms
+        self._sources: dict[str, _Source] = {}
+
+    def assign(self, source: str, now: float) -> None:
+        self._sources[source] = _Source(quiet_since=now)
+
+    def revoke(self, source: str) -> None:
+        self._sources.pop(source, None)
+
+    def route(self, batch: list[Inbound], now: float) -> RouteResult:
+        """Routes a batch (two index round trips at most); retries what was pending."""
+        result = RouteResult()
+        links = {
+            e.event.tracking_number: e.event.order_id
+            for e in batch
+            if isinstance(e.event, PackageShipped)
+        }
+        if links:
+            self._index.link_many(links)
+        waiting = [item for source in self._sources.values() for item in source.pending]
+        for source in self._sources.values():
+            source.pending = []
+        unresolved = waiting + [e for e in batch if _needs_lookup(e)]
+        found = self._index.lookup_many({_number(e) for e in unresolved}) if unresolved else {}
+        for item in batch:
+            source = self._sources.setdefault(item.source, _Source())
+            source.next_offset = item.offset + 1
+            source.quiet_since = now
+            at = item.event.at
+            if source.routed_until is None or at > source.routed_until:
+                source.routed_until = at
+        for item in waiting + batch:
+            order_id = item.event.order_id or found.get(_number(item))
+            if order_id is not None:
+                result.routed.append(Routed(order_id, item.event, item.origin))
+                continue
+            source = self._sources[item.source]
+            if (source.routed_until or 0) >= item.event.at + self._orphan_ttl_ms:
+                result.dead_letters.append((item, _unknown_number(item)))
+            else:
+                source.pending.append(item)
+        result.routed.sort(key=lambda r: r.event.at)
+        return result
+
+    def commit_offsets(self) -> dict[str, int]:
+        """Per source, the offset to commit: never past an update still pending."""
+        offsets: dict[str, int] = {}
+        for name, source in self._sources.items():
+            if source.pending:
+                offsets[name] = min(item.offset for item in source.pending)
+            elif source.next_offset is not None:
+                offsets[name] = source.next_offset
+        return offsets
+
+    def watermarks(
+        self, now: float, idle_after_s: float, caught_up: Mapping[str, bool]
+    ) -> list[tuple[str, int, bool]]:
+        """(source, routed_until, idle) for every source this router owns.
+
+        A source is idle only when it has nothing left to read and nothing arrived for
+        `idle_after_s`: a source that is merely slow (or paused by a rebalance) must
+        hold the watermark back, or order tasks would run ahead of its backlog.
+        """
+        return [
+            (
+                name,
+                source.routed_until or 0,
+                caught_up.get(name, False)
+                and not source.pending
+                and now - source.quiet_since >= idle_after_s,
+            )
+            for name, source in sorted(self._sources.items())
+        ]
+
+
+def _needs_lookup(item: Inbound) -> bool:
+    return isinstance(item.event, TrackingUpdate) and item.event.order_id is None
+
+
+def _number(item: Inbound) -> str:
+    assert isinstance(item.event, TrackingUpdate)
+    return item.event.tracking_number
+
+
+def _unknown_number(item: Inbound) -> DeadLetter:
+    return DeadLetter(
+        origin=item.origin,
+        reason="unknown_tracking_number",
+        message=f"no package shipped with tracking number {_number(item)!r} within orphan_ttl",
+        payload="",
+    )
