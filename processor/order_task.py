@@ -14,6 +14,7 @@ from processor.config import PolicyConfig
 from processor.engine import Engine
 from processor.events import Event
 from processor.outputs import Output
+from processor.router import combined_watermark
 from processor.store import StateStore
 
 
@@ -45,12 +46,7 @@ class OrderTask:
 
     def watermark(self) -> int | None:
         """How far every input has been routed; None until each has reported."""
-        if any(source not in self._watermarks for source in self._sources):
-            return None
-        active = [at for source, (at, idle) in self._watermarks.items() if not idle]
-        if active:
-            return min(active)
-        return max(at for at, _ in self._watermarks.values())
+        return combined_watermark(self._sources, self._watermarks)
 
     def clock_target(self) -> int | None:
         """The clock `release` will advance to, so the timers due by then can be prefetched."""

@@ -76,8 +76,14 @@ class Router:
     def revoke(self, source: str) -> None:
         self._sources.pop(source, None)
 
-    def route(self, batch: list[Inbound], now: float) -> RouteResult:
-        """Routes a batch (two index round trips at most); retries what was pending."""
+    def route(self, batch: list[Inbound], now: float, progress: int | None) -> RouteResult:
+        """Routes a batch (two index round trips at most); retries what was pending.
+
+        `progress` is how far every input has been routed (`combined_watermark` over
+        all routers): a pending update expires only once all of them are `orphan_ttl`
+        past it, since the package_shipped it waits for may sit in another router's
+        backlog.
+        """
         result = RouteResult()
         links = {
             e.event.tracking_number: e.event.order_id
@@ -104,7 +110,7 @@ class Router:
                 result.routed.append(Routed(order_id, item.event, item.origin))
                 continue
             source = self._sources[item.source]
-            if (source.routed_until or 0) >= item.event.at + self._orphan_ttl_ms:
+            if progress is not None and progress >= item.event.at + self._orphan_ttl_ms:
                 result.dead_letters.append((item, _unknown_number(item)))
             else:
                 source.pending.append(item)
@@ -133,13 +139,42 @@ class Router:
         return [
             (
                 name,
-                source.routed_until or 0,
+                _held_back(source),
                 caught_up.get(name, False)
                 and not source.pending
                 and now - source.quiet_since >= idle_after_s,
             )
             for name, source in sorted(self._sources.items())
         ]
+
+
+def combined_watermark(
+    sources: Iterable[str], reported: Mapping[str, tuple[int, bool]]
+) -> int | None:
+    """How far every input has been routed: the slowest active source's watermark.
+
+    None until every source has reported. Idle sources are left out (SPEC section 6: an
+    idle partition must not stop timers); when all are idle, everything has been routed.
+    """
+    known = [reported.get(source) for source in sources]
+    if not known or any(entry is None for entry in known):
+        return None
+    entries = [entry for entry in known if entry is not None]
+    active = [at for at, idle in entries if not idle]
+    return min(active) if active else max(at for at, _ in entries)
+
+
+def _held_back(source: _Source) -> int:
+    """A pending update holds its source's watermark just below itself.
+
+    Its package_shipped may be routed by another instance any moment; until this update
+    is forwarded, no order task may move its clock past it (a delivered scan still
+    pending here must not let the lost deadline fire).
+    """
+    routed = source.routed_until or 0
+    if source.pending:
+        return min(routed, min(item.event.at for item in source.pending) - 1)
+    return routed
 
 
 def _needs_lookup(item: Inbound) -> bool:

@@ -44,7 +44,7 @@ from processor.outputs import (
     output_to_dict,
 )
 from processor.redis_store import FencedError, RedisTaskStore
-from processor.router import Inbound, Router
+from processor.router import Inbound, Router, combined_watermark
 from processor.serde import DecodeError, Serde
 from processor.settings import Settings, make_serde
 
@@ -58,12 +58,31 @@ class RedisTrackingIndex:
     def __init__(self, client: redis.Redis, application_id: str) -> None:
         self._client = client
         self._prefix = f"{application_id}:tracking:"
+        self._progress = f"{application_id}:router-progress"
 
     def link_many(self, links: Mapping[str, str]) -> None:
         pipe = self._client.pipeline(transaction=False)
         for number, order_id in links.items():
             pipe.set(self._prefix + number, order_id)
         pipe.execute()
+
+    def share_progress(
+        self, watermarks: list[tuple[str, int, bool]]
+    ) -> dict[str, tuple[int, bool]]:
+        """Publishes this router's watermarks and reads every router's, in one round trip."""
+        pipe = self._client.pipeline(transaction=False)
+        if watermarks:
+            pipe.hset(
+                self._progress,
+                mapping={source: f"{at}:{int(idle)}" for source, at, idle in watermarks},
+            )
+        pipe.hgetall(self._progress)
+        reported: dict[bytes, bytes] = pipe.execute()[-1]
+        progress: dict[str, tuple[int, bool]] = {}
+        for source, value in reported.items():
+            at, _, idle = value.decode().partition(":")
+            progress[source.decode()] = (int(at), idle == "1")
+        return progress
 
     def lookup_many(self, tracking_numbers: Any) -> dict[str, str]:
         numbers = list(tracking_numbers)
@@ -166,7 +185,9 @@ class Runner:
         topics = settings.topics
         self._by_order = settings.by_order_topic
         self._inputs = (topics.orders, topics.tracking)
-        self._router = Router(RedisTrackingIndex(self._redis, settings.application_id), self.policy)
+        self._index = RedisTrackingIndex(self._redis, settings.application_id)
+        self._router = Router(self._index, self.policy)
+        self._router_progress: dict[str, tuple[int, bool]] = {}
         self._tasks: dict[int, _TaskSlot] = {}
         self._admin = AdminClient(settings.kafka.admin_config())
         self._by_order_partitions = self._ensure_topics()
@@ -196,6 +217,8 @@ class Runner:
             self.close()
 
     def close(self) -> None:
+        """Leaves the group (handing partitions over at once) and flushes the producer."""
+        self.running = False
         self._consumer.close()
         self._producer.flush(10)
 
@@ -248,7 +271,9 @@ class Runner:
                 continue
             inbound.append(Inbound(f"{topic}:{partition}", offset, event, origin, message.value()))
 
-        routed = self._router.route(inbound, now)
+        routed = self._router.route(
+            inbound, now, combined_watermark(self._sources, self._router_progress)
+        )
         for item in routed.routed:
             event = item.event
             if isinstance(event, TrackingUpdate) and event.order_id is None:
@@ -312,7 +337,9 @@ class Runner:
         return caught_up
 
     def _publish_watermarks(self, now: float) -> None:
-        for source, at, idle in self._router.watermarks(now, self._idle_s, self._caught_up()):
+        watermarks = self._router.watermarks(now, self._idle_s, self._caught_up())
+        self._router_progress = self._index.share_progress(watermarks)
+        for source, at, idle in watermarks:
             value = self._serde.encode(
                 "watermark",
                 {"source": source, "occurred_at": from_millis(at), "idle": idle},
@@ -352,6 +379,8 @@ class Runner:
         return f"{self._by_order}:{partition}"
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if not self.running:
+            return  # closing: the group is being left, nothing will be processed
         now = time.monotonic()
         by_order = [tp for tp in partitions if tp.topic == self._by_order]
         committed = {tp.partition: tp for tp in consumer.committed(by_order, timeout=30)}

@@ -155,13 +155,15 @@ def _expected_refunds(lines: list[str]) -> set[RefundKey]:
     }
 
 
-def test_live_refunds_equal_the_replay(live: LiveHarness) -> None:
+@pytest.mark.parametrize("instances", [1, 3])
+def test_live_refunds_equal_the_replay(live: LiveHarness, instances: int) -> None:
     lines = generate_history(400, seed=11)
     expected = _expected_refunds(lines)
     assert len(expected) > 20
     live.publish(lines)
 
-    live.start()
+    for _ in range(instances):
+        live.start()
     seen = live.read_refunds_until(expected, timeout_s=180)
     live.stop_all()
 
