@@ -12,13 +12,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Producer
 
 from processor.config import load_policy
+from processor.deadletter import ERROR_CLASS, SOURCE_TOPIC
 from processor.generate import generate_history
 from processor.localstack.kafka import KafkaAdmin
 from processor.outputs import RefundCommand
@@ -101,6 +103,28 @@ class LiveHarness:
         for process in self.processes:
             process.wait(timeout=60)
 
+    def read_dead_letters(self, count: int, timeout_s: float) -> list[tuple[str, bytes, bytes]]:
+        """(reason, source topic, original value) of the first `count` dead letters."""
+        consumer = Consumer(self.settings.kafka.consumer_config(f"{self.app}-dlq-reader"))
+        consumer.subscribe([self.topics["dlq"]])
+        found: list[tuple[str, bytes, bytes]] = []
+        deadline = time.monotonic() + timeout_s
+        try:
+            while len(found) < count and time.monotonic() < deadline:
+                for message in consumer.consume(100, timeout=0.5):
+                    if message.error() is None:
+                        headers = dict(message.headers() or [])
+                        found.append(
+                            (
+                                (headers.get(ERROR_CLASS) or b"").decode(),  # type: ignore[union-attr]
+                                headers.get(SOURCE_TOPIC) or b"",  # type: ignore[arg-type]
+                                message.value() or b"",
+                            )
+                        )
+            return found
+        finally:
+            consumer.close()
+
     def logs(self) -> str:
         return "\n".join(p.read_text() for p in sorted(self.tmp_path.glob("processor-*.log")))
 
@@ -170,3 +194,50 @@ def test_live_refunds_equal_the_replay(live: LiveHarness, instances: int) -> Non
     assert set(seen) == expected, live.logs()[-3000:]
     assert len(seen) == len(set(seen)), "a refund command was issued twice"
     assert all(p.returncode == 0 for p in live.processes), live.logs()[-3000:]
+
+
+def test_bad_input_goes_to_the_dead_letter_topic_and_processing_goes_on(
+    live: LiveHarness,
+) -> None:
+    serde = Serde.single_object()
+    good = generate_history(30, seed=5, malformed_share=0)
+    expected = _expected_refunds(good)
+    producer = Producer(live.settings.kafka.producer_config())
+    unknown_fingerprint = b"\xc3\x01" + b"\x00" * 8 + b"\x02"
+    invalid_values = serde.encode(
+        "order_placed",
+        {
+            "event_id": "bad-currency",
+            "occurred_at": datetime(2026, 3, 1, tzinfo=UTC),
+            "order_id": "o-bad",
+            "merchant_id": "m",
+            "currency": "usd",
+            "lines": [{"sku": "A", "quantity": 1, "unit_price_minor": 100}],
+            "shipping_fee_minor": 0,
+        },
+        live.topics["orders"],
+    )
+    for topic in (live.topics["orders"], live.topics["tracking"]):
+        producer.produce(topic, key=b"junk", value=b"\xffnot avro at all")
+        producer.produce(topic, key=b"fp", value=unknown_fingerprint)
+    producer.produce(live.topics["orders"], key=b"o-bad", value=invalid_values)
+    assert producer.flush(30) == 0
+    live.publish(good)
+
+    live.start()
+    seen = live.read_refunds_until(expected, timeout_s=120)
+    dead = live.read_dead_letters(5, timeout_s=60)
+    live.stop_all()
+
+    assert set(seen) == expected
+    assert sorted(reason for reason, _, _ in dead) == [
+        "bad_magic",
+        "bad_magic",
+        "invalid_currency",
+        "unknown_schema",
+        "unknown_schema",
+    ]
+    assert {(source, value) for _, source, value in dead} >= {
+        (live.topics["orders"].encode(), b"\xffnot avro at all"),
+        (live.topics["tracking"].encode(), b"\xffnot avro at all"),
+    }
