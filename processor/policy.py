@@ -7,7 +7,7 @@ call `apply_event` and `fire_timer` and differ only in where state and outputs g
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 from processor.config import PolicyConfig
 from processor.events import (
@@ -15,12 +15,12 @@ from processor.events import (
     ClaimFiled,
     ClaimReviewed,
     Event,
-    ItemLine,
     OrderCancelled,
     OrderEvent,
     OrderPlaced,
     PackageShipped,
     ReturnReceived,
+    TrackingStatus,
     TrackingUpdate,
     event_to_json,
     parse_event_json,
@@ -49,22 +49,8 @@ from processor.state import (
     Review,
 )
 
-# Scans that prove the courier has the package (R4: cancellation too late).
-_IN_COURIER_HANDS: Final = frozenset(
-    {
-        "picked_up",
-        "in_transit",
-        "out_for_delivery",
-        "attempt_failed",
-        "available_for_pickup",
-        "delivered",
-        "exception",
-        "lost",
-        "rto_initiated",
-        "rto_in_transit",
-        "rto_delivered",
-    }
-)
+# Scans that prove the courier has the package (R4: cancellation too late): all but a label.
+_IN_COURIER_HANDS: Final = frozenset(get_args(TrackingStatus)) - {"info_received"}
 _FULL_REFUND_CLAIMS: Final = frozenset({"damaged", "defective", "wrong_item"})
 _PARTIAL_CLAIMS: Final = frozenset({"wrong_quantity", "missing_item"})
 DEADLINE_TIMER_PREFIX: Final = "deadline:"
@@ -393,18 +379,21 @@ def _order_placed(step: _Step, event: OrderPlaced, origin: str) -> None:
     _release_held(step, "order")
 
 
-def _unknown_skus(order: Order, lines: list[ItemLine]) -> list[str]:
-    return [line.sku for line in lines if line.sku not in order.lines]
+def _rejected_unknown_skus(step: _Step, event: PackageShipped | ClaimFiled, origin: str) -> bool:
+    """Dead-letters an event with a line for a SKU the order does not have."""
+    order = step.state.order
+    assert order is not None
+    unknown = [line.sku for line in event.lines if line.sku not in order.lines]
+    if unknown:
+        message = f"order {step.state.order_id!r} has no SKU {unknown}"
+        _reject(step, event, origin, "unknown_sku", message)
+    return bool(unknown)
 
 
 def _package_shipped(step: _Step, event: PackageShipped, origin: str) -> None:
     state = step.state
     assert state.order is not None
-    unknown = _unknown_skus(state.order, event.lines)
-    if unknown:
-        _reject(
-            step, event, origin, "unknown_sku", f"order {state.order_id!r} has no SKU {unknown}"
-        )
+    if _rejected_unknown_skus(step, event, origin):
         return
     if event.package_id in state.packages:
         _reject(
@@ -635,11 +624,7 @@ def _shipped_units(state: OrderState) -> dict[str, int]:
 def _claim_filed(step: _Step, event: ClaimFiled, origin: str) -> None:
     state = step.state
     assert state.order is not None
-    unknown = _unknown_skus(state.order, event.lines)
-    if unknown:
-        _reject(
-            step, event, origin, "unknown_sku", f"order {state.order_id!r} has no SKU {unknown}"
-        )
+    if _rejected_unknown_skus(step, event, origin):
         return
     if event.claim_id in state.claims:
         _reject(
