@@ -14,7 +14,7 @@ test: lint
 	uv run pytest
 
 test-full: install
-	uv run pytest --run-slow
+	uv run pytest -m "slow or not slow"
 
 bench: install
 	uv run python bench/replay_bench.py
