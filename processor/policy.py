@@ -582,8 +582,7 @@ def _order_cancelled(step: _Step, event: OrderCancelled) -> None:
     order = state.order
     assert order is not None
     state.seen.add(event.event_id)
-    first = state.cancelled is None
-    if first:
+    if state.cancelled is None:
         state.cancelled = Cancellation(event.request_id, event.event_id, event.at)
     state.cancel_request = None
     shipped = _shipped_units(state)
