@@ -330,6 +330,10 @@ class LocalKafka:
             # 9 s by default. A shorter session makes crash-restart tests cheaper.
             "broker.heartbeat.interval.ms": "500",
             "broker.session.timeout.ms": "3000",
+            # Replayed histories carry their event time as the Kafka timestamp (months
+            # ago): with the default 7-day retention the broker deletes them within
+            # minutes of writing them, under the tests' and the demo's feet.
+            "log.retention.ms": "-1",
         }
         props.update(self._overrides)
         return props
