@@ -18,3 +18,4 @@ test-full: install
 
 bench: install
 	uv run python bench/replay_bench.py
+	uv run python bench/live_bench.py
