@@ -1,6 +1,7 @@
 """The `refund-processor` console script."""
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -131,6 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "publish":
             _publish(args)
         elif args.command == "run":
+            logging.basicConfig(
+                level=logging.INFO,
+                stream=sys.stderr,
+                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            )
             Runner(_settings(args)).run()
     except (CliError, PolicyConfigError) as exc:
         print(f"refund-processor: error: {exc}", file=sys.stderr)

@@ -70,8 +70,30 @@ class Router:
         self._orphan_ttl_ms = config.orphan_ttl_ms
         self._sources: dict[str, _Source] = {}
 
-    def assign(self, source: str, now: float) -> None:
-        self._sources[source] = _Source(quiet_since=now)
+    def assign(
+        self,
+        source: str,
+        now: float,
+        committed: int | None = None,
+        watermark: int | None = None,
+    ) -> None:
+        """Takes a source over at its `committed` offset and the `watermark` committed
+        with it (None: nothing committed yet).
+
+        Without them a source whose records were all routed before it moved would report
+        "routed until 0" from then on, and once every input is idle the order tasks'
+        clocks would stop short of the deadlines still due (the combined watermark is
+        then the largest reported one). Resuming from the committed watermark is safe: it
+        is what the previous owner reported for exactly the committed records.
+        """
+        self._sources[source] = _Source(
+            routed_until=watermark, next_offset=committed, quiet_since=now
+        )
+
+    def position(self, source: str) -> int | None:
+        """The next offset of `source` to route (None: nothing read or committed yet)."""
+        found = self._sources.get(source)
+        return None if found is None else found.next_offset
 
     def revoke(self, source: str) -> None:
         self._sources.pop(source, None)
@@ -117,14 +139,15 @@ class Router:
         result.routed.sort(key=lambda r: r.event.at)
         return result
 
-    def commit_offsets(self) -> dict[str, int]:
-        """Per source, the offset to commit: never past an update still pending."""
-        offsets: dict[str, int] = {}
+    def commit_offsets(self) -> dict[str, tuple[int, int]]:
+        """Per source, the offset to commit (never past an update still pending) and the
+        watermark to commit with it, for whoever owns the source next (`assign`)."""
+        offsets: dict[str, tuple[int, int]] = {}
         for name, source in self._sources.items():
             if source.pending:
-                offsets[name] = min(item.offset for item in source.pending)
+                offsets[name] = (min(item.offset for item in source.pending), _held_back(source))
             elif source.next_offset is not None:
-                offsets[name] = source.next_offset
+                offsets[name] = (source.next_offset, _held_back(source))
         return offsets
 
     def watermarks(

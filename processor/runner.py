@@ -6,6 +6,8 @@ inside `consume`) never has to commit half a batch. docs/live.md explains the to
 docs/state-store.md the Redis side of exactly once.
 """
 
+import contextlib
+import logging
 import signal
 import time
 import uuid
@@ -16,6 +18,7 @@ from typing import Any
 
 import redis
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
@@ -48,8 +51,20 @@ from processor.router import Inbound, Router, combined_watermark
 from processor.serde import DecodeError, Serde
 from processor.settings import Settings, make_serde
 
+_log = logging.getLogger(__name__)
+
+#: Redis errors that mean "unreachable for now" (incl. a restarting server loading its AOF).
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
 ORIGIN_HEADER = "refunds.origin"
+#: Offset metadata of a task's partition: the batch marker its Redis state was staged with.
 MARKER_PREFIX = "batch:"
+#: Offset metadata of an input partition: its router's watermark when the offset committed.
+WATERMARK_PREFIX = "watermark:"
+#: librdkafka's transaction.timeout.ms unless the settings' passthrough sets it (see Runner).
+TRANSACTION_TIMEOUT_MS = 10_000
+#: Waits between attempts while Redis is unreachable (doubling from the first to the last).
+REDIS_BACKOFF_S = (0.5, 8.0)
 
 
 class RedisTrackingIndex:
@@ -103,29 +118,30 @@ class Checkpoint:
     `commit()` does, in order:
     1. stages every touched task's state in Redis with the offsets and batch marker this
        transaction will commit (write-ahead; refused if another instance claimed the task);
-    2. sends the consumed offsets into the transaction, each task's with its batch marker
-       as offset metadata, and with the consumer group's metadata, so a member that lost
-       its partitions cannot commit them;
-    3. commits the transaction: outputs, offsets and markers become visible together;
-    4. applies the staged state in Redis.
-    A crash or error between any two steps is resolved by claiming the task again: the
-    staged state is applied if and only if Kafka committed its batch marker. So after a
-    failure nothing is ever discarded by hand; the runner re-claims (`Runner._rewind`).
+    2. sends the consumed offsets into the transaction, each with its metadata (a task's
+       batch marker, a router's watermark), and with the consumer group's metadata, so a
+       member that lost its partitions cannot commit them;
+    3. commits the transaction: outputs, offsets and metadata become visible together;
+    4. applies the staged state in Redis (`apply()`, which may be retried).
+    A failure before step 3 aborts the transaction: the runner discards the staged batches
+    (`Runner._rewind`). A crash between steps 3 and 4 is resolved by the task's next claim:
+    the staged state is applied if and only if Kafka committed its batch marker.
     """
 
     producer: Producer
     consumer: Consumer
     stores: list[tuple[RedisTaskStore, dict[str, int]]] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    markers: dict[tuple[str, int], int] = field(default_factory=dict)
+    metadata: dict[tuple[str, int], str] = field(default_factory=dict)
     committed: bool = False
+    applied: int = 0  # stores[:applied] are applied (or were claimed by another owner)
 
     def commit(self) -> None:
         for store, offsets in self.stores:
             store.stage(offsets)
         positions = [
-            TopicPartition(t, p, o, metadata=_marker_text(self.markers[(t, p)]))
-            if (t, p) in self.markers
+            TopicPartition(t, p, o, metadata=self.metadata[(t, p)])
+            if (t, p) in self.metadata
             else TopicPartition(t, p, o)
             for (t, p), o in self.offsets.items()
         ]
@@ -141,17 +157,32 @@ class Checkpoint:
                 if not exc.args[0].retriable():
                     raise
         self.committed = True
-        for store, _ in self.stores:
-            store.apply()
+        self.apply()
+
+    def apply(self) -> None:
+        """Applies the committed batch in Redis, store by store; safe to call again after a
+        Redis error (`RedisTaskStore.apply` is idempotent).
+
+        A store fenced here lost its task after Kafka committed the batch: its new owner's
+        claim found the batch staged under Kafka's committed offsets and applied it.
+        """
+        while self.applied < len(self.stores):
+            store = self.stores[self.applied][0]
+            try:
+                store.apply()
+            except FencedError as exc:
+                _log.warning("%s (the new owner applied the committed batch)", exc)
+            self.applied += 1
 
 
-def _marker_text(marker: int) -> str:
-    return f"{MARKER_PREFIX}{marker}"
+def _names(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}:{tp.partition}" for tp in partitions) or "none"
 
 
-def _committed_marker(metadata: str | None) -> int | None:
-    if metadata and metadata.startswith(MARKER_PREFIX):
-        text = metadata.removeprefix(MARKER_PREFIX)
+def _metadata_number(metadata: str | None, prefix: str) -> int | None:
+    """The number in committed offset metadata `<prefix><number>`, if it is one."""
+    if metadata and metadata.startswith(prefix):
+        text = metadata.removeprefix(prefix)
         if text.isdigit():
             return int(text)
     return None
@@ -189,13 +220,24 @@ class Runner:
         self._router = Router(self._index, self.policy)
         self._router_progress: dict[str, tuple[int, bool]] = {}
         self._tasks: dict[int, _TaskSlot] = {}
+        # Assigned partitions whose task or router source is not set up yet: after a
+        # rebalance, or after a batch failed (see `_claim_assigned`).
+        self._unclaimed: set[tuple[str, int]] = set()
+        self._backoff_s = 0.0  # the wait before the next batch while Redis is unreachable
         self._admin = AdminClient(settings.kafka.admin_config())
         self._by_order_partitions = self._ensure_topics()
         self._sources = self._input_sources()
         self._consumer = Consumer(settings.kafka.consumer_config(settings.group_id))
-        self._producer = Producer(
+        # An instance that dies mid-batch leaves its transaction open, and every
+        # read_committed reader of a partition it wrote waits until the broker aborts it:
+        # the order tasks too, since watermarks go to every partition of the internal
+        # topic. librdkafka's default (60 s) would stall the whole pipeline for a minute
+        # after each crash; Kafka Streams uses 10 s under exactly-once. A batch (bounded by
+        # max_batch_records, Redis retries included) takes far less. The passthrough wins.
+        producer_config = {"transaction.timeout.ms": TRANSACTION_TIMEOUT_MS} | (
             settings.kafka.producer_config(settings.transactional_id(uuid.uuid4().hex[:12]))
         )
+        self._producer = Producer(producer_config)
         self._producer.init_transactions()
         self._interval_s = settings.commit_interval_ms / 1000
         self._idle_s = settings.idle_partition_wait_ms / 1000
@@ -203,7 +245,7 @@ class Runner:
             [*self._inputs, self._by_order],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
+            on_lost=self._on_lost,
         )
 
     def run(self) -> None:
@@ -226,20 +268,103 @@ class Runner:
         self.running = False
 
     def run_once(self) -> None:
-        """One batch: consume, route, decide, commit."""
+        """One batch: consume, route, decide, commit.
+
+        A batch that fails on a Kafka error that is not fatal, a fenced task, or an
+        unreachable Redis is aborted and rewound to the last commit (`_recover`), and the
+        next batch starts over from there: with Redis down, after a backoff, as long as it
+        takes. A fatal Kafka error ends the processor (its supervisor restarts it).
+        """
         messages = self._consumer.consume(
             num_messages=self.settings.max_batch_records, timeout=self._interval_s
         )
         self._producer.begin_transaction()
         checkpoint = Checkpoint(self._producer, self._consumer)
         try:
+            self._claim_assigned()
             self._process(messages, checkpoint)
-        except (KafkaException, FencedError) as exc:
+        except (KafkaException, FencedError, *REDIS_DOWN) as exc:
             if isinstance(exc, KafkaException) and exc.args[0].fatal():
                 raise
-            if not checkpoint.committed:
+            self._recover(checkpoint, exc)
+        else:
+            self._backoff_s = 0.0
+
+    def _recover(self, checkpoint: Checkpoint, exc: Exception) -> None:
+        """After a failed batch: finish it if Kafka committed it, else abort and rewind."""
+        redis_down = isinstance(exc, REDIS_DOWN)
+        if redis_down:
+            low, high = REDIS_BACKOFF_S
+            self._backoff_s = min(high, max(low, 2 * self._backoff_s))
+            _log.warning("Redis unavailable (%s): retrying in %.1f s", exc, self._backoff_s)
+        if checkpoint.committed:
+            # Outputs and offsets are committed: the batch's state must reach Redis too.
+            # Retrying apply is safe, and claiming again is not (see `_rewind`). If we stop
+            # first, the task's next owner applies the batch when it claims the task.
+            while self.running:
+                try:
+                    checkpoint.apply()
+                    break
+                except REDIS_DOWN as again:
+                    _log.warning("Redis unavailable (%s): applying the committed batch", again)
+                    time.sleep(self._backoff_s)
+                    self._backoff_s = min(REDIS_BACKOFF_S[1], 2 * self._backoff_s)
+            self._drop_fenced()
+            return
+        _log.warning("batch aborted, rewinding to the last commit: %s", exc)
+        while True:
+            try:
                 self._producer.abort_transaction()
-            self._rewind()
+                break
+            except KafkaException as abort_error:
+                if not abort_error.args[0].retriable():
+                    raise
+        while True:
+            try:
+                self._rewind()
+                break
+            except KafkaException as rewind_error:  # e.g. reading committed offsets timed out
+                if rewind_error.args[0].fatal():
+                    raise
+                _log.warning("rewind failed, retrying in 1 s: %s", rewind_error)
+                time.sleep(1)
+        if redis_down:
+            time.sleep(self._backoff_s)
+
+    def _claim_assigned(self) -> None:
+        """Sets up the partitions the last rebalance assigned (`_unclaimed`).
+
+        An input partition gets a router source, resuming from the watermark committed
+        with its offset. A partition of the internal topic gets its task, claimed in Redis
+        at Kafka's committed offsets: read now, after the rebalance, so Kafka has fenced
+        the previous owner (docs/state-store.md). This runs inside the batch rather than in
+        the rebalance callback so that a Redis or Kafka error fails the batch, which is
+        rewound, and the claim is retried by the next one.
+        """
+        if not self._unclaimed:
+            return
+        now = time.monotonic()
+        wanted = [TopicPartition(t, p) for t, p in sorted(self._unclaimed)]
+        for tp in self._consumer.committed(wanted, timeout=30):
+            if tp.topic != self._by_order:
+                watermark = _metadata_number(tp.metadata, WATERMARK_PREFIX)
+                offset = tp.offset if tp.offset >= 0 else None
+                self._router.assign(f"{tp.topic}:{tp.partition}", now, offset, watermark)
+                self._unclaimed.discard((tp.topic, tp.partition))
+                continue
+            source = self._source_key(tp.partition)
+            store = RedisTaskStore(self._redis, self.settings.application_id, source)
+            offsets: dict[str, int] = {}
+            if tp.offset >= 0:
+                offsets[source] = tp.offset
+                marker = _metadata_number(tp.metadata, MARKER_PREFIX)
+                if marker is not None:
+                    offsets[source + "#batch"] = marker
+            epoch = store.claim(offsets)
+            task = OrderTask(store, self.policy, self._sources)
+            self._tasks[tp.partition] = _TaskSlot(task, store, epoch)
+            self._unclaimed.discard((tp.topic, tp.partition))
+            _log.info("claimed task %s at %s, epoch %d", source, offsets, epoch)
 
     def _process(self, messages: list[Message], checkpoint: Checkpoint) -> None:
         now = time.monotonic()
@@ -255,11 +380,14 @@ class Runner:
             assert topic is not None
             assert partition is not None
             assert offset is not None
-            checkpoint.offsets[(topic, partition)] = offset + 1
             if topic == self._by_order:
-                self._receive_routed(message, partition, offset)
-                touched.add(partition)
+                # Its offset is committed only through its task (below): a partition
+                # whose task is not claimed, or was fenced, is not ours to commit.
+                if partition in self._tasks:
+                    self._receive_routed(message, partition, offset)
+                    touched.add(partition)
                 continue
+            checkpoint.offsets[(topic, partition)] = offset + 1
             origin = f"{topic}/{partition}/{offset}"
             try:
                 event = parse_event(self._serde.decode(message.value() or b"", topic))
@@ -288,9 +416,12 @@ class Runner:
         for pending, dead in routed.dead_letters:
             self._dead_letter(None, pending.payload, dead.origin, dead.reason, dead.message)
         self._publish_watermarks(now)
-        for source, offset in self._router.commit_offsets().items():
+        for source, (offset, watermark) in self._router.commit_offsets().items():
             source_topic, _, source_partition = source.rpartition(":")
             checkpoint.offsets[(source_topic, int(source_partition))] = offset
+            checkpoint.metadata[(source_topic, int(source_partition))] = (
+                f"{WATERMARK_PREFIX}{watermark}"
+            )
 
         for partition in sorted(self._tasks):
             slot = self._tasks[partition]
@@ -306,9 +437,10 @@ class Runner:
             source = self._source_key(partition)
             marker = slot.next_marker()
             checkpoint.offsets[(self._by_order, partition)] = offset
-            checkpoint.markers[(self._by_order, partition)] = marker
+            checkpoint.metadata[(self._by_order, partition)] = f"{MARKER_PREFIX}{marker}"
             checkpoint.stores.append((slot.store, {source: offset, source + "#batch": marker}))
         checkpoint.commit()
+        self._drop_fenced()
 
     def _receive_routed(self, message: Message, partition: int, offset: int) -> None:
         if partition not in self._tasks:
@@ -328,12 +460,19 @@ class Runner:
         task.receive(offset, parse_event(record), origin)
 
     def _caught_up(self) -> dict[str, bool]:
-        """Per input partition: has the consumer read everything the broker holds?"""
+        """Per input partition: has the consumer read everything the broker holds?
+
+        The consumer has no position for a partition it has read nothing from since it
+        was assigned; the router's (the committed offset) stands in for it, or a partition
+        consumed to its end before it moved would never count as idle again.
+        """
         caught_up: dict[str, bool] = {}
         inputs = [tp for tp in self._consumer.assignment() if tp.topic in self._inputs]
         for tp in self._consumer.position(inputs) if inputs else []:
+            source = f"{tp.topic}:{tp.partition}"
+            position = tp.offset if tp.offset >= 0 else self._router.position(source)
             _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            caught_up[f"{tp.topic}:{tp.partition}"] = 0 <= high <= max(tp.offset, 0)
+            caught_up[source] = 0 <= high <= max(position or 0, 0)
         return caught_up
 
     def _publish_watermarks(self, now: float) -> None:
@@ -379,44 +518,65 @@ class Runner:
         return f"{self._by_order}:{partition}"
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        _log.info("partitions assigned: %s", _names(partitions))
         if not self.running:
             return  # closing: the group is being left, nothing will be processed
-        now = time.monotonic()
-        by_order = [tp for tp in partitions if tp.topic == self._by_order]
-        committed = {tp.partition: tp for tp in consumer.committed(by_order, timeout=30)}
-        for tp in partitions:
-            if tp.topic != self._by_order:
-                self._router.assign(f"{tp.topic}:{tp.partition}", now)
-                continue
-            source = self._source_key(tp.partition)
-            store = RedisTaskStore(self._redis, self.settings.application_id, source)
-            kafka = committed.get(tp.partition)
-            offsets: dict[str, int] = {}
-            if kafka is not None and kafka.offset >= 0:
-                offsets[source] = kafka.offset
-                marker = _committed_marker(kafka.metadata)
-                if marker is not None:
-                    offsets[source + "#batch"] = marker
-            epoch = store.claim(offsets)
-            task = OrderTask(store, self.policy, self._sources)
-            self._tasks[tp.partition] = _TaskSlot(task, store, epoch)
+        self._unclaimed.update((tp.topic, tp.partition) for tp in partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        _log.warning("partitions lost (group membership expired): %s", _names(partitions))
+        self._on_revoke(consumer, partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        _log.info("partitions revoked: %s", _names(partitions))
         for tp in partitions:
+            self._unclaimed.discard((tp.topic, tp.partition))
             if tp.topic == self._by_order:
                 self._tasks.pop(tp.partition, None)
             else:
                 self._router.revoke(f"{tp.topic}:{tp.partition}")
 
+    def _drop_fenced(self) -> None:
+        """Forgets the tasks another member claimed: we are a zombie for them.
+
+        Their partitions stay assigned to this consumer until it notices the rebalance
+        that moved them (the next `consume`); until then their records are skipped and
+        never committed (`_process`). Never claimed again here: see `_rewind`.
+        """
+        for partition, slot in list(self._tasks.items()):
+            if slot.store.epoch is None:
+                _log.warning("task %s fenced: another member owns it now", slot.store.task)
+                del self._tasks[partition]
+
     def _rewind(self) -> None:
-        """After an aborted transaction: back to the last committed offsets, state reloaded."""
+        """After an aborted transaction: every assigned partition back to its last commit.
+
+        Each task discards its uncommitted batch (Redis drops the staged copy, the store
+        its overlay) and its in-memory buffer, which the records after its committed offset
+        rebuild; it keeps its claim. It must not claim again: only a rebalance proves that
+        Kafka fenced every other owner of the partition, and an instance that was stalled
+        while its partitions moved still believes it owns them. Its claim would bump the
+        new owner's epoch and drop the batch that owner staged but has not committed yet;
+        that batch's transaction then commits, so Redis would lose state Kafka
+        acknowledged. Input partitions restart their router source from the committed
+        offset and watermark.
+        """
+        self._drop_fenced()
+        for slot in self._tasks.values():
+            # With Redis down, a staged copy left behind is replaced by our next stage, or
+            # dropped by the next owner's claim (docs/state-store.md).
+            with contextlib.suppress(*REDIS_DOWN):
+                slot.store.discard()
+            slot.task = OrderTask(slot.store, self.policy, self._sources)
         assignment = self._consumer.assignment()
-        self._on_revoke(self._consumer, assignment)
-        committed = self._consumer.committed(assignment, timeout=30)
-        for tp in committed:
-            if tp.offset >= 0:
-                self._consumer.seek(tp)
-        self._on_assign(self._consumer, assignment)
+        for tp in assignment:
+            if tp.topic != self._by_order:
+                self._router.revoke(f"{tp.topic}:{tp.partition}")
+                self._unclaimed.add((tp.topic, tp.partition))
+        for tp in self._consumer.committed(assignment, timeout=30):
+            # No committed offset: back to where a new group starts (auto.offset.reset).
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
     def _ensure_topics(self) -> int:
         """Creates missing topics; the internal one gets the orders topic's partition count."""

@@ -356,7 +356,11 @@ class LocalKafka:
         ]
 
     def _format(self, java: str, libs: Path) -> None:
-        cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        # Like Kafka's Uuid.randomUuid(): an id starting with "-" would be taken for an
+        # option by the tool's argument parser (1 start in 64 failed before).
+        cluster_id = "-"
+        while cluster_id.startswith("-"):
+            cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
         cmd = [
             *self._jvm(java, libs),
             "kafka.tools.StorageTool", "format",

@@ -1,0 +1,409 @@
+"""Harness of the live tests: real `refund-processor run` subprocesses, a real broker and Redis.
+
+`LiveHarness` owns one test's topics, settings and processor instances. Instances are
+real processes, so tests can SIGKILL, SIGSTOP and restart them, and a real consumer group
+moves partitions between them. `WalletReader` reads the refund commands the way a wallet
+would (read_committed). `expected_refunds` is the offline replay's answer, which the
+live processor must match exactly (SPEC sections 6 and 7).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, TopicPartition
+from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
+
+from processor.config import load_policy
+from processor.deadletter import ERROR_CLASS, SOURCE_TOPIC
+from processor.localstack import poll_until
+from processor.localstack.kafka import KafkaAdmin
+from processor.outputs import RefundCommand
+from processor.publish import publish_lines
+from processor.redis_store import RedisTaskStore
+from processor.replay import replay
+from processor.serde import Serde
+from processor.settings import Settings
+
+RefundKey = tuple[str, str, str | None, str | None, int]
+
+#: librdkafka settings for tests that kill or stall instances: the broker's minimum session
+#: timeout, so a dead or stopped member loses its partitions in seconds, not 45 s.
+FAST_FAILOVER: Mapping[str, str] = {
+    "session.timeout.ms": "6000",
+    "heartbeat.interval.ms": "500",
+}
+
+
+def refund_key(record: Mapping[str, Any]) -> RefundKey:
+    return (
+        record["command_id"],
+        record["order_id"],
+        record["package_id"],
+        record["claim_id"],
+        record["amount_minor"],
+    )
+
+
+def expected_refunds(lines: list[str]) -> set[RefundKey]:
+    """The refund commands the offline replay issues for `lines`."""
+    return {
+        (o.command_id, o.order_id, o.package_id, o.claim_id, o.amount_minor)
+        for o in replay(lines, "history.jsonl", load_policy())
+        if isinstance(o, RefundCommand)
+    }
+
+
+def await_condition(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Polls `check` until it holds; fails the test naming `what` after `timeout_s`."""
+    if not poll_until(check, timeout_s, interval=0.2):
+        raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
+
+
+@dataclass(slots=True)
+class Instance:
+    """One `refund-processor run` process; `name` is also its Kafka client.id."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    killed: bool = False
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class LiveHarness:
+    """Topics, settings and processor instances of one test (a context manager)."""
+
+    def __init__(
+        self,
+        kafka_bootstrap: str,
+        redis_url: str,
+        admin: KafkaAdmin,
+        unique_topic: Callable[[str], str],
+        tmp_path: Path,
+        *,
+        librdkafka: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.app = unique_topic("app")
+        self.topics = {
+            name: unique_topic(name)
+            for name in ("orders", "tracking", "wallet", "fulfilment", "decisions", "dlq")
+        }
+        admin.create_topic(self.topics["orders"], 3)
+        admin.create_topic(self.topics["tracking"], 2)
+        self.admin = admin
+        self.redis_url = redis_url
+        self.env = (
+            os.environ
+            | {
+                "REFUND_APPLICATION_ID": self.app,
+                "REFUND_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+                "REFUND_REDIS__URL": redis_url,
+                "REFUND_IDLE_PARTITION_WAIT_MS": "1500",
+            }
+            | {f"REFUND_TOPICS__{name.upper()}": topic for name, topic in self.topics.items()}
+            | dict(env or {})
+        )
+        if librdkafka:
+            self.env["REFUND_KAFKA__LIBRDKAFKA"] = json.dumps(dict(librdkafka))
+        self.settings = Settings(
+            application_id=self.app,
+            kafka={"bootstrap_servers": kafka_bootstrap},
+            redis={"url": redis_url},
+            topics=self.topics,
+        )
+        self.tmp_path = tmp_path
+        self.instances: list[Instance] = []
+
+    def __enter__(self) -> LiveHarness:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for instance in self.instances:
+            if instance.running:
+                instance.process.kill()
+                instance.process.wait(timeout=30)
+
+    # Instances.
+
+    def publish(self, lines: list[str]) -> None:
+        source = io.BytesIO(("\n".join(lines) + "\n").encode())
+        publish_lines(
+            source, "history.jsonl", self.settings, Serde.single_object(), errors=io.StringIO()
+        )
+
+    def start(self, name: str | None = None) -> Instance:
+        """Starts an instance; a `name` used before (a restart) gets a new log file."""
+        name = name or f"p{len(self.instances)}"
+        log = self.tmp_path / f"processor-{len(self.instances):02d}-{name}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "processor.cli", "run"],
+                env=self.env | {"REFUND_KAFKA__CLIENT_ID": name},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        instance = Instance(name, process, log)
+        self.instances.append(instance)
+        return instance
+
+    def running(self) -> list[Instance]:
+        return [i for i in self.instances if i.running]
+
+    def kill(self, instance: Instance) -> None:
+        """SIGKILL: no clean-up of any kind (open transaction, group membership, Redis)."""
+        instance.killed = True
+        instance.process.kill()
+        instance.process.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        """SIGTERM to every running instance, then waits for them to leave."""
+        for instance in self.running():
+            instance.process.send_signal(signal.SIGTERM)
+        for instance in self.instances:
+            instance.process.wait(timeout=60)
+
+    def assert_none_failed(self) -> None:
+        """Every instance not killed by the test is running or exited 0."""
+        failed = [i for i in self.instances if not i.killed and i.process.poll() not in (None, 0)]
+        assert not failed, "\n".join(
+            f"{i.name} exited {i.process.returncode}:\n{i.log_text()[-5000:]}" for i in failed
+        )
+
+    def logs(self) -> str:
+        return "\n".join(f"== {i.log.name}\n{i.log_text()}" for i in self.instances)
+
+    def log_marks(self) -> dict[str, int]:
+        """Where each running instance's log ends now, for `await_logged`."""
+        return {i.name: len(i.log_text()) for i in self.running()}
+
+    def await_logged(self, marks: Mapping[str, int], text: str, timeout_s: float) -> None:
+        """Waits until each instance in `marks` has logged `text` after its mark."""
+        instances = [i for i in self.running() if i.name in marks]
+        await_condition(
+            lambda: all(text in i.log_text()[marks[i.name] :] for i in instances),
+            timeout_s,
+            f"{sorted(marks)} logged {text!r}",
+        )
+
+    # What the group, Redis and the wallet topic say.
+
+    def group_assignment(self) -> dict[str, set[tuple[str, int]]] | None:
+        """client.id -> assigned partitions, or None while the group is not stable."""
+        group = self.settings.group_id
+        try:
+            description = self.admin.client.describe_consumer_groups([group], request_timeout=10)[
+                group
+            ].result()
+        except Exception:  # the coordinator may be moving or loading: not stable either
+            return None
+        if description.state.name != "STABLE":
+            return None
+        return {
+            member.client_id: {
+                (tp.topic, tp.partition) for tp in member.assignment.topic_partitions
+            }
+            for member in description.members
+        }
+
+    def await_stable_group(self, names: set[str], timeout_s: float) -> dict[str, set[str]]:
+        """Waits until exactly `names` share every partition of the group; returns
+        each name's assigned partitions of the internal topic as task names."""
+        found: dict[str, set[tuple[str, int]]] = {}
+
+        def stable() -> bool:
+            nonlocal found
+            assignment = self.group_assignment()
+            if assignment is None or set(assignment) != names:
+                return False
+            found = assignment
+            return all(found.values())
+
+        await_condition(stable, timeout_s, f"a stable group of {sorted(names)}")
+        by_order = self.settings.by_order_topic
+        return {
+            name: {f"{by_order}:{p}" for t, p in partitions if t == by_order}
+            for name, partitions in found.items()
+        }
+
+    def task_epochs(self) -> dict[str, int]:
+        """task -> its fencing epoch in Redis (tasks never claimed are left out)."""
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            by_order = self.settings.by_order_topic
+            epochs: dict[str, int] = {}
+            for partition in range(len(self.partitions(self.topics["orders"]))):
+                task = f"{by_order}:{partition}"
+                meta_key = RedisTaskStore(client, self.app, task).meta_key
+                epoch = client.hget(meta_key, "epoch")
+                if epoch is not None:
+                    epochs[task] = int(epoch)
+            return epochs
+        finally:
+            client.close()
+
+    def reader(self) -> WalletReader:
+        return WalletReader(self)
+
+    def refunds_when_done(self, expected: set[RefundKey], timeout_s: float) -> list[RefundKey]:
+        """Every refund command (read_committed) once the processor is done.
+
+        Waits until all of `expected` is on the wallet topic, stops every instance
+        (SIGTERM), waits until no transaction is left open on the wallet topic (a killed
+        instance's times out) and returns all refund commands on it, duplicates included.
+        """
+        with self.reader() as reader:
+            reader.read_until(expected, timeout_s)
+            self.stop_all()
+            self.assert_none_failed()
+            return reader.read_all(timeout_s=120)
+
+    def read_refunds_until(self, expected: set[RefundKey], timeout_s: float) -> list[RefundKey]:
+        """Every refund command on the wallet topic (read_committed) once `expected` is met,
+        and 2 s more (a duplicate would arrive now, not later)."""
+        with self.reader() as reader:
+            reader.read_until(expected, timeout_s)
+            reader.poll(2.0)
+            return reader.seen
+
+    def read_dead_letters(self, count: int, timeout_s: float) -> list[tuple[str, bytes, bytes]]:
+        """(reason, source topic, original value) of the first `count` dead letters."""
+        consumer = Consumer(self.settings.kafka.consumer_config(f"{self.app}-dlq-reader"))
+        consumer.subscribe([self.topics["dlq"]])
+        found: list[tuple[str, bytes, bytes]] = []
+        deadline = time.monotonic() + timeout_s
+        try:
+            while len(found) < count and time.monotonic() < deadline:
+                for message in consumer.consume(100, timeout=0.5):
+                    if message.error() is None:
+                        headers = dict(message.headers() or [])
+                        found.append(
+                            (
+                                (headers.get(ERROR_CLASS) or b"").decode(),  # type: ignore[union-attr]
+                                headers.get(SOURCE_TOPIC) or b"",  # type: ignore[arg-type]
+                                message.value() or b"",
+                            )
+                        )
+            return found
+        finally:
+            consumer.close()
+
+    def partitions(self, topic: str) -> list[int]:
+        """The partitions of `topic`, once it exists (the processor creates its outputs)."""
+        found: list[int] = []
+
+        def exists() -> bool:
+            nonlocal found
+            metadata = self.admin.client.list_topics(topic, timeout=30).topics.get(topic)
+            found = sorted(metadata.partitions) if metadata and metadata.error is None else []
+            return bool(found)
+
+        await_condition(exists, 60, f"topic {topic} exists")
+        return found
+
+
+class WalletReader:
+    """Reads every refund command on the wallet topic from the start, read_committed."""
+
+    def __init__(self, harness: LiveHarness) -> None:
+        self._harness = harness
+        self._topic = harness.topics["wallet"]
+        self._serde = Serde.single_object()
+        self._consumer = Consumer(
+            harness.settings.kafka.consumer_config(f"{harness.app}-wallet-reader")
+        )
+        self._consumer.assign(
+            [TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in self._wallet_partitions()]
+        )
+        self.seen: list[RefundKey] = []
+
+    def __enter__(self) -> WalletReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._consumer.close()
+
+    def poll(self, seconds: float) -> None:
+        """Reads for `seconds` (also the pacing of tests that act every so often)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self._read(min(left, 0.5))
+
+    def read_until(self, expected: set[RefundKey], timeout_s: float) -> None:
+        """Reads until every expected refund was seen; fails if an instance died."""
+        deadline = time.monotonic() + timeout_s
+        while not set(self.seen) >= expected:
+            self._harness.assert_none_failed()
+            missing = len(expected - set(self.seen))
+            assert time.monotonic() < deadline, (
+                f"{missing} of {len(expected)} refunds missing after {timeout_s:.0f} s\n"
+                + self._harness.logs()[-8000:]
+            )
+            self._read(0.5)
+
+    def read_all(self, timeout_s: float) -> list[RefundKey]:
+        """Waits until no transaction is open on the topic, then reads to its end."""
+        admin = self._harness.admin.client
+        partitions = [TopicPartition(self._topic, p) for p in self._wallet_partitions()]
+        ends: dict[int, int] = {}
+
+        def settled() -> bool:
+            committed, written = (
+                {
+                    tp.partition: future.result().offset
+                    for tp, future in admin.list_offsets(
+                        {tp: OffsetSpec.latest() for tp in partitions},  # type: ignore[no-untyped-call]
+                        isolation_level=level,
+                    ).items()
+                }
+                for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED)
+            )
+            ends.update(committed)
+            return committed == written
+
+        await_condition(settled, timeout_s, "every transaction on the wallet topic ended")
+
+        def read_to_end() -> bool:
+            self._read(0.5)
+            positions = self._consumer.position(partitions)
+            return all(max(tp.offset, 0) >= ends[tp.partition] for tp in positions)
+
+        await_condition(read_to_end, timeout_s, "the wallet topic read to its end")
+        return self.seen
+
+    def _read(self, timeout_s: float) -> None:
+        for message in self._consumer.consume(500, timeout=timeout_s):
+            if message.error() is None:
+                self.seen.append(refund_key(self._serde.decode(message.value() or b"", "")))
+
+    def _wallet_partitions(self) -> list[int]:
+        return self._harness.partitions(self._topic)

@@ -1,0 +1,199 @@
+"""Exactly once under faults (SPEC section 7): SIGKILLed instances, a zombie, a Redis restart.
+
+Each test publishes a generated history, runs real `refund-processor run` instances in one
+consumer group against the real broker and a private Redis with AOF (`appendfsync
+always`), injects its fault while they work, and ends the same way: once every refund
+the offline replay issues is on the wallet topic, every instance is stopped, every
+transaction has ended, and the wallet topic read with read_committed must hold exactly
+the replay's refund commands: none missing, none twice.
+
+The default sizes keep each test well under a minute; the `slow` variants (`make
+test-full`) are the full-size ones. Instances use the broker's minimum session timeout
+(`FAST_FAILOVER`), so a dead or stopped member loses its partitions in about 6 s.
+"""
+
+import random
+import signal
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from processor.generate import generate_history
+from processor.localstack.kafka import KafkaAdmin
+from processor.localstack.redis import LocalRedis
+from tests.live import (
+    FAST_FAILOVER,
+    LiveHarness,
+    RefundKey,
+    await_condition,
+    expected_refunds,
+)
+
+#: Small batches: many more transactions, so faults land in every step of one.
+BATCH_RECORDS = 100
+
+
+@pytest.fixture
+def live(
+    kafka_bootstrap: str,
+    redis_server: LocalRedis,
+    admin: KafkaAdmin,
+    unique_topic: Callable[[str], str],
+    tmp_path: Path,
+) -> Iterator[LiveHarness]:
+    """A harness whose instances use the private, restartable Redis of `redis_server`."""
+    with LiveHarness(
+        kafka_bootstrap,
+        redis_server.url,
+        admin,
+        unique_topic,
+        tmp_path,
+        librdkafka=FAST_FAILOVER,
+        env={"REFUND_MAX_BATCH_RECORDS": str(BATCH_RECORDS)},
+    ) as harness:
+        yield harness
+
+
+@dataclass(frozen=True, slots=True)
+class Size:
+    orders: int
+    instances: int
+    faults: int
+
+
+SMALL = Size(orders=400, instances=2, faults=4)
+FULL = Size(orders=5000, instances=3, faults=12)
+SIZES = [
+    pytest.param(SMALL, id="small"),
+    pytest.param(FULL, id="full", marks=pytest.mark.slow),
+]
+
+
+def _history(live: LiveHarness, orders: int, seed: int) -> set[RefundKey]:
+    lines = generate_history(orders, seed=seed)
+    expected = expected_refunds(lines)
+    assert len(expected) > 20
+    live.publish(lines)
+    return expected
+
+
+def _assert_exactly_once(
+    seen: list[RefundKey], expected: set[RefundKey], live: LiveHarness
+) -> None:
+    twice = {key: n for key, n in Counter(seen).items() if n > 1}
+    assert not twice, f"{len(twice)} refund commands issued more than once: {list(twice)[:5]}"
+    missing, extra = expected - set(seen), set(seen) - expected
+    assert not missing, f"{len(missing)} refunds missing\n{live.logs()[-8000:]}"
+    assert not extra, f"{len(extra)} refunds the replay does not issue: {sorted(extra)[:5]}"
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_sigkilled_instances_pay_every_refund_exactly_once(live: LiveHarness, size: Size) -> None:
+    """A driver SIGKILLs a random instance every couple of seconds and restarts it.
+
+    Most kills land at a random moment of normal work (the group stable, then 0.2-2.5 s
+    of processing); every third lands right after the previous restart, while the group
+    is still rebalancing and tasks are being claimed.
+    """
+    rng = random.Random(size.orders)
+    expected = _history(live, size.orders, seed=21)
+    names = {f"i{n}" for n in range(size.instances)}
+    for name in sorted(names):
+        live.start(name)
+    progress: list[int] = []
+    with live.reader() as reader:
+        live.await_stable_group(names, timeout_s=60)
+        for kill in range(size.faults):
+            if kill % 3 != 2:
+                live.await_stable_group(names, timeout_s=60)
+            reader.poll(rng.uniform(0.2, 2.5))
+            victim = rng.choice(live.running())
+            live.kill(victim)
+            progress.append(len(set(reader.seen) & expected))
+            live.assert_none_failed()
+            live.start(victim.name)
+        reader.read_until(expected, timeout_s=240)
+        live.stop_all()
+        live.assert_none_failed()
+        seen = reader.read_all(timeout_s=120)
+
+    _assert_exactly_once(seen, expected, live)
+    assert sum(i.killed for i in live.instances) == size.faults
+    print(f"distinct refunds seen at each kill: {progress} of {len(expected)}")
+    # The kills hit work in progress, not an idle processor.
+    assert progress[0] < len(expected), progress
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_a_stalled_instance_that_comes_back_writes_nothing(live: LiveHarness, size: Size) -> None:
+    """SIGSTOP one instance until its partitions (and tasks) moved, then SIGCONT it.
+
+    The zombie wakes up in the middle of whatever it was doing. Kafka's group generation
+    fences its offsets and its transaction, the epochs the new owners bumped fence its
+    Redis writes: it must write neither state nor output, and find out it was fenced.
+    """
+    expected = _history(live, size.orders, seed=31)
+    names = {f"i{n}" for n in range(size.instances)}
+    for name in sorted(names):
+        live.start(name)
+    with live.reader() as reader:
+        tasks = live.await_stable_group(names, timeout_s=60)
+        zombie = next(i for i in live.running() if i.name == "i0")
+        zombie.process.send_signal(signal.SIGSTOP)
+        marks = {zombie.name: len(zombie.log_text())}
+        reader.poll(1.0)
+        assert len(set(reader.seen)) < len(expected), "the work was done before the stall"
+        held = live.task_epochs()
+        others = names - {"i0"}
+        try:
+            moved = live.await_stable_group(others, timeout_s=60)
+            assert set().union(*moved.values()) >= tasks["i0"]
+            await_condition(
+                lambda: all(live.task_epochs()[t] > held.get(t, 0) for t in tasks["i0"]),
+                timeout_s=60,
+                what="the new owners claimed the zombie's tasks",
+            )
+        finally:
+            zombie.process.send_signal(signal.SIGCONT)
+        live.await_logged(marks, "partitions lost", timeout_s=60)
+        reader.read_until(expected, timeout_s=240)
+        live.stop_all()
+        live.assert_none_failed()
+        seen = reader.read_all(timeout_s=120)
+
+    _assert_exactly_once(seen, expected, live)
+    assert zombie.process.returncode == 0, zombie.log_text()[-5000:]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_a_redis_restart_mid_run_loses_and_repeats_nothing(
+    live: LiveHarness, redis_server: LocalRedis, size: Size
+) -> None:
+    """Redis dies (SIGKILL, or a clean shutdown) while the instances work, stays down
+    until every instance has seen it fail, and comes back with its AOF. The instances
+    retry with backoff and go on."""
+    expected = _history(live, size.orders, seed=41)
+    names = {f"i{n}" for n in range(size.instances)}
+    for name in sorted(names):
+        live.start(name)
+    restarts = 1 if size is SMALL else 3
+    with live.reader() as reader:
+        live.await_stable_group(names, timeout_s=60)
+        for restart in range(restarts):
+            reader.poll(1.0)
+            marks = live.log_marks()
+            redis_server.stop(crash=restart % 2 == 0)
+            try:
+                live.await_logged(marks, "Redis unavailable", timeout_s=60)
+            finally:
+                redis_server.start()
+            live.assert_none_failed()
+        reader.read_until(expected, timeout_s=240)
+        live.stop_all()
+        live.assert_none_failed()
+        seen = reader.read_all(timeout_s=120)
+
+    _assert_exactly_once(seen, expected, live)
