@@ -504,7 +504,9 @@ class Runner:
             assert isinstance(output, Decision)
             topic, key = topics.decisions, output.order_id
         value = self._serde.encode(output.type, output_to_dict(output, iso_times=False), topic)
-        self._producer.produce(topic, key=key.encode(), value=value, timestamp=output.decided_at)
+        # Kafka timestamp = when the command was issued (wall clock); decided_at, the event
+        # time, is in the record. Event time here would let retention delete fresh commands.
+        self._producer.produce(topic, key=key.encode(), value=value)
 
     def _dead_letter(
         self, key: bytes | None, value: bytes | None, origin: str, reason: str, message: str
@@ -587,8 +589,13 @@ class Runner:
         partitions = len(orders.partitions)
         topics = self.settings.topics
         wanted = [self._by_order, topics.wallet, topics.fulfilment, topics.decisions, topics.dlq]
+        # The internal topic's records carry event time, which may be months old during a
+        # catch-up: time-based retention would delete them before the order tasks read them.
+        keep_forever = {self._by_order: {"retention.ms": "-1"}}
         missing = [
-            NewTopic(t, num_partitions=partitions) for t in wanted if t not in metadata.topics
+            NewTopic(t, num_partitions=partitions, config=keep_forever.get(t, {}))
+            for t in wanted
+            if t not in metadata.topics
         ]
         if missing:
             for future in self._admin.create_topics(missing).values():
