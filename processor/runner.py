@@ -199,6 +199,7 @@ class _TaskSlot:
     task: OrderTask
     store: RedisTaskStore
     epoch: int
+    start: int  # the committed offset the task was claimed at
     batches: int = 0
 
     def next_marker(self) -> int:
@@ -362,7 +363,7 @@ class Runner:
                     offsets[source + "#batch"] = marker
             epoch = store.claim(offsets)
             task = OrderTask(store, self.policy, self._sources)
-            self._tasks[tp.partition] = _TaskSlot(task, store, epoch)
+            self._tasks[tp.partition] = _TaskSlot(task, store, epoch, offsets.get(source, 0))
             self._unclaimed.discard((tp.topic, tp.partition))
             _log.info("claimed task %s at %s, epoch %d", source, offsets, epoch)
 
@@ -383,7 +384,10 @@ class Runner:
             if topic == self._by_order:
                 # Its offset is committed only through its task (below): a partition
                 # whose task is not claimed, or was fenced, is not ours to commit.
-                if partition in self._tasks:
+                # A record below the offset the task was claimed at was fetched before the
+                # claim (e.g. by a member that stalled and came back): it is decided already.
+                slot = self._tasks.get(partition)
+                if slot is not None and offset >= slot.start:
                     self._receive_routed(message, partition, offset)
                     touched.add(partition)
                 continue
