@@ -48,6 +48,8 @@ def kafka_bootstrap() -> Iterator[str]:
             .with_kraft()
             .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
             .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+            # As LocalKafka: dead producers' transactions aborted within 1 s of timing out.
+            .with_env("KAFKA_TRANSACTION_ABORT_TIMED_OUT_TRANSACTION_CLEANUP_INTERVAL_MS", "1000")
         )
         with container:
             yield container.get_bootstrap_server()

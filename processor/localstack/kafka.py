@@ -334,6 +334,11 @@ class LocalKafka:
             # ago): with the default 7-day retention the broker deletes them within
             # minutes of writing them, under the tests' and the demo's feet.
             "log.retention.ms": "-1",
+            # A producer that died mid-transaction blocks read_committed readers of the
+            # partitions it wrote until the broker aborts its transaction, which it looks
+            # for every 10 s by default, on top of transaction.timeout.ms: every second
+            # makes crash tests cheaper and their stalls what the timeout promises.
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
         }
         props.update(self._overrides)
         return props
