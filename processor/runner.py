@@ -194,12 +194,19 @@ class _TaskSlot:
 
     Batch markers are (epoch << 32) + counter: unique per batch and increasing across
     owners, since every claim bumps the epoch.
+
+    `position` is the next offset the task expects: the committed offset it was claimed
+    (or rewound) at, then one past each record it received. A record below it was decided
+    already and is skipped: the consumer can hand one out again, e.g. records fetched
+    before the claim by a member that stalled and came back, or after a seek issued while
+    its assignment was being lost (librdkafka applies it late). Deciding it again would
+    make the task stage an offset behind the one Redis applied.
     """
 
     task: OrderTask
     store: RedisTaskStore
     epoch: int
-    start: int  # the committed offset the task was claimed at
+    position: int
     batches: int = 0
 
     def next_marker(self) -> int:
@@ -363,7 +370,7 @@ class Runner:
                     offsets[source + "#batch"] = marker
             epoch = store.claim(offsets)
             task = OrderTask(store, self.policy, self._sources)
-            self._tasks[tp.partition] = _TaskSlot(task, store, epoch, offsets.get(source, 0))
+            self._tasks[tp.partition] = _TaskSlot(task, store, epoch, max(tp.offset, 0))
             self._unclaimed.discard((tp.topic, tp.partition))
             _log.info("claimed task %s at %s, epoch %d", source, offsets, epoch)
 
@@ -384,13 +391,16 @@ class Runner:
             if topic == self._by_order:
                 # Its offset is committed only through its task (below): a partition
                 # whose task is not claimed, or was fenced, is not ours to commit.
-                # A record below the offset the task was claimed at was fetched before the
-                # claim (e.g. by a member that stalled and came back): it is decided already.
+                # A record below the task's position is decided already (_TaskSlot).
                 slot = self._tasks.get(partition)
-                if slot is not None and offset >= slot.start:
+                if slot is not None and offset >= slot.position:
+                    slot.position = offset + 1
                     self._receive_routed(message, partition, offset)
                     touched.add(partition)
                 continue
+            routed_to = self._router.position(f"{topic}:{partition}")
+            if routed_to is not None and offset < routed_to:
+                continue  # read again after a late seek (see _TaskSlot): routed already
             checkpoint.offsets[(topic, partition)] = offset + 1
             origin = f"{topic}/{partition}/{offset}"
             try:
@@ -583,6 +593,8 @@ class Runner:
             # No committed offset: back to where a new group starts (auto.offset.reset).
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            if tp.topic == self._by_order and tp.partition in self._tasks:
+                self._tasks[tp.partition].position = max(tp.offset, 0)
 
     def _ensure_topics(self) -> int:
         """Creates missing topics; the internal one gets the orders topic's partition count."""
