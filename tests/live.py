@@ -23,7 +23,13 @@ from types import TracebackType
 from typing import Any
 
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    IsolationLevel,
+    TopicPartition,
+)
 from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
 
 from processor.config import load_policy
@@ -79,11 +85,24 @@ class Instance:
     name: str
     process: subprocess.Popen[bytes]
     log: Path
-    killed: bool = False
+    killed: bool = False  # SIGKILLed by the test
+    stopped: bool = False  # sent SIGTERM by the test
+    #: A message in its log that makes an exit with an error expected (the test provoked it).
+    may_fail_with: str | None = None
 
     @property
     def running(self) -> bool:
         return self.process.poll() is None
+
+    def failed(self) -> bool:
+        """Exited in a way the test did not cause: neither 0, nor by our SIGKILL, nor by our
+        SIGTERM arriving before the processor installed its handler (while starting)."""
+        code = self.process.poll()
+        if code is None or code == 0 or self.killed:
+            return False
+        if self.stopped and code == -signal.SIGTERM:
+            return False
+        return self.may_fail_with is None or self.may_fail_with not in self.log_text()
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -121,10 +140,9 @@ class LiveHarness:
                 "REFUND_IDLE_PARTITION_WAIT_MS": "1500",
             }
             | {f"REFUND_TOPICS__{name.upper()}": topic for name, topic in self.topics.items()}
-            | dict(env or {})
         )
-        if librdkafka:
-            self.env["REFUND_KAFKA__LIBRDKAFKA"] = json.dumps(dict(librdkafka))
+        self._librdkafka: dict[str, str] = {}
+        self.configure(librdkafka=librdkafka, env=env)
         self.settings = Settings(
             application_id=self.app,
             kafka={"bootstrap_servers": kafka_bootstrap},
@@ -133,6 +151,19 @@ class LiveHarness:
         )
         self.tmp_path = tmp_path
         self.instances: list[Instance] = []
+
+    def configure(
+        self,
+        *,
+        librdkafka: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """Adds settings (environment variables, librdkafka passthrough) for the instances
+        started from now on."""
+        self.env.update(env or {})
+        self._librdkafka.update(librdkafka or {})
+        if self._librdkafka:
+            self.env["REFUND_KAFKA__LIBRDKAFKA"] = json.dumps(self._librdkafka)
 
     def __enter__(self) -> LiveHarness:
         return self
@@ -183,13 +214,14 @@ class LiveHarness:
     def stop_all(self) -> None:
         """SIGTERM to every running instance, then waits for them to leave."""
         for instance in self.running():
+            instance.stopped = True
             instance.process.send_signal(signal.SIGTERM)
         for instance in self.instances:
             instance.process.wait(timeout=60)
 
     def assert_none_failed(self) -> None:
-        """Every instance not killed by the test is running or exited 0."""
-        failed = [i for i in self.instances if not i.killed and i.process.poll() not in (None, 0)]
+        """Every instance is running or ended as the test meant it to (`Instance.failed`)."""
+        failed = [i for i in self.instances if i.failed()]
         assert not failed, "\n".join(
             f"{i.name} exited {i.process.returncode}:\n{i.log_text()[-5000:]}" for i in failed
         )
@@ -249,6 +281,23 @@ class LiveHarness:
             name: {f"{by_order}:{p}" for t, p in partitions if t == by_order}
             for name, partitions in found.items()
         }
+
+    def task_offsets(self) -> int:
+        """The sum of the group's committed offsets on the internal topic: it grows
+        whenever an order task commits a batch (watermarks arrive even when idle)."""
+        group = self.settings.group_id
+        by_order = self.settings.by_order_topic
+        request = ConsumerGroupTopicPartitions(
+            group, [TopicPartition(by_order, p) for p in self.partitions(by_order)]
+        )
+        result = self.admin.client.list_consumer_group_offsets([request])[group].result()
+        return sum(max(tp.offset, 0) for tp in result.topic_partitions)
+
+    def await_task_progress(self, timeout_s: float) -> None:
+        """Waits until an order task commits a batch (after a kill: once the victim's open
+        transaction, which blocks read_committed readers, has been aborted)."""
+        before = self.task_offsets()
+        await_condition(lambda: self.task_offsets() > before, timeout_s, "an order task commits")
 
     def task_epochs(self) -> dict[str, int]:
         """task -> its fencing epoch in Redis (tasks never claimed are left out)."""
