@@ -8,7 +8,7 @@ that went idle are left out after `idle_partition_wait_ms` (SPEC section 6).
 """
 
 import heapq
-from dataclasses import dataclass, field
+from collections import deque
 
 from processor.config import PolicyConfig
 from processor.engine import Engine
@@ -17,13 +17,9 @@ from processor.outputs import Output
 from processor.router import combined_watermark
 from processor.store import StateStore
 
-
-@dataclass(order=True, slots=True)
-class _Buffered:
-    at: int
-    offset: int
-    event: Event = field(compare=False)
-    origin: str = field(compare=False)
+#: A buffered record: (occurred_at, offset, event, origin). Offsets are unique within the
+#: task's partition, so tuples compare on the first two fields only (in C, unlike a class).
+_Buffered = tuple[int, int, Event, str]
 
 
 class OrderTask:
@@ -33,11 +29,17 @@ class OrderTask:
         self._lateness_ms = config.allowed_lateness_ms
         self._sources = sources
         self._watermarks: dict[str, tuple[int, bool]] = {}
-        self._buffer: list[_Buffered] = []
+        self._buffer: list[_Buffered] = []  # a heap: oldest event first
+        self._ready: list[_Buffered] = []  # taken off the heap, to be decided in this order
+        # Offsets of records not decided yet, in arrival (= offset) order, and the decided
+        # ones among them: the smallest undecided offset is the one to commit.
+        self._undecided: deque[int] = deque()
+        self._decided: set[int] = set()
         self._next_offset: int | None = None
 
     def receive(self, offset: int, event: Event, origin: str) -> None:
-        heapq.heappush(self._buffer, _Buffered(event.at, offset, event, origin))
+        heapq.heappush(self._buffer, (event.at, offset, event, origin))
+        self._undecided.append(offset)
         self._next_offset = offset + 1
 
     def receive_watermark(self, offset: int, source: str, at: int, idle: bool) -> None:
@@ -53,30 +55,37 @@ class OrderTask:
         limit = self.watermark()
         return None if limit is None else limit - self._lateness_ms
 
-    def ready(self) -> list[str]:
-        """Order ids of the records the next `release` will decide (to prefetch them)."""
+    def take_ready(self) -> list[str]:
+        """Takes the records the watermark has passed off the buffer, for `release` to
+        decide; returns their order ids, to prefetch their state."""
         limit = self.watermark()
         if limit is None:
             return []
-        return [b.event.order_id or "" for b in self._buffer if b.at <= limit]
+        buffer, ready = self._buffer, self._ready
+        while buffer and buffer[0][0] <= limit:
+            ready.append(heapq.heappop(buffer))
+        return [event.order_id or "" for _, _, event, _ in ready]
 
     def release(self) -> list[Output]:
-        """Decides every buffered record the watermark has passed, oldest first."""
+        """Decides the records `take_ready` took, oldest first, then moves the clock."""
         limit = self.watermark()
         outputs: list[Output] = []
         if limit is None:
             return outputs
-        while self._buffer and self._buffer[0].at <= limit:
-            item = heapq.heappop(self._buffer)
-            outputs.extend(self._engine.process(item.event, item.origin))
+        process, decided = self._engine.process, self._decided
+        for _, offset, event, origin in self._ready:
+            outputs.extend(process(event, origin))
+            decided.add(offset)
+        self._ready = []
         self._engine.advance_clock(limit - self._lateness_ms, outputs)
         return outputs
 
     def commit_offset(self) -> int | None:
-        """The offset to commit: never past a record still buffered."""
-        if self._buffer:
-            return min(b.offset for b in self._buffer)
-        return self._next_offset
+        """The offset to commit: never past a record not decided yet."""
+        undecided, decided = self._undecided, self._decided
+        while undecided and undecided[0] in decided:
+            decided.remove(undecided.popleft())
+        return undecided[0] if undecided else self._next_offset
 
 
 def _links_are_routed_upstream(tracking_number: str, order_id: str, outputs: list[Output]) -> None:

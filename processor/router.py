@@ -38,7 +38,7 @@ class Inbound:
     offset: int
     event: Event
     origin: str  # "<topic>/<partition>/<offset>"
-    payload: bytes | None
+    payload: bytes  # as consumed: forwarded unchanged (the order task decodes it again)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +46,7 @@ class Routed:
     order_id: str
     event: Event
     origin: str
+    payload: bytes
 
 
 @dataclass(slots=True)
@@ -129,7 +130,7 @@ class Router:
         for item in waiting + batch:
             order_id = item.event.order_id or found.get(_number(item))
             if order_id is not None:
-                result.routed.append(Routed(order_id, item.event, item.origin))
+                result.routed.append(Routed(order_id, item.event, item.origin, item.payload))
                 continue
             source = self._sources[item.source]
             if progress is not None and progress >= item.event.at + self._orphan_ttl_ms:

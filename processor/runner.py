@@ -11,10 +11,10 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
 
 import redis
 from confluent_kafka import (
@@ -32,7 +32,6 @@ from processor.config import PolicyConfig, load_policy
 from processor.deadletter import dead_letter_record
 from processor.events import (
     InvalidEventError,
-    TrackingUpdate,
     from_millis,
     parse_event,
     to_millis,
@@ -63,22 +62,37 @@ MARKER_PREFIX = "batch:"
 WATERMARK_PREFIX = "watermark:"
 #: librdkafka's transaction.timeout.ms unless the settings' passthrough sets it (see Runner).
 TRANSACTION_TIMEOUT_MS = 10_000
+#: Hashes the tracking-number index is spread over (RedisTrackingIndex).
+TRACKING_BUCKETS = 64
 #: Waits between attempts while Redis is unreachable (doubling from the first to the last).
 REDIS_BACKOFF_S = (0.5, 8.0)
 
 
 class RedisTrackingIndex:
-    """The router's tracking-number index, shared by all instances (one key per number)."""
+    """The router's tracking-number index, shared by all instances.
+
+    Numbers are spread over `TRACKING_BUCKETS` hashes, so a batch's lookups are one HMGET
+    per bucket rather than one command per number (each key is one Redis Cluster slot).
+    """
 
     def __init__(self, client: redis.Redis, application_id: str) -> None:
         self._client = client
         self._prefix = f"{application_id}:tracking:"
         self._progress = f"{application_id}:router-progress"
 
+    def _bucket(self, number: str) -> str:
+        return f"{self._prefix}{zlib.crc32(number.encode()) % TRACKING_BUCKETS}"
+
+    def _by_bucket(self, numbers: Iterable[str]) -> dict[str, list[str]]:
+        buckets: dict[str, list[str]] = {}
+        for number in numbers:
+            buckets.setdefault(self._bucket(number), []).append(number)
+        return buckets
+
     def link_many(self, links: Mapping[str, str]) -> None:
         pipe = self._client.pipeline(transaction=False)
-        for number, order_id in links.items():
-            pipe.set(self._prefix + number, order_id)
+        for bucket, numbers in self._by_bucket(links).items():
+            pipe.hset(bucket, mapping={number: links[number] for number in numbers})
         pipe.execute()
 
     def share_progress(
@@ -99,16 +113,17 @@ class RedisTrackingIndex:
             progress[source.decode()] = (int(at), idle == "1")
         return progress
 
-    def lookup_many(self, tracking_numbers: Any) -> dict[str, str]:
-        numbers = list(tracking_numbers)
+    def lookup_many(self, tracking_numbers: Iterable[str]) -> dict[str, str]:
+        buckets = self._by_bucket(tracking_numbers)
         pipe = self._client.pipeline(transaction=False)
-        for number in numbers:
-            pipe.get(self._prefix + number)
-        return {
-            number: value.decode()
-            for number, value in zip(numbers, pipe.execute(), strict=True)
-            if value is not None
-        }
+        for bucket, numbers in buckets.items():
+            pipe.hmget(bucket, numbers)
+        found: dict[str, str] = {}
+        for numbers, values in zip(buckets.values(), pipe.execute(), strict=True):
+            for number, value in zip(numbers, values, strict=True):
+                if value is not None:
+                    found[number] = value.decode()
+        return found
 
 
 @dataclass(slots=True)
@@ -403,28 +418,25 @@ class Runner:
                 continue  # read again after a late seek (see _TaskSlot): routed already
             checkpoint.offsets[(topic, partition)] = offset + 1
             origin = f"{topic}/{partition}/{offset}"
+            value = message.value() or b""
             try:
-                event = parse_event(self._serde.decode(message.value() or b"", topic))
-            except DecodeError as exc:
+                event = parse_event(self._serde.decode(value, topic))
+            except (DecodeError, InvalidEventError) as exc:
                 self._dead_letter(message.key(), message.value(), origin, exc.reason, exc.message)
                 continue
-            except InvalidEventError as exc:
-                self._dead_letter(message.key(), message.value(), origin, exc.reason, exc.message)
-                continue
-            inbound.append(Inbound(f"{topic}:{partition}", offset, event, origin, message.value()))
+            inbound.append(Inbound(f"{topic}:{partition}", offset, event, origin, value))
 
         routed = self._router.route(
             inbound, now, combined_watermark(self._sources, self._router_progress)
         )
         for item in routed.routed:
-            event = item.event
-            if isinstance(event, TrackingUpdate) and event.order_id is None:
-                event = event.model_copy(update={"order_id": item.order_id})
+            # The input's own bytes: a tracking update without order_id gets it from the
+            # key (`_receive_routed`), so nothing is encoded again.
             self._producer.produce(
                 self._by_order,
                 key=item.order_id.encode(),
-                value=self._serde.encode(event.type, event.model_dump(), self._by_order),
-                timestamp=event.at,
+                value=item.payload,
+                timestamp=item.event.at,
                 headers=[(ORIGIN_HEADER, item.origin.encode())],
             )
         for pending, dead in routed.dead_letters:
@@ -439,7 +451,7 @@ class Runner:
 
         for partition in sorted(self._tasks):
             slot = self._tasks[partition]
-            ready = slot.task.ready()
+            ready = slot.task.take_ready()
             if not ready and partition not in touched:
                 continue
             slot.store.prefetch(ready, due_by=slot.task.clock_target())
@@ -471,6 +483,8 @@ class Runner:
         origin = (
             found.decode() if isinstance(found, bytes) else f"{self._by_order}/{partition}/{offset}"
         )
+        if record.get("order_id") is None:  # a tracking update the router resolved
+            record["order_id"] = (message.key() or b"").decode()
         task.receive(offset, parse_event(record), origin)
 
     def _caught_up(self) -> dict[str, bool]:
