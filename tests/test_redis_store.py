@@ -702,8 +702,7 @@ def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
     """A one-node Redis Cluster (all 16384 slots on one redis-server): scripts and
     pipelines go through the cluster client and the server's cross-slot checks."""
     binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server not on PATH")
+    assert binary is not None, "redis-server not on PATH (.ci/run installs it)"
     port = free_port()
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
     args += ["--cluster-enabled", "yes", "--cluster-port", str(free_port())]
