@@ -256,7 +256,8 @@ class CatchUp:
             text(source): text(value)
             for source, value in self._redis.hgetall(self._progress_key).items()
         }
-        return all(reported.get(f"{t}:{p}", "").endswith(":1") for t, p in self._input_ends)
+        # Values are "<watermark>:<idle>:<routed>:<drained>" (RedisTrackingIndex).
+        return all(reported.get(f"{t}:{p}", "::").split(":")[1] == "1" for t, p in self._input_ends)
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ routed them (docs/live.md).
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from processor.config import PolicyConfig
 from processor.events import Event, PackageShipped, TrackingUpdate
@@ -55,6 +55,15 @@ class RouteResult:
     dead_letters: list[tuple[Inbound, DeadLetter]] = field(default_factory=list)
 
 
+class Progress(NamedTuple):
+    """What a router reports for one input partition it owns (shared through Redis)."""
+
+    watermark: int  # for order tasks: routed_until, held just below a pending update
+    idle: bool  # for order tasks: leave this partition out of the minimum
+    routed: int  # routed_until, holds ignored: how far expiry may look
+    drained: bool  # read to its end and quiet for idle_partition_wait, pending or not
+
+
 @dataclass(slots=True)
 class _Source:
     """Routing progress of one input partition."""
@@ -69,6 +78,7 @@ class Router:
     def __init__(self, index: TrackingIndex, config: PolicyConfig) -> None:
         self._index = index
         self._orphan_ttl_ms = config.orphan_ttl_ms
+        self._lateness_ms = config.allowed_lateness_ms
         self._sources: dict[str, _Source] = {}
 
     def assign(
@@ -102,10 +112,10 @@ class Router:
     def route(self, batch: list[Inbound], now: float, progress: int | None) -> RouteResult:
         """Routes a batch (two index round trips at most); retries what was pending.
 
-        `progress` is how far every input has been routed (`combined_watermark` over
-        all routers): a pending update expires only once all of them are `orphan_ttl`
-        past it, since the package_shipped it waits for may sit in another router's
-        backlog.
+        `progress` is how far every input has been routed, holds ignored
+        (`expiry_progress`): a pending update expires once that, less allowed_lateness
+        (the replay's clock), is `orphan_ttl` past it, since the package_shipped it
+        waits for may sit in another router's backlog until then.
         """
         result = RouteResult()
         links = {
@@ -133,7 +143,10 @@ class Router:
                 result.routed.append(Routed(order_id, item.event, item.origin, item.payload))
                 continue
             source = self._sources[item.source]
-            if progress is not None and progress >= item.event.at + self._orphan_ttl_ms:
+            if (
+                progress is not None
+                and progress - self._lateness_ms >= item.event.at + self._orphan_ttl_ms
+            ):
                 result.dead_letters.append((item, _unknown_number(item)))
             else:
                 source.pending.append(item)
@@ -152,24 +165,28 @@ class Router:
         return offsets
 
     def watermarks(
-        self, now: float, idle_after_s: float, caught_up: Mapping[str, bool]
-    ) -> list[tuple[str, int, bool]]:
-        """(source, routed_until, idle) for every source this router owns.
+        self, now: float, idle_after_s: float, caught_up: Mapping[str, bool], drained: bool
+    ) -> list[tuple[str, Progress]]:
+        """What to report for every source this router owns.
 
-        A source is idle only when it has nothing left to read and nothing arrived for
+        A source is drained when it has nothing left to read and nothing arrived for
         `idle_after_s`: a source that is merely slow (or paused by a rebalance) must
         hold the watermark back, or order tasks would run ahead of its backlog.
+
+        A pending update holds its source's watermark (`_held_back`) unless `drained`,
+        every input being drained: then its package_shipped is not in any backlog, and
+        holding would stop every task's clock until the update expires (or for good,
+        if no input ever moves `orphan_ttl` past it). A shipment published later is
+        late data, decided as the replay decides it when appended to the file.
         """
-        return [
-            (
-                name,
-                _held_back(source),
-                caught_up.get(name, False)
-                and not source.pending
-                and now - source.quiet_since >= idle_after_s,
-            )
-            for name, source in sorted(self._sources.items())
-        ]
+        reports: list[tuple[str, Progress]] = []
+        for name, source in sorted(self._sources.items()):
+            routed = source.routed_until or 0
+            quiet = caught_up.get(name, False) and now - source.quiet_since >= idle_after_s
+            hold = bool(source.pending) and not drained
+            watermark = _held_back(source) if hold else routed
+            reports.append((name, Progress(watermark, quiet and not hold, routed, quiet)))
+        return reports
 
 
 def combined_watermark(
@@ -186,6 +203,15 @@ def combined_watermark(
     entries = [entry for entry in known if entry is not None]
     active = [at for at, idle in entries if not idle]
     return min(active) if active else max(at for at, _ in entries)
+
+
+def expiry_progress(sources: Iterable[str], reported: Mapping[str, Progress]) -> int | None:
+    """How far every input has been routed, pending updates' holds ignored."""
+    return combined_watermark(sources, {s: (p.routed, p.drained) for s, p in reported.items()})
+
+
+def all_drained(sources: Iterable[str], reported: Mapping[str, Progress]) -> bool:
+    return all(source in reported and reported[source].drained for source in sources)
 
 
 def _held_back(source: _Source) -> int:

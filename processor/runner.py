@@ -46,7 +46,7 @@ from processor.outputs import (
     output_to_dict,
 )
 from processor.redis_store import FencedError, RedisTaskStore
-from processor.router import Inbound, Router, combined_watermark
+from processor.router import Inbound, Progress, Router, all_drained, expiry_progress
 from processor.serde import DecodeError, Serde
 from processor.settings import Settings, make_serde
 
@@ -95,22 +95,27 @@ class RedisTrackingIndex:
             pipe.hset(bucket, mapping={number: links[number] for number in numbers})
         pipe.execute()
 
-    def share_progress(
-        self, watermarks: list[tuple[str, int, bool]]
-    ) -> dict[str, tuple[int, bool]]:
-        """Publishes this router's watermarks and reads every router's, in one round trip."""
+    def share_progress(self, reports: list[tuple[str, Progress]]) -> dict[str, Progress]:
+        """Publishes this router's progress and reads every router's, in one round trip.
+
+        Values are `<watermark>:<idle>:<routed>:<drained>` (flags 0/1)."""
         pipe = self._client.pipeline(transaction=False)
-        if watermarks:
+        if reports:
             pipe.hset(
                 self._progress,
-                mapping={source: f"{at}:{int(idle)}" for source, at, idle in watermarks},
+                mapping={
+                    source: f"{p.watermark}:{int(p.idle)}:{p.routed}:{int(p.drained)}"
+                    for source, p in reports
+                },
             )
         pipe.hgetall(self._progress)
         reported: dict[bytes, bytes] = pipe.execute()[-1]
-        progress: dict[str, tuple[int, bool]] = {}
+        progress: dict[str, Progress] = {}
         for source, value in reported.items():
-            at, _, idle = value.decode().partition(":")
-            progress[source.decode()] = (int(at), idle == "1")
+            watermark, idle, routed, drained = value.decode().split(":")
+            progress[source.decode()] = Progress(
+                int(watermark), idle == "1", int(routed), drained == "1"
+            )
         return progress
 
     def lookup_many(self, tracking_numbers: Iterable[str]) -> dict[str, str]:
@@ -241,7 +246,7 @@ class Runner:
         self._inputs = (topics.orders, topics.tracking)
         self._index = RedisTrackingIndex(self._redis, settings.application_id)
         self._router = Router(self._index, self.policy)
-        self._router_progress: dict[str, tuple[int, bool]] = {}
+        self._router_progress: dict[str, Progress] = {}
         self._tasks: dict[int, _TaskSlot] = {}
         # Assigned partitions whose task or router source is not set up yet: after a
         # rebalance, or after a batch failed (see `_claim_assigned`).
@@ -427,7 +432,7 @@ class Runner:
             inbound.append(Inbound(f"{topic}:{partition}", offset, event, origin, value))
 
         routed = self._router.route(
-            inbound, now, combined_watermark(self._sources, self._router_progress)
+            inbound, now, expiry_progress(self._sources, self._router_progress)
         )
         for item in routed.routed:
             # The input's own bytes: a tracking update without order_id gets it from the
@@ -504,12 +509,17 @@ class Runner:
         return caught_up
 
     def _publish_watermarks(self, now: float) -> None:
-        watermarks = self._router.watermarks(now, self._idle_s, self._caught_up())
-        self._router_progress = self._index.share_progress(watermarks)
-        for source, at, idle in watermarks:
+        drained = all_drained(self._sources, self._router_progress)
+        reports = self._router.watermarks(now, self._idle_s, self._caught_up(), drained)
+        self._router_progress = self._index.share_progress(reports)
+        for source, report in reports:
             value = self._serde.encode(
                 "watermark",
-                {"source": source, "occurred_at": from_millis(at), "idle": idle},
+                {
+                    "source": source,
+                    "occurred_at": from_millis(report.watermark),
+                    "idle": report.idle,
+                },
                 self._by_order,
             )
             for partition in range(self._by_order_partitions):

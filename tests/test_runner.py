@@ -92,3 +92,29 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_processing_goes_on(
         (live.topics["orders"].encode(), b"\xffnot avro at all"),
         (live.topics["tracking"].encode(), b"\xffnot avro at all"),
     }
+
+
+def test_a_tracking_number_nobody_ships_expires_and_holds_no_deadline_back(
+    live: LiveHarness,
+) -> None:
+    """A scan whose package is never shipped holds its input's watermark (its shipment
+    might still be routed by another router), but only until every input has routed
+    `orphan_ttl` past it: then it is dead-lettered and the deadlines behind it fire."""
+    orphan = (
+        '{"type":"tracking_update","event_id":"evt-orphan","occurred_at":"2026-03-01T12:00:00Z",'
+        '"tracking_number":"TN-NEVER-SHIPPED","carrier":"dhl","status":"in_transit",'
+        '"carrier_status":"IT","location":"Leipzig, DE"}'
+    )
+    lines = [orphan, *generate_history(30, seed=5, malformed_share=0)]
+    expected = expected_refunds(lines)
+    live.publish(lines)
+
+    live.start()
+    seen = live.read_refunds_until(expected, timeout_s=120)
+    dead = live.read_dead_letters(1, timeout_s=60)
+    live.stop_all()
+
+    assert set(seen) == expected
+    assert [(reason, source) for reason, source, _ in dead] == [
+        ("unknown_tracking_number", live.topics["tracking"].encode())
+    ]
