@@ -1,0 +1,307 @@
+"""Deployment files checked without Docker or promtool: every metric the Grafana dashboard
+and the Prometheus rules name is one `processor.metrics.REGISTRY` exports; the rules are
+well-formed; docker-compose.yml agrees with the files it mounts and the settings its
+processors load; the Dockerfile runs as non-root the console script pyproject.toml
+declares, and its install command gives a working entrypoint when run directly."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from processor.metrics import REGISTRY
+
+REPO = Path(__file__).resolve().parent.parent
+DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "refund-processor.json"
+PROVISIONING = REPO / "deploy" / "grafana" / "provisioning"
+PROMETHEUS = REPO / "deploy" / "prometheus" / "prometheus.yml"
+ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
+COMPOSE = REPO / "docker-compose.yml"
+PROCESSORS = ("processor-1", "processor-2")
+
+#: Series Prometheus itself writes for every scrape target, not exported by the processor.
+PROMETHEUS_SERIES = frozenset({"up"})
+
+#: Exported series of each metric family type, by the exposition format's suffixes.
+_SUFFIXES = {
+    "counter": ("_total",),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
+    "summary": ("", "_sum", "_count"),
+    "info": ("_info",),
+    "stateset": ("",),
+    "unknown": ("",),
+}
+
+_FUNCTION_NAMES = """
+    sum min max avg group stddev stdvar count count_values bottomk topk quantile limitk
+    limit_ratio abs absent absent_over_time ceil changes clamp clamp_max clamp_min
+    day_of_month day_of_week day_of_year days_in_month delta deriv exp floor histogram_avg
+    histogram_count histogram_fraction histogram_quantile histogram_stddev histogram_stdvar
+    histogram_sum double_exponential_smoothing holt_winters hour idelta increase info irate
+    label_join label_replace ln log2 log10 minute month predict_linear rate resets round
+    scalar sgn sort sort_desc sort_by_label sort_by_label_desc sqrt time timestamp vector
+    year avg_over_time min_over_time max_over_time sum_over_time count_over_time
+    quantile_over_time stddev_over_time stdvar_over_time last_over_time present_over_time
+    mad_over_time acos acosh asin asinh atan atanh cos cosh sin sinh tan tanh deg rad pi
+"""
+_FUNCTIONS = frozenset(_FUNCTION_NAMES.split())
+_KEYWORD_NAMES = "and or unless bool offset by without on ignoring group_left group_right atan2"
+_KEYWORDS = frozenset(_KEYWORD_NAMES.split()) | {"inf", "nan"}
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_MATCHERS = re.compile(r"\{[^{}]*\}")
+_RANGE = re.compile(r"\[[^\[\]]*\]")
+_LABEL_LIST = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
+# An identifier starting a token: not the `d` of `1d` nor the `e` of `1e3`.
+_IDENTIFIER = re.compile(r"(?<![\w:.])[A-Za-z_:][\w:]*")
+_GRAFANA_LABEL_VALUES = re.compile(r"^\s*label_values\((?P<expr>.*),\s*\w+\s*\)\s*$", re.DOTALL)
+_DURATION = re.compile(r"^(?:\d+(?:ms|s|m|h|d|w|y))+$")
+
+
+# --------------------------------------------------------------------------- PromQL
+
+
+def exported_series(registry: CollectorRegistry) -> frozenset[str]:
+    """Every series name `registry` exports, whether or not a labelled child exists yet."""
+    names: set[str] = set()
+    for family in registry.collect():
+        names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
+        names.update(sample.name for sample in family.samples)
+    return frozenset(names)
+
+
+def balanced(expr: str) -> bool:
+    """Parentheses, brackets and braces nest properly outside string literals."""
+    pairs = {")": "(", "]": "[", "}": "{"}
+    stack: list[str] = []
+    for char in _STRING.sub('""', expr):
+        if char in "([{":
+            stack.append(char)
+        elif char in pairs and (not stack or stack.pop() != pairs[char]):
+            return False
+    return not stack
+
+
+def metric_names(expr: str) -> frozenset[str]:
+    """Metric names a PromQL expression selects; raises on an unknown function."""
+    grafana = _GRAFANA_LABEL_VALUES.match(expr)
+    if grafana is not None:
+        expr = grafana["expr"]
+    text = _STRING.sub(" ", expr)
+    text = _MATCHERS.sub(" ", text)
+    text = _RANGE.sub(" ", text)
+    text = _LABEL_LIST.sub(" ", text)
+    names: set[str] = set()
+    for found in _IDENTIFIER.finditer(text):
+        name = found[0]
+        if text[found.end() :].lstrip().startswith("("):
+            if name not in _FUNCTIONS:
+                raise ValueError(f"unknown PromQL function {name!r} in {expr!r}")
+        elif name not in _KEYWORDS:
+            names.add(name)
+    return frozenset(names)
+
+
+def test_metric_names_are_the_selected_series_only() -> None:
+    expr = (
+        'histogram_quantile(0.99, sum by (le, operation) (rate(x_seconds_bucket{instance=~"$i",'
+        ' operation!="by(a)"}[$__rate_interval])))'
+        " / ignoring (operation) group_left sum(rate(y_total[5m] offset 1d)) > 1e3"
+        " and on (instance) deriv(sum(z)[10m:1m]) > bool 0"
+    )
+
+    assert metric_names(expr) == {"x_seconds_bucket", "y_total", "z"}
+    assert metric_names('label_values(up{job="a"}, instance)') == {"up"}
+    with pytest.raises(ValueError, match="histogram_quantil"):
+        metric_names("histogram_quantil(0.9, rate(x_bucket[5m]))")
+
+
+def test_a_misspelt_metric_is_not_exported() -> None:
+    exported = exported_series(REGISTRY)
+
+    assert "refunds_dead_letters_total" in exported
+    assert "refunds_end_to_end_latency_seconds_bucket" in exported
+    assert metric_names("rate(refunds_dead_letter_total[5m])") - exported == {
+        "refunds_dead_letter_total"
+    }
+    # A counter is exported with _total only; a histogram has no bare series.
+    assert "refunds_dead_letters" not in exported
+    assert "refunds_end_to_end_latency_seconds" not in exported
+
+
+def test_balanced_sees_through_strings() -> None:
+    assert balanced('sum by (a) (rate(x{a=")"}[5m]))')
+    assert not balanced("sum(rate(x[5m])")
+    assert not balanced("sum(rate(x[5m)])")
+    assert not balanced("x{a='b'")
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+def _dashboard() -> dict[str, Any]:
+    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return dashboard
+
+
+def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from _panels(panel.get("panels", []))
+
+
+def _dashboard_queries(dashboard: dict[str, Any]) -> list[str]:
+    queries = [
+        target["expr"]
+        for panel in _panels(dashboard["panels"])
+        for target in panel.get("targets", [])
+    ]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            query = variable["query"]
+            queries.append(query["query"] if isinstance(query, dict) else query)
+    return queries
+
+
+def _yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def _datasource_uid() -> str:
+    (datasource,) = _yaml(PROVISIONING / "datasources" / "prometheus.yaml")["datasources"]
+    uid: str = datasource["uid"]
+    return uid
+
+
+def test_every_metric_the_dashboard_queries_is_exported() -> None:
+    queries = _dashboard_queries(_dashboard())
+
+    named = frozenset().union(*(metric_names(query) for query in queries))
+    unknown = named - exported_series(REGISTRY) - PROMETHEUS_SERIES
+
+    assert unknown == set()
+    assert all(balanced(query) for query in queries), [q for q in queries if not balanced(q)]
+
+
+def test_the_dashboard_shows_every_processor_metric() -> None:
+    named = frozenset().union(*(metric_names(q) for q in _dashboard_queries(_dashboard())))
+
+    missing = [
+        family.name
+        for family in REGISTRY.collect()
+        if family.name.startswith("refunds_")
+        and not any(family.name + suffix in named for suffix in _SUFFIXES[family.type])
+    ]
+
+    assert missing == []
+
+
+def test_dashboard_panels_query_the_provisioned_datasource() -> None:
+    dashboard = _dashboard()
+    panels = list(_panels(dashboard["panels"]))
+    uid = _datasource_uid()
+
+    assert dashboard["uid"]
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        if panel["type"] == "row":
+            continue
+        assert panel["targets"], panel["title"]
+        assert panel["datasource"]["uid"] == uid, panel["title"]
+        for target in panel["targets"]:
+            assert target["expr"].strip(), panel["title"]
+            assert target.get("datasource", panel["datasource"])["uid"] == uid
+    for variable in dashboard["templating"]["list"]:
+        assert variable["datasource"]["uid"] == uid
+
+
+# --------------------------------------------------------------------------- alert rules
+
+
+_ALERT_KEYS = {"alert", "expr", "for", "keep_firing_for", "labels", "annotations"}
+_RECORD_KEYS = {"record", "expr", "labels"}
+_ANNOTATIONS = ("summary", "description", "runbook")
+
+
+def _rules() -> list[dict[str, Any]]:
+    return [rule for group in _yaml(ALERTS)["groups"] for rule in group["rules"]]
+
+
+def test_alert_rules_are_well_formed() -> None:
+    document = _yaml(ALERTS)
+
+    assert set(document) == {"groups"}
+    groups = document["groups"]
+    names = [group["name"] for group in groups]
+    assert len(names) == len(set(names))
+    alerts = []
+    for group in groups:
+        assert set(group) <= {"name", "interval", "rules", "limit"}, group["name"]
+        assert "interval" not in group or _DURATION.match(group["interval"])
+        assert group["rules"], group["name"]
+        for rule in group["rules"]:
+            assert isinstance(rule["expr"], str), rule
+            assert balanced(rule["expr"]), rule["expr"]
+            if "record" in rule:
+                assert set(rule) <= _RECORD_KEYS, rule["record"]
+                assert re.fullmatch(r"[a-z_]+:[a-z_]+:[a-z0-9_]+", rule["record"])
+                continue
+            assert set(rule) <= _ALERT_KEYS, rule.get("alert")
+            alerts.append(rule["alert"])
+            assert re.fullmatch(r"[A-Z][A-Za-z]+", rule["alert"])
+            assert _DURATION.match(rule["for"]), rule["alert"]
+            assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+            for key in _ANNOTATIONS:
+                text = rule["annotations"][key]
+                assert isinstance(text, str), (rule["alert"], key)
+                assert text.strip(), (rule["alert"], key)
+                assert text.count("{{") == text.count("}}"), (rule["alert"], key)
+    assert len(alerts) == len(set(alerts))
+
+
+def test_the_agreed_alerts_exist() -> None:
+    alerts = {rule["alert"]: rule["expr"] for rule in _rules() if "alert" in rule}
+
+    assert "up{" in alerts["RefundProcessorDown"]
+    assert "refunds_consumer_lag_records" in alerts["RefundConsumerLagGrowing"]
+    assert "refunds_dead_letters_total" in alerts["RefundDeadLetterRate"]
+    assert "refunds_transactions_committed_total" in alerts["RefundNoTransactionCommits"]
+    assert "amount_minor" in alerts["RefundAmountSpikeByReason"]
+    assert "merchant" in alerts["RefundAmountSpikeByMerchant"]
+
+
+def test_every_metric_the_rules_name_is_exported_or_recorded_from_one() -> None:
+    rules = _rules()
+    recorded = {rule["record"] for rule in rules if "record" in rule}
+
+    named = frozenset().union(*(metric_names(rule["expr"]) for rule in rules))
+    unknown = named - exported_series(REGISTRY) - PROMETHEUS_SERIES - recorded
+
+    assert unknown == set()
+    for rule in rules:
+        if "record" in rule:
+            assert metric_names(rule["expr"]) <= exported_series(REGISTRY), rule["record"]
+
+
+def test_the_rules_and_the_dashboard_name_only_scraped_jobs() -> None:
+    config = _yaml(PROMETHEUS)
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    texts = [rule["expr"] for rule in _rules()] + _dashboard_queries(_dashboard())
+
+    named_jobs = {job for text in texts for job in re.findall(r'job="([^"]+)"', text)}
+
+    assert named_jobs
+    assert named_jobs <= jobs
+    (datasource,) = _yaml(PROVISIONING / "datasources" / "prometheus.yaml")["datasources"]
+    # Grafana's $__rate_interval is 4 x this: it must know Prometheus's real interval.
+    assert datasource["jsonData"]["timeInterval"] == config["global"]["scrape_interval"]
