@@ -7,7 +7,12 @@ declares, and its install command gives a working entrypoint when run directly."
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
+import shutil
+import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -305,3 +310,92 @@ def test_the_rules_and_the_dashboard_name_only_scraped_jobs() -> None:
     (datasource,) = _yaml(PROVISIONING / "datasources" / "prometheus.yaml")["datasources"]
     # Grafana's $__rate_interval is 4 x this: it must know Prometheus's real interval.
     assert datasource["jsonData"]["timeInterval"] == config["global"]["scrape_interval"]
+
+
+# --------------------------------------------------------------------------- Dockerfile
+
+
+def _instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    text = (REPO / "Dockerfile").read_text(encoding="utf-8").replace("\\\n", " ")
+    instructions = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            keyword, _, arguments = stripped.partition(" ")
+            instructions.append((keyword.upper(), arguments.strip()))
+    return instructions
+
+
+def _final_stage() -> list[tuple[str, str]]:
+    instructions = _instructions()
+    start = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
+    return instructions[start:]
+
+
+def _install_command() -> list[str]:
+    """The Dockerfile's last `uv sync`: the one that installs the project."""
+    runs = [shlex.split(args) for keyword, args in _instructions() if keyword == "RUN"]
+    return [run for run in runs if run[:2] == ["uv", "sync"]][-1]
+
+
+def test_the_image_runs_the_console_script_as_a_non_root_user() -> None:
+    final = _final_stage()
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    values = {keyword: args for keyword, args in final}
+
+    assert final[0][1].startswith("python:3.11-slim")
+    users = [args for keyword, args in final if keyword == "USER"]
+    assert users
+    assert users[-1].split(":")[0] not in {"root", "0"}
+    assert json.loads(values["ENTRYPOINT"]) == list(pyproject["project"]["scripts"])
+    assert json.loads(values["CMD"]) == ["run"]
+
+
+def test_the_image_installs_the_locked_runtime_dependencies_with_the_makefiles_uv() -> None:
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    (pinned,) = re.findall(r'"uv==([\d.]+)"', makefile)
+    copies = [args for keyword, args in _instructions() if keyword == "COPY"]
+
+    assert {"--frozen", "--no-dev"} <= set(_install_command())
+    assert f"--from=ghcr.io/astral-sh/uv:{pinned} /uv /bin/uv" in copies
+    for args in copies:
+        if not args.startswith("--from"):
+            *sources, _ = args.split()
+            assert all((REPO / source).exists() for source in sources), args
+
+
+def test_the_images_install_command_gives_a_working_entrypoint(tmp_path: Path) -> None:
+    """The Dockerfile's own `uv sync` into a fresh environment, then its ENTRYPOINT and
+    CMD run from outside the checkout, as in the image (packaged policy, no sources)."""
+    uv = shutil.which("uv")
+    assert uv is not None, "uv is needed (make install installs it)"
+    environment = tmp_path / "venv"
+    _, *arguments = _install_command()
+    env = os.environ | {"UV_PROJECT_ENVIRONMENT": str(environment)}
+    installed = subprocess.run(
+        [uv, *arguments], cwd=REPO, env=env, capture_output=True, text=True, check=False
+    )
+    assert installed.returncode == 0, installed.stderr
+    values = dict(_final_stage())
+    entrypoint = json.loads(values["ENTRYPOINT"])
+    command = [str(environment / "bin" / entrypoint[0]), *entrypoint[1:]]
+    cmd = json.loads(values["CMD"])
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, *args], cwd=tmp_path, capture_output=True, text=True, check=False
+        )
+
+    usage = run("--help")
+    run_usage = run(*cmd, "--help")
+    history = run("generate", "--orders", "20", "--seed", "3", "--out", "history.jsonl")
+    replay = run("replay", "history.jsonl", "--now", "2030-01-01T00:00:00Z")
+
+    assert usage.returncode == 0, usage.stderr
+    assert "run" in usage.stdout
+    assert run_usage.returncode == 0, run_usage.stderr
+    assert "--config" in run_usage.stdout
+    assert history.returncode == 0, history.stderr
+    assert replay.returncode == 0, replay.stderr
+    assert "decision" in {json.loads(line)["type"] for line in replay.stdout.splitlines()}
