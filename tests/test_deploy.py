@@ -14,14 +14,16 @@ import shutil
 import subprocess
 import tomllib
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from processor.metrics import REGISTRY
+from processor.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "refund-processor.json"
@@ -312,6 +314,161 @@ def test_the_rules_and_the_dashboard_name_only_scraped_jobs() -> None:
     assert datasource["jsonData"]["timeInterval"] == config["global"]["scrape_interval"]
 
 
+# --------------------------------------------------------------------------- compose
+
+
+def _compose() -> dict[str, Any]:
+    compose: dict[str, Any] = _yaml(COMPOSE)
+    return compose
+
+
+def _mounts(service: dict[str, Any]) -> dict[PurePosixPath, Path]:
+    """Container path -> host path of a service's bind mounts (named volumes left out)."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith((".", "/")):
+            mounts[PurePosixPath(target)] = (REPO / source).resolve()
+    return mounts
+
+
+def _processor_settings(service: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings a processor container starts with: its REFUND_CONFIG file, its env."""
+    environment = {name: str(value) for name, value in service["environment"].items()}
+    _only_refund_env(monkeypatch, environment)
+    monkeypatch.delenv("REFUND_CONFIG")
+    config = _mounts(service)[PurePosixPath(environment["REFUND_CONFIG"])]
+    return load_settings(config)
+
+
+def _only_refund_env(monkeypatch: pytest.MonkeyPatch, environment: dict[str, str]) -> None:
+    """Exactly `environment` among the REFUND_* variables (a developer's own are hidden)."""
+    for name in list(os.environ):
+        if name.upper().startswith("REFUND_") and not name.upper().startswith("REFUND_PROCESSOR_"):
+            monkeypatch.delenv(name)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_compose_has_the_stack_and_no_interpolation() -> None:
+    services = _compose()["services"]
+
+    assert {"kafka", "topics", "redis", *PROCESSORS, "prometheus", "grafana"} <= set(services)
+    # Compose would substitute a single $ from the host's environment: only $$ (a literal
+    # $ for the container's shell) may appear, so the file runs the same everywhere.
+    assert "$" not in COMPOSE.read_text(encoding="utf-8").replace("$$", "")
+
+
+def test_compose_kafka_is_a_single_kraft_node_with_transactions() -> None:
+    kafka = _compose()["services"]["kafka"]
+    env = {name: str(value) for name, value in kafka["environment"].items()}
+
+    assert kafka["image"].startswith("apache/kafka:")
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == "1"
+    assert env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == "1"
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+    assert "healthcheck" in kafka
+
+
+def test_compose_redis_persists_every_write_before_acknowledging_it() -> None:
+    redis = _compose()["services"]["redis"]
+    command = redis["command"]
+    options = dict(zip(command[1::2], command[2::2], strict=True))
+
+    assert command[0] == "redis-server"
+    assert options["--appendonly"] == "yes"
+    assert options["--appendfsync"] == "always"
+    assert any(volume.endswith(":/data") for volume in redis["volumes"])
+
+
+def test_compose_processors_are_one_group_using_the_compose_services(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    compose = _compose()
+    services = compose["services"]
+    kafka_env = services["kafka"]["environment"]
+    advertised = {
+        listener.split("://")[1] for listener in kafka_env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    }
+
+    settings = [_processor_settings(services[name], monkeypatch) for name in PROCESSORS]
+
+    assert settings[0] == settings[1]  # one file, one environment: one group
+    for name in PROCESSORS:
+        service = services[name]
+        assert service["build"] == "."
+        assert "command" not in service or service["command"] == ["run"]
+        assert service["depends_on"] == {
+            "kafka": {"condition": "service_healthy"},
+            "redis": {"condition": "service_healthy"},
+            "topics": {"condition": "service_completed_successfully"},
+        }
+    used = settings[0]
+    assert used.kafka.bootstrap_servers in advertised
+    assert used.redis.url.startswith("redis://redis:")
+    host, port = used.metrics_bind
+    assert host == "0.0.0.0"  # Prometheus scrapes from another container
+    healthcheck = " ".join(services[PROCESSORS[0]]["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{port}/healthz" in healthcheck
+    (job,) = _yaml(PROMETHEUS)["scrape_configs"]
+    (targets,) = [static["targets"] for static in job["static_configs"]]
+    assert sorted(targets) == [f"{name}:{port}" for name in PROCESSORS]
+
+
+def test_compose_creates_the_input_topics_the_processors_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    services = _compose()["services"]
+    settings = _processor_settings(services[PROCESSORS[0]], monkeypatch)
+
+    created = str(services["topics"]["environment"]["INPUT_TOPICS"]).split()
+
+    assert sorted(created) == sorted([settings.topics.orders, settings.topics.tracking])
+    assert "kafka-topics.sh" in " ".join(services["topics"]["command"])
+
+
+def test_compose_mounts_only_files_that_exist() -> None:
+    services = _compose()["services"]
+
+    mounted = [path for service in services.values() for path in _mounts(service).values()]
+
+    assert len(mounted) >= 6
+    assert [path for path in mounted if not path.exists()] == []
+
+
+def test_compose_depends_only_on_health_a_service_reports() -> None:
+    services = _compose()["services"]
+
+    for service in services.values():
+        depends = service.get("depends_on", [])
+        conditions = depends.items() if isinstance(depends, dict) else []
+        for name, condition in conditions:
+            if condition["condition"] == "service_healthy":
+                assert "healthcheck" in services[name], name
+
+
+def test_prometheus_reads_the_rules_compose_mounts() -> None:
+    mounts = _mounts(_compose()["services"]["prometheus"])
+
+    rule_files = _yaml(PROMETHEUS)["rule_files"]
+
+    assert [mounts[PurePosixPath(path)] for path in rule_files] == [ALERTS]
+    assert mounts[PurePosixPath("/etc/prometheus/prometheus.yml")] == PROMETHEUS
+
+
+def test_grafana_provisions_the_dashboard_from_where_compose_mounts_it() -> None:
+    grafana = _compose()["services"]["grafana"]
+    mounts = _mounts(grafana)
+    (provider,) = _yaml(PROVISIONING / "dashboards" / "refund-processor.yaml")["providers"]
+    (datasource,) = _yaml(PROVISIONING / "datasources" / "prometheus.yaml")["datasources"]
+
+    assert mounts[PurePosixPath("/etc/grafana/provisioning")] == PROVISIONING
+    assert mounts[PurePosixPath(provider["options"]["path"])] == DASHBOARD.parent
+    assert datasource["url"] == "http://prometheus:9090"
+    assert "prometheus" in _compose()["services"]
+
+
 # --------------------------------------------------------------------------- Dockerfile
 
 
@@ -399,3 +556,41 @@ def test_the_images_install_command_gives_a_working_entrypoint(tmp_path: Path) -
     assert history.returncode == 0, history.stderr
     assert replay.returncode == 0, replay.stderr
     assert "decision" in {json.loads(line)["type"] for line in replay.stdout.splitlines()}
+
+
+# --------------------------------------------------------------------------- config/
+
+
+_CONFIGS = sorted(
+    path.name for path in (REPO / "config").glob("*.y*ml") if path.name != "policy.yaml"
+)
+
+
+def test_the_config_examples_are_all_there() -> None:
+    assert {"local.yaml", "production.example.yaml", "compose.yaml"} <= set(_CONFIGS)
+
+
+@pytest.mark.parametrize("name", _CONFIGS)
+def test_every_config_file_loads_with_the_secrets_it_documents(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file names the secret variables it needs in its comments; with those set (and no
+    other REFUND_* variable), it loads."""
+    path = REPO / "config" / name
+    text = path.read_text(encoding="utf-8")
+    names = set(re.findall(r"\bREFUND_[A-Z_]+(?:PASSWORD|SECRET|TOKEN)\b", text))
+    secrets = {name: f"s3cret-{i}" for i, name in enumerate(sorted(names))}
+    _only_refund_env(monkeypatch, secrets)
+
+    settings = load_settings(path)
+
+    assert set(_secret_values(settings.model_dump())) == set(secrets.values())
+
+
+def _secret_values(dumped: Any) -> Iterator[str]:
+    """Every secret a settings dump holds (each documented secret must be one in use)."""
+    if isinstance(dumped, SecretStr):
+        yield dumped.get_secret_value()
+    elif isinstance(dumped, dict):
+        for value in dumped.values():
+            yield from _secret_values(value)
