@@ -52,6 +52,8 @@ from processor.serde import DecodeError, Serde
 from processor.settings import Settings, make_serde
 
 _log = logging.getLogger(__name__)
+#: librdkafka's own log lines, through `logging` (so JSON, see processor/logs.py).
+_rdkafka_log = logging.getLogger(f"{__name__}.rdkafka")
 
 #: Redis errors that mean "unreachable for now" (incl. a restarting server loading its AOF).
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
@@ -232,10 +234,12 @@ class Runner:
         # rebalance, or after a batch failed (see `_claim_assigned`).
         self._unclaimed: set[tuple[str, int]] = set()
         self._backoff_s = 0.0  # the wait before the next batch while Redis is unreachable
-        self._admin = AdminClient(settings.kafka.admin_config())
+        self._admin = AdminClient(settings.kafka.admin_config(), logger=_rdkafka_log)
         self._by_order_partitions = self._ensure_topics()
         self._sources = self._input_sources()
-        self._consumer = Consumer(settings.kafka.consumer_config(settings.group_id))
+        self._consumer = Consumer(
+            settings.kafka.consumer_config(settings.group_id), logger=_rdkafka_log
+        )
         # An instance that dies mid-batch leaves its transaction open, and every
         # read_committed reader of a partition it wrote waits until the broker aborts it:
         # the order tasks too, since watermarks go to every partition of the internal
@@ -245,7 +249,7 @@ class Runner:
         producer_config = {"transaction.timeout.ms": TRANSACTION_TIMEOUT_MS} | (
             settings.kafka.producer_config(settings.transactional_id(uuid.uuid4().hex[:12]))
         )
-        self._producer = Producer(producer_config)
+        self._producer = Producer(producer_config, logger=_rdkafka_log)
         self._producer.init_transactions()
         self._interval_s = settings.commit_interval_ms / 1000
         self._idle_s = settings.idle_partition_wait_ms / 1000
