@@ -24,6 +24,7 @@ class _Buffered:
     offset: int
     event: Event = field(compare=False)
     origin: str = field(compare=False)
+    arrived: int = field(compare=False)
 
 
 class OrderTask:
@@ -35,9 +36,12 @@ class OrderTask:
         self._watermarks: dict[str, tuple[int, bool]] = {}
         self._buffer: list[_Buffered] = []
         self._next_offset: int | None = None
+        #: When the records the last `release` decided arrived (epoch millis), for the
+        #: end-to-end latency metric.
+        self.released_arrivals: list[int] = []
 
-    def receive(self, offset: int, event: Event, origin: str) -> None:
-        heapq.heappush(self._buffer, _Buffered(event.at, offset, event, origin))
+    def receive(self, offset: int, event: Event, origin: str, arrived: int) -> None:
+        heapq.heappush(self._buffer, _Buffered(event.at, offset, event, origin, arrived))
         self._next_offset = offset + 1
 
     def receive_watermark(self, offset: int, source: str, at: int, idle: bool) -> None:
@@ -64,11 +68,13 @@ class OrderTask:
         """Decides every buffered record the watermark has passed, oldest first."""
         limit = self.watermark()
         outputs: list[Output] = []
+        self.released_arrivals = []
         if limit is None:
             return outputs
         while self._buffer and self._buffer[0].at <= limit:
             item = heapq.heappop(self._buffer)
             outputs.extend(self._engine.process(item.event, item.origin))
+            self.released_arrivals.append(item.arrived)
         self._engine.advance_clock(limit - self._lateness_ms, outputs)
         return outputs
 

@@ -7,12 +7,16 @@ the samples its run produced.
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import prometheus_client
 import pytest
+from confluent_kafka import Producer
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from processor import metrics
 from processor.config import load_policy
@@ -28,6 +32,7 @@ from processor.metrics import (
 from processor.outputs import DeadLetter, Decision, RefundCommand, ReshipCommand
 from processor.replay import replay
 from processor.settings import MetricsSettings
+from tests.live import LiveHarness, await_condition
 
 #: METRICS.md: name -> (type, label names).
 AGREED: dict[str, tuple[str, frozenset[str]]] = {
@@ -254,3 +259,117 @@ def test_the_server_serves_metrics_and_probes_on_a_configured_address() -> None:
             gauges.clear()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{server.url}/healthz", timeout=5)
+
+
+# --------------------------------------------------------------------------- live
+
+
+def _scrape(url: str) -> dict[str, list[Sample]]:
+    """Agreed metric name -> its samples, from a /metrics response."""
+    status, body = _get(f"{url}/metrics")
+    assert status == 200
+    return {
+        _agreed_name(family.name, family.type): family.samples
+        for family in text_string_to_metric_families(body)
+        if family.name.startswith("refunds_")
+    }
+
+
+def _total(samples: list[Sample], suffix: str = "", **labels: str) -> float:
+    return sum(
+        s.value for s in samples if s.name.endswith(suffix) and labels.items() <= s.labels.items()
+    )
+
+
+def test_a_running_processor_serves_every_metric_and_logs_json(live: LiveHarness) -> None:
+    lines = generate_history(300, seed=7, malformed_share=0)
+    outputs = list(replay(lines, "history.jsonl", load_policy()))
+    refunds = [o for o in outputs if isinstance(o, RefundCommand)]
+    amounts = Counter[str]()
+    for refund in refunds:
+        amounts[refund.currency] += refund.amount_minor
+    assert any(o.reason == "lost" for o in refunds)  # so deadline timers fire
+    producer = Producer(live.settings.kafka.producer_config())
+    for topic in (live.topics["orders"], live.topics["tracking"]):
+        producer.produce(topic, key=b"junk", value=b"\xffnot avro")
+    assert producer.flush(30) == 0
+    live.publish(lines)
+
+    instance = live.start()
+    url = instance.metrics_url()
+    assert _get(f"{url}/healthz") == (200, "alive\n")
+    scraped: dict[str, list[Sample]] = {}
+
+    def refunds_counted() -> bool:
+        nonlocal scraped
+        live.assert_none_failed()
+        scraped = _scrape(url)
+        refunded = scraped["refunds_refunded_amount_minor_total"]
+        return (
+            _total(scraped["refunds_refunds_total"]) == len(refunds)
+            and all(_total(refunded, currency=c) == a for c, a in amounts.items())
+            and _total(scraped["refunds_events_consumed_total"]) == len(lines) + 2
+            # Decided: the last ones once every input is idle (docs/live.md).
+            and _total(scraped[latency], "_count") == len(lines)
+        )
+
+    latency = "refunds_end_to_end_latency_seconds"
+    await_condition(refunds_counted, 180, "every input decided, every refund counted")
+    await_condition(lambda: _get(f"{url}/readyz")[0] == 200, 60, "/readyz answers 200")
+    scraped = _scrape(url)
+    assert instance.running
+
+    # Every agreed metric, with its agreed labels.
+    assert set(scraped) == set(AGREED)
+    for name, samples in scraped.items():
+        for sample in samples:
+            assert set(sample.labels) - {"le"} == AGREED[name][1], sample
+
+    def total(name: str, suffix: str = "", **labels: str) -> float:
+        return _total(scraped[name], suffix, **labels)
+
+    orders, tracking = live.topics["orders"], live.topics["tracking"]
+    by_order = live.settings.by_order_topic
+    for kind, count in Counter(json.loads(line)["type"] for line in lines).items():
+        assert total("refunds_events_consumed_total", type=kind) == count, kind
+    for topic in (orders, tracking):
+        assert total("refunds_events_consumed_total", topic=topic, type="undecodable") == 1
+    assert total("refunds_dead_letters_total", reason="bad_magic") == 2
+    assert total("refunds_merchant_refunded_amount_minor_total") == sum(amounts.values())
+    assert total("refunds_decisions_total", outcome="refunded") > 0
+    assert total("refunds_reships_total") >= 0
+    assert total("refunds_timers_fired_total") > 0
+    assert total("refunds_timers_pending") >= 0
+    assert total("refunds_orphans_waiting") >= 0
+    assert total("refunds_transactions_committed_total") > 0
+    assert total("refunds_transactions_aborted_total") == 0
+    for name in ("refunds_batch_records", "refunds_transaction_commit_seconds"):
+        assert total(name, "_count") > 0
+    for operation in REDIS_OPERATIONS:
+        assert total("refunds_redis_round_trip_seconds", "_count", operation=operation) > 0
+    # Measured from arrival, not from event time (months before this run): none is older
+    # than the run itself.
+    assert total(latency, "_bucket", le="600.0") == len(lines)
+    assert total("refunds_rebalances_total", kind="assign") >= 1
+    assert {
+        topic: total("refunds_assigned_partitions", topic=topic)
+        for topic in (orders, tracking, by_order)
+    } == {orders: 3, tracking: 2, by_order: 3}
+    lag = scraped["refunds_consumer_lag_records"]
+    assert len(lag) == 8
+    assert {s.labels["topic"] for s in lag} == {orders, tracking, by_order}
+
+    live.stop_all()
+    log = instance.log_lines()  # every line JSON, or this raises
+    assert instance.process.returncode == 0
+    committed = [line for line in log if line["event"] == "refund committed"]
+    assert sorted(line["command_id"] for line in committed) == sorted(r.command_id for r in refunds)
+    assert all(line["order_id"] and line["level"] == "info" for line in committed)
+    dead = [line for line in log if line["event"] == "dead letter committed"]
+    assert {(d["topic"], d["partition"], d["reason"]) for d in dead} >= {
+        (orders, d["partition"], "bad_magic") for d in dead if d["topic"] == orders
+    }
+    assert {d["topic"] for d in dead} == {orders, tracking}
+    assert all(isinstance(d["offset"], int) for d in dead)
+    claimed = [line for line in log if line["event"] == "task claimed"]
+    assert {(c["topic"], c["partition"]) for c in claimed} == {(by_order, p) for p in range(3)}
