@@ -30,7 +30,7 @@ ENV PATH=/opt/refund-processor/bin:$PATH \
 # Numeric, so an orchestrator's runAsNonRoot can verify it.
 USER 10001:10001
 WORKDIR /home/refunds
-# The metrics endpoint of config/compose.yaml (metrics_address).
+# The metrics endpoint of config/compose.yaml (metrics.port).
 EXPOSE 9108
 ENTRYPOINT ["refund-processor"]
 CMD ["run"]

@@ -67,6 +67,7 @@ import contextlib
 import cProfile
 import gc
 import io
+import logging
 import os
 import pstats
 import statistics
@@ -79,6 +80,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from processor import logs
 from processor.deadletter import ERROR_CLASS
 from processor.generate import generate_history
 from processor.localstack.kafka import KafkaAdmin, LocalKafka
@@ -469,6 +471,9 @@ def main() -> None:
     parser.add_argument("--profile-out", help="also save the profile (pstats file) here")
     parser.add_argument("--baseline-runs", type=int, default=3, help="median of this many")
     args = parser.parse_args()
+    # The runner's warnings as JSON on stderr, as `run` logs them; its info lines (a line
+    # per refund) would bury the report on stdout.
+    logs.configure(level=logging.WARNING)
 
     run = f"bench-{uuid.uuid4().hex[:8]}"
     inputs = {"orders": f"{run}-orders", "tracking": f"{run}-tracking"}

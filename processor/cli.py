@@ -1,20 +1,25 @@
 """The `refund-processor` console script."""
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+import structlog
+
+from processor import logs
 from processor.config import PolicyConfigError, load_policy
 from processor.events import to_millis
 from processor.generate import write_history
+from processor.metrics import MetricsServer
 from processor.publish import PublishError, publish_lines
 from processor.replay import write_replay
 from processor.runner import Runner
 from processor.settings import Settings, SettingsError, load_settings, make_serde
+
+_log = structlog.stdlib.get_logger("processor.cli")  # not __main__ under python -m
 
 
 class CliError(Exception):
@@ -122,6 +127,32 @@ def _publish(args: argparse.Namespace) -> None:
     print(summary.line(), file=sys.stderr)
 
 
+def _run(args: argparse.Namespace) -> int:
+    """The live processor, logging JSON lines on stderr; 1 if it stops on an error."""
+    settings = _settings(args)
+    logs.configure()
+    # JSON-mode dump: secrets masked (SecretStr, and the librdkafka passthrough's).
+    _log.info("processor starting", settings=settings.model_dump(mode="json"))
+    try:
+        server = MetricsServer(settings.metrics)
+    except OSError as exc:
+        where = f"{settings.metrics.host}:{settings.metrics.port}"
+        raise CliError(f"cannot serve metrics on {where} (metrics.host/port): {exc}") from None
+    try:
+        with server:
+            _log.info("metrics served", url=f"{server.url}/metrics")
+            Runner(settings).run()
+    except PolicyConfigError:
+        raise
+    except Exception:
+        # A fatal Kafka error, Redis state that disagrees with Kafka...: its supervisor
+        # restarts the process (docs/live.md); the reason goes to the log as JSON.
+        _log.exception("processor stopped on an error")
+        return 1
+    _log.info("processor stopped")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -132,12 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "publish":
             _publish(args)
         elif args.command == "run":
-            logging.basicConfig(
-                level=logging.INFO,
-                stream=sys.stderr,
-                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            )
-            Runner(_settings(args)).run()
+            return _run(args)
     except (CliError, PolicyConfigError) as exc:
         print(f"refund-processor: error: {exc}", file=sys.stderr)
         return 2

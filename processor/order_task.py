@@ -17,9 +17,10 @@ from processor.outputs import Output
 from processor.router import combined_watermark
 from processor.store import StateStore
 
-#: A buffered record: (occurred_at, offset, event, origin). Offsets are unique within the
-#: task's partition, so tuples compare on the first two fields only (in C, unlike a class).
-_Buffered = tuple[int, int, Event, str]
+#: A buffered record: (occurred_at, offset, event, origin, arrived). Offsets are unique
+#: within the task's partition, so tuples compare on the first two fields only (in C,
+#: unlike a class). `arrived`: epoch millis the input arrived, for the latency metric.
+_Buffered = tuple[int, int, Event, str, int]
 
 
 class OrderTask:
@@ -36,9 +37,12 @@ class OrderTask:
         self._undecided: deque[int] = deque()
         self._decided: set[int] = set()
         self._next_offset: int | None = None
+        #: When the records the last `release` decided arrived (epoch millis), for the
+        #: end-to-end latency metric.
+        self.released_arrivals: list[int] = []
 
-    def receive(self, offset: int, event: Event, origin: str) -> None:
-        heapq.heappush(self._buffer, (event.at, offset, event, origin))
+    def receive(self, offset: int, event: Event, origin: str, arrived: int) -> None:
+        heapq.heappush(self._buffer, (event.at, offset, event, origin, arrived))
         self._undecided.append(offset)
         self._next_offset = offset + 1
 
@@ -64,18 +68,20 @@ class OrderTask:
         buffer, ready = self._buffer, self._ready
         while buffer and buffer[0][0] <= limit:
             ready.append(heapq.heappop(buffer))
-        return [event.order_id or "" for _, _, event, _ in ready]
+        return [item[2].order_id or "" for item in ready]
 
     def release(self) -> list[Output]:
         """Decides the records `take_ready` took, oldest first, then moves the clock."""
         limit = self.watermark()
         outputs: list[Output] = []
+        self.released_arrivals = []
         if limit is None:
             return outputs
-        process, decided = self._engine.process, self._decided
-        for _, offset, event, origin in self._ready:
+        process, decided, arrivals = self._engine.process, self._decided, self.released_arrivals
+        for _, offset, event, origin, arrived in self._ready:
             outputs.extend(process(event, origin))
             decided.add(offset)
+            arrivals.append(arrived)
         self._ready = []
         self._engine.advance_clock(limit - self._lateness_ms, outputs)
         return outputs

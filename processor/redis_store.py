@@ -33,6 +33,9 @@ from typing import Any, Final, Generic, TypeVar, cast
 import redis
 from redis.commands.core import Script
 
+from processor.engine import EXPIRE_ORPHANS_TIMER
+from processor.metrics import REDIS_APPLY, REDIS_CLAIM, REDIS_PREFETCH, REDIS_STAGE
+from processor.policy import EXPIRE_HELD_TIMER
 from processor.state import ORDER_STATE_ADAPTER, ORPHAN_BUCKET_ADAPTER, OrderState, OrphanBucket
 from processor.store import Timer
 
@@ -48,6 +51,8 @@ __all__ = [
 ]
 
 DEFAULT_CACHE_SIZE: Final = 10_000
+#: A state holding events for a missing piece has exactly one of these timers.
+_HOLDER_TIMERS: Final = frozenset({EXPIRE_HELD_TIMER, EXPIRE_ORPHANS_TIMER})
 
 
 class FencedError(RuntimeError):
@@ -297,6 +302,13 @@ class RedisTaskStore:
         # deletions. None: not loaded (before claim, after a discard that touched timers).
         self._timers: set[Timer] | None = None
         self._heap: list[Timer] = []
+        self._holding = 0  # timers of _timers named in _HOLDER_TIMERS
+        # For the metrics: the committed state's timers and holders (those of _HOLDER_TIMERS:
+        # an order or tracking number holding events), as of the last claim or apply, and
+        # the timers this batch fired.
+        self.timers_pending = 0
+        self.holders = 0
+        self.timers_fired = 0
         # The commit protocol: offsets of the staged batch (JSON), the state keys it writes,
         # whether it is empty (nothing to write: no round trip), and whether Redis may hold
         # a pending hash of ours (a stage was attempted and not yet applied or dropped).
@@ -338,7 +350,8 @@ class RedisTaskStore:
         """
         self._reset_local()
         self._epoch = None
-        reply = cast(list[Any], self._claim_script(keys=[self.meta_key, self.pending_key]))
+        with REDIS_CLAIM.time():
+            reply = cast(list[Any], self._claim_script(keys=[self.meta_key, self.pending_key]))
         epoch = int(reply[0])
         applied = _decode_offsets(reply[1])
         staged_raw = cast(bytes | None, reply[2])
@@ -348,7 +361,8 @@ class RedisTaskStore:
             staged = _decode_offsets(staged_raw)
             if staged == committed:
                 keys = [f[2:].decode() for f in fields if f[:2] in (b"s:", b"d:")]
-                status, current = self._run_apply(epoch, staged_raw.decode(), keys)
+                with REDIS_CLAIM.time():
+                    status, current = self._run_apply(epoch, staged_raw.decode(), keys)
                 if status == 0:
                     raise self._fenced(epoch, "claim (applying the pending batch)", current)
                 applied = staged
@@ -362,8 +376,10 @@ class RedisTaskStore:
         pipe = self._client.pipeline(transaction=False)
         pipe.zrange(self.timers_key, 0, -1)
         pipe.hget(self.meta_key, "clock")
-        members, clock = cast(tuple[list[bytes], bytes | None], pipe.execute())
+        with REDIS_CLAIM.time():
+            members, clock = cast(tuple[list[bytes], bytes | None], pipe.execute())
         self._load_timers(members)
+        self._count_committed_timers()
         self._clock = None if clock is None else int(clock)
         self._applied = applied
         self._epoch = epoch
@@ -425,9 +441,10 @@ class RedisTaskStore:
         if self._dirty_clock is not None:
             args += ("c", self._dirty_clock)
         self._maybe_pending = True
-        reply = cast(
-            list[Any], self._stage_script(keys=[self.meta_key, self.pending_key], args=args)
-        )
+        with REDIS_STAGE.time():
+            reply = cast(
+                list[Any], self._stage_script(keys=[self.meta_key, self.pending_key], args=args)
+            )
         if reply[0] == 0:
             self._maybe_pending = False  # the script wrote nothing
             raise self._fenced(epoch, "stage", reply[1])
@@ -446,7 +463,8 @@ class RedisTaskStore:
         if self._staged is None:
             raise RuntimeError("nothing staged to apply")
         if not self._staged_nothing:
-            status, current = self._run_apply(epoch, self._staged, self._staged_keys)
+            with REDIS_APPLY.time():
+                status, current = self._run_apply(epoch, self._staged, self._staged_keys)
             if status == 0:
                 raise self._fenced(epoch, "apply", current)
             self._applied = _decode_offsets(self._staged.encode())
@@ -462,6 +480,7 @@ class RedisTaskStore:
             self._links.put(tracking_number, order_id)
         if self._dirty_clock is not None:
             self._clock = self._dirty_clock
+        self._count_committed_timers()
         self._clear_overlay()
 
     def discard(self) -> None:
@@ -521,7 +540,8 @@ class RedisTaskStore:
             pipe.get(self._orphans_prefix + tracking_number)
         if wanted_links:
             pipe.hmget(self.tracking_key, wanted_links)
-        replies = pipe.execute()
+        with REDIS_PREFETCH.time():
+            replies = pipe.execute()
         position = 0
         for order_id in wanted_orders:
             raw = cast(bytes | None, replies[position])
@@ -599,6 +619,7 @@ class RedisTaskStore:
         timers = self._timer_set()
         if timer not in timers:
             timers.add(timer)
+            self._holding += timer.name in _HOLDER_TIMERS
             self._dirty_timers[timer] = True
             heapq.heappush(self._heap, timer)
             if len(self._heap) > 2 * len(timers) + 64:
@@ -610,6 +631,7 @@ class RedisTaskStore:
         timers = self._timer_set()
         if timer in timers:
             timers.discard(timer)
+            self._holding -= timer.name in _HOLDER_TIMERS
             self._dirty_timers[timer] = False
 
     def pop_due_timer(self, clock: int) -> Timer | None:
@@ -621,7 +643,9 @@ class RedisTaskStore:
             self._check_writable()
             timer = heapq.heappop(heap)
             timers.discard(timer)
+            self._holding -= timer.name in _HOLDER_TIMERS
             self._dirty_timers[timer] = False
+            self.timers_fired += 1
             return timer
         return None
 
@@ -660,6 +684,7 @@ class RedisTaskStore:
 
     def _load_timers(self, members: Sequence[bytes]) -> None:
         self._timers = {parse_timer_member(member) for member in members}
+        self._holding = sum(timer.name in _HOLDER_TIMERS for timer in self._timers)
         self._heap = list(self._timers)
         heapq.heapify(self._heap)
 
@@ -695,7 +720,14 @@ class RedisTaskStore:
         )
         return int(reply[0]) == 1, reply[1] if len(reply) > 1 else None
 
+    def _count_committed_timers(self) -> None:
+        """Called once the timers (overlay included, if loaded) are what Redis holds."""
+        if self._timers is not None:
+            self.timers_pending = len(self._timers)
+            self.holders = self._holding
+
     def _clear_overlay(self) -> None:
+        self.timers_fired = 0
         self._dirty_orders = {}
         self._dirty_orphans = {}
         self._dirty_links = {}

@@ -39,6 +39,7 @@ class Inbound:
     event: Event
     origin: str  # "<topic>/<partition>/<offset>"
     payload: bytes  # as consumed: forwarded unchanged (the order task decodes it again)
+    arrived: int  # epoch millis the record arrived (docs/live.md, "Metrics")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,7 @@ class Routed:
     event: Event
     origin: str
     payload: bytes
+    arrived: int
 
 
 @dataclass(slots=True)
@@ -140,7 +142,9 @@ class Router:
         for item in waiting + batch:
             order_id = item.event.order_id or found.get(_number(item))
             if order_id is not None:
-                result.routed.append(Routed(order_id, item.event, item.origin, item.payload))
+                result.routed.append(
+                    Routed(order_id, item.event, item.origin, item.payload, item.arrived)
+                )
                 continue
             source = self._sources[item.source]
             if (
@@ -152,6 +156,10 @@ class Router:
                 source.pending.append(item)
         result.routed.sort(key=lambda r: r.event.at)
         return result
+
+    def pending(self) -> int:
+        """Tracking updates waiting for their tracking number, over every source."""
+        return sum(len(source.pending) for source in self._sources.values())
 
     def commit_offsets(self) -> dict[str, tuple[int, int]]:
         """Per source, the offset to commit (never past an update still pending) and the

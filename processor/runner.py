@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 import redis
+import structlog
 from confluent_kafka import (
     OFFSET_BEGINNING,
+    TIMESTAMP_LOG_APPEND_TIME,
     Consumer,
     KafkaError,
     KafkaException,
@@ -28,8 +30,9 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from processor import metrics
 from processor.config import PolicyConfig, load_policy
-from processor.deadletter import dead_letter_record
+from processor.deadletter import Origin, dead_letter_record
 from processor.events import (
     InvalidEventError,
     from_millis,
@@ -50,7 +53,9 @@ from processor.router import Inbound, Progress, Router, all_drained, expiry_prog
 from processor.serde import DecodeError, Serde
 from processor.settings import Settings, make_serde
 
-_log = logging.getLogger(__name__)
+_log = structlog.stdlib.get_logger(__name__)
+#: librdkafka's own log lines, through `logging` (so JSON, see processor/logs.py).
+_rdkafka_log = logging.getLogger(f"{__name__}.rdkafka")
 
 #: Redis errors that mean "unreachable for now" (incl. a restarting server loading its AOF).
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
@@ -93,7 +98,8 @@ class RedisTrackingIndex:
         pipe = self._client.pipeline(transaction=False)
         for bucket, numbers in self._by_bucket(links).items():
             pipe.hset(bucket, mapping={number: links[number] for number in numbers})
-        pipe.execute()
+        with metrics.REDIS_INDEX.time():
+            pipe.execute()
 
     def share_progress(self, reports: list[tuple[str, Progress]]) -> dict[str, Progress]:
         """Publishes this router's progress and reads every router's, in one round trip.
@@ -109,7 +115,8 @@ class RedisTrackingIndex:
                 },
             )
         pipe.hgetall(self._progress)
-        reported: dict[bytes, bytes] = pipe.execute()[-1]
+        with metrics.REDIS_INDEX.time():
+            reported: dict[bytes, bytes] = pipe.execute()[-1]
         progress: dict[str, Progress] = {}
         for source, value in reported.items():
             watermark, idle, routed, drained = value.decode().split(":")
@@ -123,8 +130,10 @@ class RedisTrackingIndex:
         pipe = self._client.pipeline(transaction=False)
         for bucket, numbers in buckets.items():
             pipe.hmget(bucket, numbers)
+        with metrics.REDIS_INDEX.time():
+            replies = pipe.execute()
         found: dict[str, str] = {}
-        for numbers, values in zip(buckets.values(), pipe.execute(), strict=True):
+        for numbers, values in zip(buckets.values(), replies, strict=True):
             for number, value in zip(numbers, values, strict=True):
                 if value is not None:
                     found[number] = value.decode()
@@ -141,7 +150,8 @@ class Checkpoint:
     2. sends the consumed offsets into the transaction, each with its metadata (a task's
        batch marker, a router's watermark), and with the consumer group's metadata, so a
        member that lost its partitions cannot commit them;
-    3. commits the transaction: outputs, offsets and metadata become visible together;
+    3. commits the transaction: outputs, offsets and metadata become visible together, and
+       the batch counts in the metrics (`tally`) and the log;
     4. applies the staged state in Redis (`apply()`, which may be retried).
     A failure before step 3 aborts the transaction: the runner discards the staged batches
     (`Runner._rewind`). A crash between steps 3 and 4 is resolved by the task's next claim:
@@ -153,6 +163,7 @@ class Checkpoint:
     stores: list[tuple[RedisTaskStore, dict[str, int]]] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     metadata: dict[tuple[str, int], str] = field(default_factory=dict)
+    tally: metrics.BatchTally = field(default_factory=metrics.BatchTally)
     committed: bool = False
     applied: int = 0  # stores[:applied] are applied (or were claimed by another owner)
 
@@ -165,6 +176,7 @@ class Checkpoint:
             else TopicPartition(t, p, o)
             for (t, p), o in self.offsets.items()
         ]
+        started = time.perf_counter()
         if positions:
             self.producer.send_offsets_to_transaction(
                 positions, self.consumer.consumer_group_metadata()
@@ -176,7 +188,11 @@ class Checkpoint:
             except KafkaException as exc:
                 if not exc.args[0].retriable():
                     raise
+        metrics.TRANSACTION_COMMIT.observe(time.perf_counter() - started)
         self.committed = True
+        self.tally.timers_fired = sum(store.timers_fired for store, _ in self.stores)
+        self.tally.count(int(time.time() * 1000))
+        _log_committed(self.tally)
         self.apply()
 
     def apply(self) -> None:
@@ -191,12 +207,61 @@ class Checkpoint:
             try:
                 store.apply()
             except FencedError as exc:
-                _log.warning("%s (the new owner applied the committed batch)", exc)
+                _log.warning(
+                    "task fenced after its batch committed: the new owner applied it",
+                    **_task_fields(store.task),
+                    error=str(exc),
+                )
             self.applied += 1
 
 
-def _names(partitions: list[TopicPartition]) -> str:
-    return ", ".join(f"{tp.topic}:{tp.partition}" for tp in partitions) or "none"
+def _log_committed(tally: metrics.BatchTally) -> None:
+    """Money and goods that moved, and input that never will: one line each."""
+    for output in tally.outputs:
+        if isinstance(output, RefundCommand):
+            _log.info(
+                "refund committed",
+                order_id=output.order_id,
+                merchant_id=output.merchant_id,
+                command_id=output.command_id,
+                reason=output.reason,
+                amount_minor=output.amount_minor,
+                currency=output.currency,
+            )
+        elif isinstance(output, ReshipCommand):
+            _log.info(
+                "reship committed",
+                order_id=output.order_id,
+                merchant_id=output.merchant_id,
+                command_id=output.command_id,
+                claim_id=output.claim_id,
+            )
+    for origin, reason, message in tally.dead_letters:
+        where = Origin.parse(origin)
+        coordinates = (
+            {"topic": where.topic, "partition": where.partition, "offset": where.offset}
+            if where is not None
+            else {"origin": origin}
+        )
+        _log.warning("dead letter committed", **coordinates, reason=reason, detail=message)
+
+
+def arrival_ms(timestamp: tuple[int, int], received_ms: int) -> int:
+    """When an input record arrived, for the end-to-end latency: the broker's append time
+    if its topic stamps LogAppendTime, else when this consumer received it. A CreateTime
+    is the producer's word, and `publish` makes it the event's occurred_at (docs/live.md)."""
+    kind, stamp = timestamp
+    return stamp if kind == TIMESTAMP_LOG_APPEND_TIME else received_ms
+
+
+def _names(partitions: list[TopicPartition]) -> list[str]:
+    return [f"{tp.topic}:{tp.partition}" for tp in partitions]
+
+
+def _task_fields(task: str) -> dict[str, str | int]:
+    """A task ("<by-order topic>:<partition>") as log fields."""
+    topic, _, partition = task.rpartition(":")
+    return {"topic": topic, "partition": int(partition)}
 
 
 def _metadata_number(metadata: str | None, prefix: str) -> int | None:
@@ -252,10 +317,16 @@ class Runner:
         # rebalance, or after a batch failed (see `_claim_assigned`).
         self._unclaimed: set[tuple[str, int]] = set()
         self._backoff_s = 0.0  # the wait before the next batch while Redis is unreachable
-        self._admin = AdminClient(settings.kafka.admin_config())
+        self._partition_gauges = metrics.PartitionGauges()
+        self._timers_pending = metrics.GaugeShare(metrics.TIMERS_PENDING)
+        self._orphans_waiting = metrics.GaugeShare(metrics.ORPHANS_WAITING)
+        self._tally = metrics.BatchTally()  # the batch in progress: its checkpoint's
+        self._admin = AdminClient(settings.kafka.admin_config(), logger=_rdkafka_log)
         self._by_order_partitions = self._ensure_topics()
         self._sources = self._input_sources()
-        self._consumer = Consumer(settings.kafka.consumer_config(settings.group_id))
+        self._consumer = Consumer(
+            settings.kafka.consumer_config(settings.group_id), logger=_rdkafka_log
+        )
         # An instance that dies mid-batch leaves its transaction open, and every
         # read_committed reader of a partition it wrote waits until the broker aborts it:
         # the order tasks too, since watermarks go to every partition of the internal
@@ -265,7 +336,7 @@ class Runner:
         producer_config = {"transaction.timeout.ms": TRANSACTION_TIMEOUT_MS} | (
             settings.kafka.producer_config(settings.transactional_id(uuid.uuid4().hex[:12]))
         )
-        self._producer = Producer(producer_config)
+        self._producer = Producer(producer_config, logger=_rdkafka_log)
         self._producer.init_transactions()
         self._interval_s = settings.commit_interval_ms / 1000
         self._idle_s = settings.idle_partition_wait_ms / 1000
@@ -291,6 +362,9 @@ class Runner:
         self.running = False
         self._consumer.close()
         self._producer.flush(10)
+        self._partition_gauges.clear()
+        self._timers_pending.set(0)
+        self._orphans_waiting.set(0)
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self.running = False
@@ -306,8 +380,10 @@ class Runner:
         messages = self._consumer.consume(
             num_messages=self.settings.max_batch_records, timeout=self._interval_s
         )
+        metrics.BATCH_RECORDS.observe(len(messages))
         self._producer.begin_transaction()
         checkpoint = Checkpoint(self._producer, self._consumer)
+        self._tally = checkpoint.tally
         try:
             self._claim_assigned()
             self._process(messages, checkpoint)
@@ -317,6 +393,11 @@ class Runner:
             self._recover(checkpoint, exc)
         else:
             self._backoff_s = 0.0
+            slots = self._tasks.values()
+            self._timers_pending.set(sum(slot.store.timers_pending for slot in slots))
+            self._orphans_waiting.set(
+                self._router.pending() + sum(slot.store.holders for slot in slots)
+            )
 
     def _recover(self, checkpoint: Checkpoint, exc: Exception) -> None:
         """After a failed batch: finish it if Kafka committed it, else abort and rewind."""
@@ -324,7 +405,9 @@ class Runner:
         if redis_down:
             low, high = REDIS_BACKOFF_S
             self._backoff_s = min(high, max(low, 2 * self._backoff_s))
-            _log.warning("Redis unavailable (%s): retrying in %.1f s", exc, self._backoff_s)
+            _log.warning(
+                "Redis unavailable: batch failed", error=str(exc), retry_in_s=self._backoff_s
+            )
         if checkpoint.committed:
             # Outputs and offsets are committed: the batch's state must reach Redis too.
             # Retrying apply is safe, and claiming again is not (see `_rewind`). If we stop
@@ -334,12 +417,16 @@ class Runner:
                     checkpoint.apply()
                     break
                 except REDIS_DOWN as again:
-                    _log.warning("Redis unavailable (%s): applying the committed batch", again)
+                    _log.warning(
+                        "Redis unavailable: applying the committed batch",
+                        error=str(again),
+                        retry_in_s=self._backoff_s,
+                    )
                     time.sleep(self._backoff_s)
                     self._backoff_s = min(REDIS_BACKOFF_S[1], 2 * self._backoff_s)
             self._drop_fenced()
             return
-        _log.warning("batch aborted, rewinding to the last commit: %s", exc)
+        _log.warning("batch aborted, rewinding to the last commit", error=str(exc))
         while True:
             try:
                 self._producer.abort_transaction()
@@ -347,6 +434,7 @@ class Runner:
             except KafkaException as abort_error:
                 if not abort_error.args[0].retriable():
                     raise
+        metrics.TRANSACTIONS_ABORTED.inc()
         while True:
             try:
                 self._rewind()
@@ -354,7 +442,7 @@ class Runner:
             except KafkaException as rewind_error:  # e.g. reading committed offsets timed out
                 if rewind_error.args[0].fatal():
                     raise
-                _log.warning("rewind failed, retrying in 1 s: %s", rewind_error)
+                _log.warning("rewind failed, retrying in 1 s", error=str(rewind_error))
                 time.sleep(1)
         if redis_down:
             time.sleep(self._backoff_s)
@@ -392,10 +480,19 @@ class Runner:
             task = OrderTask(store, self.policy, self._sources)
             self._tasks[tp.partition] = _TaskSlot(task, store, epoch, max(tp.offset, 0))
             self._unclaimed.discard((tp.topic, tp.partition))
-            _log.info("claimed task %s at %s, epoch %d", source, offsets, epoch)
+            _log.info(
+                "task claimed",
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=offsets.get(source),
+                batch_marker=offsets.get(source + "#batch"),
+                epoch=epoch,
+            )
 
     def _process(self, messages: list[Message], checkpoint: Checkpoint) -> None:
         now = time.monotonic()
+        received_ms = int(time.time() * 1000)
+        tally = self._tally
         inbound: list[Inbound] = []
         touched: set[int] = set()
         for message in messages:
@@ -425,11 +522,20 @@ class Runner:
             origin = f"{topic}/{partition}/{offset}"
             value = message.value() or b""
             try:
-                event = parse_event(self._serde.decode(value, topic))
-            except (DecodeError, InvalidEventError) as exc:
+                record = self._serde.decode(value, topic)
+            except DecodeError as exc:
+                tally.consumed[(f"{topic}:{partition}", metrics.UNDECODABLE)] += 1
                 self._dead_letter(message.key(), message.value(), origin, exc.reason, exc.message)
                 continue
-            inbound.append(Inbound(f"{topic}:{partition}", offset, event, origin, value))
+            try:
+                event = parse_event(record)
+            except InvalidEventError as exc:
+                tally.consumed[(f"{topic}:{partition}", str(record.get("type")))] += 1
+                self._dead_letter(message.key(), message.value(), origin, exc.reason, exc.message)
+                continue
+            arrived = arrival_ms(message.timestamp(), received_ms)
+            inbound.append(Inbound(f"{topic}:{partition}", offset, event, origin, value, arrived))
+        tally.consumed.update((item.source, item.event.type) for item in inbound)
 
         routed = self._router.route(
             inbound, now, expiry_progress(self._sources, self._router_progress)
@@ -441,7 +547,7 @@ class Runner:
                 self._by_order,
                 key=item.order_id.encode(),
                 value=item.payload,
-                timestamp=item.event.at,
+                timestamp=item.arrived,
                 headers=[(ORIGIN_HEADER, item.origin.encode())],
             )
         for pending, dead in routed.dead_letters:
@@ -462,6 +568,7 @@ class Runner:
             slot.store.prefetch(ready, due_by=slot.task.clock_target())
             for output in slot.task.release():
                 self._emit(output)
+            tally.arrivals_ms += slot.task.released_arrivals
             offset = slot.task.commit_offset()
             if offset is None:
                 continue
@@ -490,22 +597,33 @@ class Runner:
         )
         if record.get("order_id") is None:  # a tracking update the router resolved
             record["order_id"] = (message.key() or b"").decode()
-        task.receive(offset, parse_event(record), origin)
+        task.receive(offset, parse_event(record), origin, message.timestamp()[1])
 
     def _caught_up(self) -> dict[str, bool]:
-        """Per input partition: has the consumer read everything the broker holds?
+        """Per input partition: has the consumer read everything the broker holds? Also
+        reports every assigned partition's lag (high watermark minus position).
 
         The consumer has no position for a partition it has read nothing from since it
-        was assigned; the router's (the committed offset) stands in for it, or a partition
-        consumed to its end before it moved would never count as idle again.
+        was assigned; the router's or the task's (the committed offset) stands in for it,
+        or a partition consumed to its end before it moved would never count as idle again.
         """
         caught_up: dict[str, bool] = {}
-        inputs = [tp for tp in self._consumer.assignment() if tp.topic in self._inputs]
-        for tp in self._consumer.position(inputs) if inputs else []:
-            source = f"{tp.topic}:{tp.partition}"
-            position = tp.offset if tp.offset >= 0 else self._router.position(source)
-            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            caught_up[source] = 0 <= high <= max(position or 0, 0)
+        assigned = self._consumer.assignment()
+        for tp in self._consumer.position(assigned) if assigned else []:
+            low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            position: int | None = tp.offset
+            if tp.topic == self._by_order:
+                slot = self._tasks.get(tp.partition)
+                if tp.offset < 0:
+                    position = slot.position if slot is not None else None
+            else:
+                source = f"{tp.topic}:{tp.partition}"
+                if tp.offset < 0:
+                    position = self._router.position(source)
+                caught_up[source] = 0 <= high <= max(position or 0, 0)
+            if high >= 0:  # else no fetch has told us the high watermark yet
+                behind = high - (position if position is not None else max(low, 0))
+                self._partition_gauges.lag(tp.topic, tp.partition, max(behind, 0))
         return caught_up
 
     def _publish_watermarks(self, now: float) -> None:
@@ -534,6 +652,7 @@ class Runner:
                 None, output.payload.encode(), output.origin, output.reason, output.message
             )
             return
+        self._tally.outputs.append(output)
         if isinstance(output, RefundCommand):
             topic, key = topics.wallet, output.merchant_id
         elif isinstance(output, ReshipCommand):
@@ -549,6 +668,7 @@ class Runner:
     def _dead_letter(
         self, key: bytes | None, value: bytes | None, origin: str, reason: str, message: str
     ) -> None:
+        self._tally.dead_letters.append((origin, reason, message))
         record = dead_letter_record(key, value, origin, reason, message)
         self._producer.produce(
             self.settings.topics.dlq, key=record.key, value=record.value, headers=record.headers
@@ -558,17 +678,22 @@ class Runner:
         return f"{self._by_order}:{partition}"
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        _log.info("partitions assigned: %s", _names(partitions))
+        _log.info("partitions assigned", partitions=_names(partitions))
+        self._partition_gauges.assign((tp.topic, tp.partition) for tp in partitions)
         if not self.running:
             return  # closing: the group is being left, nothing will be processed
         self._unclaimed.update((tp.topic, tp.partition) for tp in partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        _log.warning("partitions lost (group membership expired): %s", _names(partitions))
-        self._on_revoke(consumer, partitions)
+        _log.warning("partitions lost (group membership expired)", partitions=_names(partitions))
+        self._forget(partitions, "lost")
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        _log.info("partitions revoked: %s", _names(partitions))
+        _log.info("partitions revoked", partitions=_names(partitions))
+        self._forget(partitions, "revoke")
+
+    def _forget(self, partitions: list[TopicPartition], kind: str) -> None:
+        self._partition_gauges.revoke(((tp.topic, tp.partition) for tp in partitions), kind)
         for tp in partitions:
             self._unclaimed.discard((tp.topic, tp.partition))
             if tp.topic == self._by_order:
@@ -585,7 +710,9 @@ class Runner:
         """
         for partition, slot in list(self._tasks.items()):
             if slot.store.epoch is None:
-                _log.warning("task %s fenced: another member owns it now", slot.store.task)
+                _log.warning(
+                    "task fenced: another member owns it now", **_task_fields(slot.store.task)
+                )
                 del self._tasks[partition]
 
     def _rewind(self) -> None:

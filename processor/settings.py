@@ -32,6 +32,7 @@ from pydantic import (
     SecretStr,
     StringConstraints,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "CONFIG_ENV",
     "ENV_PREFIX",
     "KafkaSettings",
+    "MetricsSettings",
     "RedisSettings",
     "SchemaRegistrySettings",
     "Settings",
@@ -187,16 +189,16 @@ class KafkaSettings(_Section):
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            if name == "librdkafka":
-                yield (
-                    name,
-                    {
-                        key: "**********" if _SECRET_KEY.search(key) else item
-                        for key, item in self.librdkafka.items()
-                    },
-                )
-            else:
-                yield name, value
+            yield name, (self._masked(self.librdkafka) if name == "librdkafka" else value)
+
+    @field_serializer("librdkafka", when_used="json")
+    def _masked(self, librdkafka: dict[str, str]) -> dict[str, str]:
+        """As SecretStr is: secret passthrough values masked in repr and in JSON dumps (the
+        startup log line), in clear for the clients."""
+        return {
+            key: "**********" if _SECRET_KEY.search(key) else item
+            for key, item in librdkafka.items()
+        }
 
     def _common(self) -> dict[str, Any]:
         config: dict[str, Any] = {
@@ -348,6 +350,17 @@ class SchemaRegistrySettings(_Section):
         return self
 
 
+class MetricsSettings(_Section):
+    """Where `run` serves /metrics, /healthz and /readyz (processor/metrics.py)."""
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=9108, ge=0, le=65535)
+    """0: any free port (the `metrics served` log line names it)."""
+    ready_max_lag: int = Field(default=10_000, ge=0)
+    """/readyz answers 200 only while the summed lag of the assigned partitions is at most
+    this many records."""
+
+
 # --------------------------------------------------------------------------- settings
 
 
@@ -390,7 +403,7 @@ class Settings(BaseSettings):
     commit_interval_ms: int = Field(default=100, ge=1)
     max_batch_records: int = Field(default=5000, ge=1)
     idle_partition_wait_ms: int = Field(default=2000, ge=0)
-    metrics_address: str = "127.0.0.1:9108"
+    metrics: MetricsSettings = MetricsSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -413,14 +426,6 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return _no_password_in_url(value, "schema_registry.password")
 
-    @field_validator("metrics_address")
-    @classmethod
-    def _host_port(cls, value: str) -> str:
-        host, _, port = value.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be host:port, e.g. 127.0.0.1:9108")
-        return value
-
     @model_validator(mode="after")
     def _registry_credentials_need_url(self) -> Settings:
         if self.schema_registry.username is not None and self.schema_registry_url is None:
@@ -440,12 +445,6 @@ class Settings(BaseSettings):
     def by_order_topic(self) -> str:
         """Internal topic: every input event re-keyed by order_id, plus watermarks."""
         return f"{self.application_id}-by-order"
-
-    @property
-    def metrics_bind(self) -> tuple[str, int]:
-        """``metrics_address`` as (host, port) for the metrics HTTP server."""
-        host, _, port = self.metrics_address.rpartition(":")
-        return host.strip("[]"), int(port)
 
 
 # --------------------------------------------------------------------------- loading

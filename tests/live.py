@@ -107,6 +107,26 @@ class Instance:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def log_lines(self) -> list[dict[str, Any]]:
+        """The log's complete lines, as the JSON objects they must be (processor/logs.py)."""
+        text = self.log_text()
+        return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
+
+    def metrics_url(self, timeout_s: float = 60) -> str:
+        """Base URL of the instance's metrics server, from its `metrics served` line."""
+        found: list[str] = []
+
+        def served() -> bool:
+            found.extend(
+                line["url"].removesuffix("/metrics")
+                for line in self.log_lines()
+                if line["event"] == "metrics served"
+            )
+            return bool(found)
+
+        await_condition(served, timeout_s, f"{self.name} serves its metrics")
+        return found[0]
+
 
 class LiveHarness:
     """Topics, settings and processor instances of one test (a context manager)."""
@@ -138,6 +158,7 @@ class LiveHarness:
                 "REFUND_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
                 "REFUND_REDIS__URL": redis_url,
                 "REFUND_IDLE_PARTITION_WAIT_MS": "1500",
+                "REFUND_METRICS__PORT": "0",  # any free port: see Instance.metrics_url
             }
             | {f"REFUND_TOPICS__{name.upper()}": topic for name, topic in self.topics.items()}
         )

@@ -1,6 +1,7 @@
 """`refund-processor` as a user runs it: a subprocess, files, exit codes, stdout."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,59 @@ def test_replay_names_a_bad_policy_key(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert "lost_after_days" in result.stderr
+
+
+SECRETS = {
+    "REFUND_KAFKA__SASL_PASSWORD": "kafka-s3cret",
+    "REFUND_KAFKA__SSL_KEY_PASSWORD": "key-s3cret",
+    "REFUND_REDIS__PASSWORD": "redis-s3cret",
+    "REFUND_SCHEMA_REGISTRY__PASSWORD": "registry-s3cret",
+}
+
+
+def test_run_logs_json_lines_with_every_secret_masked(tmp_path: Path) -> None:
+    """The startup line shows the settings; the CA file does not exist, so the first Kafka
+    client fails at once and the error is logged too (its traceback without locals: a
+    client's config dict holds the passwords in clear)."""
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(
+        "kafka:\n"
+        "  bootstrap_servers: 127.0.0.1:1\n"
+        "  security_protocol: SASL_SSL\n"
+        "  sasl_mechanism: SCRAM-SHA-512\n"
+        "  sasl_username: refunds\n"
+        f"  ssl_ca_location: {tmp_path / 'no-ca.pem'}\n"
+        "  librdkafka:\n"
+        "    sasl.oauthbearer.client.secret: oauth-s3cret\n"
+        "redis:\n"
+        "  url: redis://127.0.0.1:1/0\n"
+        "schema_registry_url: https://registry.invalid:8081\n"
+        "schema_registry:\n"
+        "  username: refunds\n"
+        "metrics:\n"
+        "  port: 0\n"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-m", "processor.cli", "run", "--config", str(settings)],
+        env=os.environ | SECRETS,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 1, result.stderr
+    for secret in [*SECRETS.values(), "oauth-s3cret"]:
+        assert secret not in result.stderr + result.stdout
+    logged = _lines(result.stderr)  # every line is JSON
+    shown = next(line for line in logged if line["event"] == "processor starting")["settings"]
+    assert shown["kafka"]["sasl_password"] == "**********"
+    assert shown["kafka"]["ssl_key_password"] == "**********"
+    assert shown["kafka"]["librdkafka"] == {"sasl.oauthbearer.client.secret": "**********"}
+    assert shown["redis"]["password"] == "**********"
+    assert shown["schema_registry"] == {"username": "refunds", "password": "**********"}
+    failure = logged[-1]
+    assert (failure["event"], failure["level"]) == ("processor stopped on an error", "error")
+    assert "ssl.ca.location" in failure["exception"][0]["exc_value"]
+    assert not any("locals" in frame for frame in failure["exception"][0]["frames"])

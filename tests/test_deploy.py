@@ -407,7 +407,7 @@ def test_compose_processors_are_one_group_using_the_compose_services(
     used = settings[0]
     assert used.kafka.bootstrap_servers in advertised
     assert used.redis.url.startswith("redis://redis:")
-    host, port = used.metrics_bind
+    host, port = used.metrics.host, used.metrics.port
     assert host == "0.0.0.0"  # Prometheus scrapes from another container
     healthcheck = " ".join(services[PROCESSORS[0]]["healthcheck"]["test"])
     assert f"http://127.0.0.1:{port}/healthz" in healthcheck

@@ -24,6 +24,7 @@ from redis.crc import key_slot
 from redis.retry import Retry
 
 from processor.config import load_policy
+from processor.engine import EXPIRE_ORPHANS_TIMER
 from processor.events import (
     Event,
     InvalidEventError,
@@ -35,6 +36,7 @@ from processor.generate import generate_history
 from processor.localstack import die_with_parent, free_port, poll_until, stop_process, tail
 from processor.localstack.redis import LocalRedis
 from processor.outputs import Output
+from processor.policy import EXPIRE_HELD_TIMER
 from processor.redis_store import (
     FencedError,
     RedisTaskStore,
@@ -280,6 +282,38 @@ def test_discard_makes_nothing_visible(
     assert fresh.load_order("o1") == committed
     assert fresh.order_for_tracking("TN1") is None
     assert fresh.get_clock() is None
+
+
+def test_timer_counts_for_the_metrics_follow_what_is_committed(
+    new_store: Callable[[], RedisTaskStore],
+) -> None:
+    store = new_store()
+    store.claim({})
+    store.set_timer(Timer(100, order_owner("o1"), "deadline:p1"))
+    store.set_timer(Timer(200, order_owner("o1"), EXPIRE_HELD_TIMER))
+    store.set_timer(Timer(300, tracking_owner("TN1"), EXPIRE_ORPHANS_TIMER))
+    assert (store.timers_pending, store.holders) == (0, 0)  # nothing committed yet
+    store.stage({PARTITION: 1})
+    store.apply()
+    assert (store.timers_pending, store.holders) == (3, 2)
+
+    assert store.pop_due_timer(250) == Timer(100, order_owner("o1"), "deadline:p1")
+    assert store.pop_due_timer(250) == Timer(200, order_owner("o1"), EXPIRE_HELD_TIMER)
+    assert store.timers_fired == 2
+    store.stage({PARTITION: 2})
+    store.discard()  # Kafka aborted the batch: nothing fired, nothing changed
+    assert (store.timers_pending, store.holders, store.timers_fired) == (3, 2, 0)
+
+    assert store.pop_due_timer(250) == Timer(100, order_owner("o1"), "deadline:p1")
+    store.cancel_timer(Timer(300, tracking_owner("TN1"), EXPIRE_ORPHANS_TIMER))
+    assert store.timers_fired == 1
+    store.stage({PARTITION: 2})
+    store.apply()
+    assert (store.timers_pending, store.holders, store.timers_fired) == (1, 1, 0)
+
+    fresh = new_store()
+    fresh.claim({PARTITION: 2})
+    assert (fresh.timers_pending, fresh.holders) == (1, 1)
 
 
 def test_a_fenced_instance_cannot_stage_and_writes_nothing(

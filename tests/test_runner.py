@@ -5,29 +5,20 @@ subprocesses (one or several in one consumer group) and reads the wallet topic w
 read_committed consumer until the refunds match the offline replay's, or a deadline.
 """
 
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import (
+    TIMESTAMP_CREATE_TIME,
+    TIMESTAMP_LOG_APPEND_TIME,
+    TIMESTAMP_NOT_AVAILABLE,
+    Producer,
+)
 
 from processor.generate import generate_history
-from processor.localstack.kafka import KafkaAdmin
+from processor.runner import arrival_ms
 from processor.serde import Serde
 from tests.live import LiveHarness, expected_refunds
-
-
-@pytest.fixture
-def live(
-    kafka_bootstrap: str,
-    redis_url: str,
-    admin: KafkaAdmin,
-    unique_topic: Callable[[str], str],
-    tmp_path: Path,
-) -> Iterator[LiveHarness]:
-    with LiveHarness(kafka_bootstrap, redis_url, admin, unique_topic, tmp_path) as harness:
-        yield harness
 
 
 @pytest.mark.parametrize("instances", [1, 3])
@@ -118,3 +109,14 @@ def test_a_tracking_number_nobody_ships_expires_and_holds_no_deadline_back(
     assert [(reason, source) for reason, source, _ in dead] == [
         ("unknown_tracking_number", live.topics["tracking"].encode())
     ]
+
+
+def test_an_input_arrives_at_its_log_append_time_else_when_it_was_received() -> None:
+    # A CreateTime is the producer's word: `publish` stamps occurred_at, months back.
+    assert arrival_ms((TIMESTAMP_CREATE_TIME, 1_772_000_000_000), 1_790_000_000_000) == (
+        1_790_000_000_000
+    )
+    assert arrival_ms((TIMESTAMP_NOT_AVAILABLE, -1), 1_790_000_000_000) == 1_790_000_000_000
+    assert arrival_ms((TIMESTAMP_LOG_APPEND_TIME, 1_789_999_999_000), 1_790_000_000_000) == (
+        1_789_999_999_000
+    )

@@ -3,6 +3,7 @@ librdkafka mapping, the last checked against a real broker as well as key by key
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -109,7 +110,8 @@ policy_file: /etc/policy.yaml
     assert settings.max_batch_records == 5000
     assert settings.idle_partition_wait_ms == 2000
     assert settings.policy_file == Path("/etc/policy.yaml")
-    assert settings.metrics_bind == ("127.0.0.1", 9108)
+    assert (settings.metrics.host, settings.metrics.port) == ("127.0.0.1", 9108)
+    assert settings.metrics.ready_max_lag == 10_000
     assert settings.schema_registry_url is None
 
 
@@ -119,9 +121,10 @@ def test_environment_variables_win_over_the_file(
     path = _write(
         tmp_path,
         "kafka:\n  bootstrap_servers: from-file:9092\n  client_id: file-client\n"
-        "topics:\n  orders: file.orders\n",
+        "topics:\n  orders: file.orders\nmetrics:\n  host: 0.0.0.0\n",
     )
     monkeypatch.setenv("REFUND_KAFKA__BOOTSTRAP_SERVERS", "from-env:9092")
+    monkeypatch.setenv("REFUND_METRICS__PORT", "9200")
     monkeypatch.setenv("REFUND_TOPICS__TRACKING", "env.tracking")
     monkeypatch.setenv("REFUND_COMMIT_INTERVAL_MS", "40")
     monkeypatch.setenv("REFUND_KAFKA__LIBRDKAFKA", '{"socket.keepalive.enable": "true"}')
@@ -134,6 +137,7 @@ def test_environment_variables_win_over_the_file(
     assert settings.topics.tracking == "env.tracking"
     assert settings.commit_interval_ms == 40
     assert settings.kafka.librdkafka == {"socket.keepalive.enable": "true"}
+    assert (settings.metrics.host, settings.metrics.port) == ("0.0.0.0", 9200)
 
 
 def test_refund_config_names_the_file_unless_a_path_is_given(
@@ -238,7 +242,9 @@ def test_a_bad_value_from_the_environment_names_the_variable(
         ("kafka:\n  librdkafka:\n    acks: '1'\n", r"kafka\.librdkafka: .*acks cannot be set"),
         ("topics:\n  dlq: orders.events\n", r"topics: .*orders and dlq are the same topic"),
         ("redis:\n  url: http://x\n", r"redis\.url: .*redis://"),
-        ("metrics_address: localhost\n", r"metrics_address: .*host:port"),
+        ("metrics:\n  port: 65536\n", r"metrics\.port: .*less than or equal to 65535"),
+        ("metrics:\n  ready_max_lag: -1\n", r"metrics\.ready_max_lag: .*greater than"),
+        ("metrics_address: 127.0.0.1:9108\n", r"metrics_address: Extra inputs"),
         ("schema_registry:\n  username: u\n  password: p\n", r"schema_registry_url is unset"),
         ("application_id: 'has space'\n", r"application_id: String should match"),
         ("- a list\n", r"must hold a mapping"),
@@ -269,6 +275,9 @@ def test_secrets_never_appear_in_repr_str_or_logs(
     _assert_no_secret(caplog.text)
     assert "**********" in repr(settings.kafka)
     assert "socket.keepalive.enable" in repr(settings.kafka)  # non-secret passthrough shows
+    dumped = json.dumps(settings.model_dump(mode="json"))  # what `run` logs at start
+    _assert_no_secret(dumped)
+    assert "socket.keepalive.enable" in dumped
     # ...while the clients get them in clear.
     assert settings.kafka.producer_config()["sasl.password"] == "kafka-s3cret"
     assert settings.kafka.consumer_config("g")["ssl.key.password"] == "key-s3cret"
