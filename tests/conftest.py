@@ -14,11 +14,13 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from processor.localstack.kafka import KafkaAdmin, LocalKafka
 from processor.localstack.redis import LocalRedis
+from tests.live import LiveHarness
 
 
 @functools.cache
@@ -97,3 +99,17 @@ def unique_topic(request: pytest.FixtureRequest) -> Callable[[str], str]:
         return f"{prefix}-{slug}-{uuid.uuid4().hex[:8]}"
 
     return make
+
+
+@pytest.fixture
+def live(
+    kafka_bootstrap: str,
+    redis_url: str,
+    admin: KafkaAdmin,
+    unique_topic: Callable[[str], str],
+    tmp_path: Path,
+) -> Iterator[LiveHarness]:
+    """A `LiveHarness` (tests/live.py) on the shared broker and Redis; its instances are
+    killed when the test ends."""
+    with LiveHarness(kafka_bootstrap, redis_url, admin, unique_topic, tmp_path) as harness:
+        yield harness

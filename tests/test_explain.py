@@ -2,6 +2,8 @@
 decisions of one order, in text and in the documented JSON shape (docs/explain.md)."""
 
 import json
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from processor.explain import (
     UnknownOrderError,
     explain_history,
     explain_state,
+    render_text,
     to_json,
 )
 from processor.generate import generate_history
@@ -66,6 +69,23 @@ def history(tmp_path: Path) -> Path:
 def _lines(path: Path) -> list[str]:
     with path.open() as source:
         return list(source)
+
+
+def _explain_json(history: Path, order_id: str, *extra: str) -> dict[str, Any]:
+    result = _cli("explain", order_id, "--from", str(history), "--json", *extra)
+    assert result.returncode == 0, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "processor.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_a_refunded_order_shows_its_ledger_per_sku_and_package(history: Path) -> None:
@@ -242,3 +262,152 @@ def test_explanations_agree_with_the_replay_on_a_generated_history() -> None:
 def test_an_unknown_order_is_an_error_naming_it(history: Path) -> None:
     with pytest.raises(UnknownOrderError, match="'o404'"):
         explain_history(_lines(history), "history.jsonl", "o404", load_policy())
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_json_has_the_documented_shape(history: Path) -> None:
+    data = _explain_json(history, "o1")
+
+    assert set(data) == {
+        "format",
+        "order_id",
+        "mode",
+        "origin",
+        "clock",
+        "order",
+        "ledger",
+        "packages",
+        "claims",
+        "cancellation",
+        "timers",
+        "timeline",
+        "decisions",
+        "untimed_event_ids",
+    }
+    assert (data["format"], data["order_id"], data["mode"], data["origin"]) == (
+        1,
+        "o1",
+        "replay",
+        str(history),
+    )
+    assert set(data["order"]) == {
+        "merchant_id",
+        "currency",
+        "placed_at",
+        "placed_event_id",
+        "total_minor",
+    }
+    assert set(data["ledger"]) == {
+        "currency",
+        "skus",
+        "shipping_fee_minor",
+        "shipping_fee_refunded",
+        "total_minor",
+        "refunded_minor",
+        "remaining_minor",
+    }
+    assert set(data["cancellation"]) == {"requested", "cancelled"}
+    assert {frozenset(t) for t in data["timers"]} == {frozenset({"name", "deadline", "meaning"})}
+    assert {frozenset(e) for e in data["timeline"]} == {
+        frozenset({"at", "kind", "what", "event_id", "detail", "source"})
+    }
+    # A decision is the `replay` output line of the decision, plus where it was read.
+    [decision] = data["decisions"]
+    replayed = [
+        json.loads(line)
+        for line in _cli("replay", str(history)).stdout.splitlines()
+        if json.loads(line)["type"] == "decision" and json.loads(line)["order_id"] == "o1"
+    ]
+    assert decision == replayed[0] | {"source": "replay"}
+    assert set(data["packages"][0]) == {
+        "package_id",
+        "tracking_number",
+        "lines",
+        "shipped_at",
+        "shipped_event_id",
+        "deadline",
+        "picked_up_at",
+        "delivered_at",
+        "delivered_event_id",
+        "back_event_id",
+        "settled_by",
+        "deadline_passed",
+    }
+    claims = _explain_json(history, "o2")["claims"]
+    assert set(claims[0]) == {
+        "claim_id",
+        "claim_type",
+        "package_id",
+        "lines",
+        "status",
+        "filed_at",
+        "filed_event_id",
+        "review",
+    }
+
+
+def test_cli_text_tells_the_story(history: Path) -> None:
+    result = _cli("explain", "o1", "--from", str(history))
+
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert text.startswith("Order o1: merchant m1, USD")
+    assert "Timeline (event time)" in text
+    assert "Ledger (amounts in minor units of USD)" in text
+    assert "total paid 5000, refunded 2000, remaining 3000" in text
+    assert f"{_iso(at(22))}  deadline:p2" in text
+    assert "refunded  rto_delivered  rule R1  2000 USD  package p1" in text
+    assert "evidence: o1-ship-p1, o1-rto" in text
+    assert text == render_text(explain_history(_lines(history), str(history), "o1", load_policy()))
+
+
+def test_cli_now_and_policy_apply_to_the_file(history: Path, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("policy_version: short\nlost_after_days: 3\n")
+
+    data = _explain_json(history, "o1", "--policy", str(policy), "--now", at(40))
+
+    # Deadlines 3 days after shipping: p1 is lost on day 4, before it comes back on day 5.
+    assert [
+        (d["code"], d["amount_minor"], d["decided_at"], d["policy_version"])
+        for d in data["decisions"]
+    ] == [
+        ("lost", 2000, _iso(at(4)), "short"),
+        ("already_refunded", None, _iso(at(5)), "short"),
+        ("lost", 3000, _iso(at(5)), "short"),
+    ]
+    assert data["clock"] == _iso(at(40))
+
+
+def test_cli_unknown_order_exits_2_naming_it(history: Path) -> None:
+    result = _cli("explain", "o404", "--from", str(history))
+
+    assert result.returncode == 2
+    assert "order 'o404' is unknown" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--now", "2026-04-01T00:00:00Z"], "--now only applies with --from FILE"),
+        (["--policy", "p.yaml"], "--policy only applies with --from FILE"),
+        (["--from", "h.jsonl", "--config", "c.yaml"], "--config does not apply with --from"),
+    ],
+)
+def test_cli_refuses_options_of_the_other_mode(args: list[str], message: str) -> None:
+    result = _cli("explain", "o1", *args)
+
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_cli_missing_file_fails_clearly(tmp_path: Path) -> None:
+    result = _cli("explain", "o1", "--from", str(tmp_path / "nope.jsonl"))
+
+    assert result.returncode == 2
+    assert "cannot read" in result.stderr
+    assert "nope.jsonl" in result.stderr

@@ -5,29 +5,14 @@ subprocesses (one or several in one consumer group) and reads the wallet topic w
 read_committed consumer until the refunds match the offline replay's, or a deadline.
 """
 
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
 
 from processor.generate import generate_history
-from processor.localstack.kafka import KafkaAdmin
 from processor.serde import Serde
 from tests.live import LiveHarness, expected_refunds
-
-
-@pytest.fixture
-def live(
-    kafka_bootstrap: str,
-    redis_url: str,
-    admin: KafkaAdmin,
-    unique_topic: Callable[[str], str],
-    tmp_path: Path,
-) -> Iterator[LiveHarness]:
-    with LiveHarness(kafka_bootstrap, redis_url, admin, unique_topic, tmp_path) as harness:
-        yield harness
 
 
 @pytest.mark.parametrize("instances", [1, 3])
