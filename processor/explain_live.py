@@ -65,7 +65,15 @@ def explain_live(
         topic = settings.topics.decisions
         partition = TopicPartition(topic, _partition_of(consumer, settings, topic, key, timeout_s))
         state, clock = _read_state(settings, task, order_id)
-        decisions = _read_decisions(consumer, make_serde(settings), partition, order_id, timeout_s)
+        low, high = consumer.get_watermark_offsets(partition, timeout=timeout_s)
+        decisions = _read_decisions(
+            consumer,
+            make_serde(settings),
+            partition,
+            (low, high),
+            order_id=order_id,
+            timeout_s=timeout_s,
+        )
     except KafkaException as exc:
         raise ExplainError(
             f"cannot read Kafka at {settings.kafka.bootstrap_servers}: {exc.args[0].str()}"
@@ -78,7 +86,8 @@ def explain_live(
         decisions,
         config,
         mode="live",
-        origin=f"Redis task {task} and {topic} partition {partition.partition}",
+        origin=f"Redis task {task} and {topic} partition {partition.partition}"
+        + (f" (its records below offset {low} are deleted, e.g. by retention)" if low > 0 else ""),
         clock=clock,
     )
 
@@ -118,16 +127,23 @@ def _partition_of(
 
 
 def _read_decisions(
-    consumer: Consumer, serde: Serde, partition: TopicPartition, order_id: str, timeout_s: float
+    consumer: Consumer,
+    serde: Serde,
+    partition: TopicPartition,
+    offsets: tuple[int, int],
+    *,
+    order_id: str,
+    timeout_s: float,
 ) -> list[SourcedDecision]:
-    """The order's decisions in log order, up to the partition's end when we started.
+    """The order's decisions in log order, between the partition's `offsets` (start, end)
+    captured when we started.
 
     With read_committed the end may be a transaction still open (then the partition-EOF
     event comes first) or end in transaction markers, which are never handed out (the
     EOF event says so too).
     """
     topic, number = partition.topic, partition.partition
-    low, high = consumer.get_watermark_offsets(partition, timeout=timeout_s)
+    low, high = offsets
     decisions: list[SourcedDecision] = []
     if high <= low:
         return decisions

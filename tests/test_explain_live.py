@@ -9,6 +9,7 @@ import sys
 from collections import defaultdict
 
 import pytest
+from confluent_kafka import TopicPartition
 
 from processor.config import load_policy
 from processor.events import Event, InvalidEventError, parse_event_json, to_millis
@@ -123,6 +124,18 @@ def test_a_live_explanation_says_what_the_replay_says(live: LiveHarness) -> None
     assert "Explained from the live state in Redis task " in text
     assert f"{refund['amount_minor']} {refund['currency']}" in text
     assert "deadline:p-pending" in _cli(live, pending).stdout
+
+    # Decisions older than the topic's retention are gone, and the explanation says so.
+    kept = explain_live(live.settings, refunded, config)
+    topic, partition, offset = kept.decisions[0].source.rsplit("/", 2)
+    deletion = live.admin.client.delete_records(
+        [TopicPartition(topic, int(partition), int(offset) + 1)]
+    )
+    for future in deletion.values():
+        future.result()
+    trimmed = explain_live(live.settings, refunded, config)
+    assert f"records below offset {int(offset) + 1} are deleted" in trimmed.origin
+    assert trimmed.decisions == kept.decisions[1:]
 
     unknown = _cli(live, "o-never-placed")
     assert unknown.returncode == 2
