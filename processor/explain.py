@@ -31,7 +31,7 @@ from processor.events import (
 from processor.outputs import DeadLetter, Decision, iso_millis, output_to_dict
 from processor.policy import DEADLINE_TIMER_PREFIX, EXPIRE_HELD_TIMER, timers
 from processor.replay import replay
-from processor.state import Cancellation, Claim, Order, OrderState, Package
+from processor.state import Cancellation, Claim, Order, OrderState, Package, Priced
 from processor.store import InMemoryStore
 
 #: Bumped whenever a key of `to_json`'s shape changes meaning or disappears.
@@ -113,13 +113,13 @@ def explain_state(
         raise UnknownOrderError(
             f"order {order_id!r} is unknown: {origin} has no event, state or decision for it"
         )
-    held = _held_waits(state)
     entries: list[TimelineEntry] = []
     if events is None:
         if state is not None:
             entries.extend(_facts(state))
             entries.extend(_held_entries(state))
     else:
+        held = _held_waits(state)
         entries.extend(_event_entry(item, state, held) for item in events)
     entries.extend(_decision_entry(item) for item in decisions)
     # Within one instant an event comes before the decisions it caused (a stable sort).
@@ -237,19 +237,26 @@ def _claim_text(
     return f"claim {claim_id}: {claim_type}, {scope}, {units}"
 
 
+def _review_text(claim_id: str, proof_accepted: bool, resolution: str | None) -> str:
+    verdict = "proof accepted" if proof_accepted else "proof rejected"
+    resolved = f", resolution {resolution}" if resolution else ""
+    return f"claim {claim_id}: {verdict}{resolved}"
+
+
 def describe_event(event: Event, state: OrderState | None) -> str:
     """One line saying what an input event says, in the order's terms."""
     match event:
         case OrderPlaced():
-            priced = ", ".join(
-                f"{line.quantity} x {line.sku} at {line.unit_price_minor}" for line in event.lines
-            )
-            total = event.shipping_fee_minor + sum(
-                line.quantity * line.unit_price_minor for line in event.lines
-            )
-            return (
-                f"merchant {event.merchant_id}: {priced}, shipping {event.shipping_fee_minor}; "
-                f"total {total} {event.currency}"
+            lines = {line.sku: Priced(line.quantity, line.unit_price_minor) for line in event.lines}
+            return _order_text(
+                Order(
+                    merchant_id=event.merchant_id,
+                    currency=event.currency,
+                    lines=lines,
+                    shipping_fee_minor=event.shipping_fee_minor,
+                    placed_event_id=event.event_id,
+                    placed_at=event.at,
+                )
             )
         case PackageShipped():
             units = _units({line.sku: line.quantity for line in event.lines})
@@ -276,9 +283,7 @@ def describe_event(event: Event, state: OrderState | None) -> str:
                 {line.sku: line.quantity for line in event.lines},
             )
         case ClaimReviewed():
-            verdict = "proof accepted" if event.proof_accepted else "proof rejected"
-            resolution = f", resolution {event.resolution}" if event.resolution else ""
-            return f"claim {event.claim_id}: {verdict}{resolution}"
+            return _review_text(event.claim_id, event.proof_accepted, event.resolution)
         case ReturnReceived():
             return f"package {event.package_id} came back to the warehouse {event.condition}"
         case _:
@@ -359,13 +364,11 @@ def _facts(state: OrderState) -> Iterable[TimelineEntry]:
         )
         if claim.review is not None:
             review = claim.review
-            verdict = "proof accepted" if review.proof_accepted else "proof rejected"
-            resolution = f", resolution {review.resolution}" if review.resolution else ""
             yield fact(
                 review.at,
                 "claim_reviewed",
                 review.event_id,
-                f"claim {claim.claim_id}: {verdict}{resolution}",
+                _review_text(claim.claim_id, review.proof_accepted, review.resolution),
             )
     if state.cancel_request is not None:
         request = state.cancel_request
