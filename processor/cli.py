@@ -1,6 +1,7 @@
 """The `refund-processor` console script."""
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -12,6 +13,8 @@ import structlog
 from processor import logs
 from processor.config import PolicyConfigError, load_policy
 from processor.events import to_millis
+from processor.explain import UnknownOrderError, explain_history, render_text, to_json
+from processor.explain_live import ExplainError, explain_live
 from processor.generate import write_history
 from processor.metrics import MetricsServer
 from processor.publish import PublishError, publish_lines
@@ -62,7 +65,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     publish_cmd.add_argument("events", type=Path, help="JSON events, one per line")
     run_cmd = commands.add_parser("run", help="the live processor (Kafka + Redis)")
-    for command in (publish_cmd, run_cmd):
+
+    explain_cmd = commands.add_parser(
+        "explain",
+        help="why an order was refunded, denied or is waiting: timeline, ledger, timers, "
+        "decisions (live from Redis and the decision topic, or from a file)",
+    )
+    explain_cmd.add_argument("order_id", help="the order to explain")
+    explain_cmd.add_argument(
+        "--from",
+        dest="history",
+        type=Path,
+        metavar="FILE",
+        help="replay this JSONL history offline instead of reading Kafka and Redis",
+    )
+    explain_cmd.add_argument(
+        "--now", type=_moment, help="with --from: after the last event, move the clock to this time"
+    )
+    explain_cmd.add_argument(
+        "--policy", type=Path, help="with --from: policy YAML (default config/policy.yaml)"
+    )
+    explain_cmd.add_argument(
+        "--json", action="store_true", help="one JSON object (docs/explain.md) instead of text"
+    )
+    for command in (publish_cmd, run_cmd, explain_cmd):
         command.add_argument(
             "--config",
             type=Path,
@@ -153,6 +179,41 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace, out: TextIO) -> None:
+    if args.history is None:
+        for option, value in (("--now", args.now), ("--policy", args.policy)):
+            if value is not None:
+                raise CliError(f"{option} only applies with --from FILE")
+        settings = _settings(args)
+        try:
+            explanation = explain_live(settings, args.order_id, load_policy(settings.policy_file))
+        except ExplainError as exc:
+            raise CliError(f"cannot explain order {args.order_id!r}: {exc}") from exc
+    else:
+        for option, value in (
+            ("--config", args.config),
+            ("--bootstrap-servers", args.bootstrap_servers),
+        ):
+            if value is not None:
+                raise CliError(f"{option} does not apply with --from FILE (no Kafka or Redis)")
+        try:
+            # Split as `replay` reads a file, so origins name the same line numbers.
+            with args.history.open(encoding="utf-8") as source:
+                lines = list(source)
+        except OSError as exc:
+            raise CliError(f"cannot read {args.history}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise CliError(f"{args.history} is not UTF-8 text: {exc}") from exc
+        now = to_millis(args.now) if args.now is not None else None
+        explanation = explain_history(
+            lines, str(args.history), args.order_id, load_policy(args.policy), now=now
+        )
+    if args.json:
+        out.write(json.dumps(to_json(explanation), indent=2) + "\n")
+    else:
+        out.write(render_text(explanation))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -162,9 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             _generate(args, sys.stdout)
         elif args.command == "publish":
             _publish(args)
+        elif args.command == "explain":
+            _explain(args, sys.stdout)
         elif args.command == "run":
             return _run(args)
-    except (CliError, PolicyConfigError) as exc:
+    except (CliError, PolicyConfigError, UnknownOrderError) as exc:
         print(f"refund-processor: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

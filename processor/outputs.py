@@ -5,10 +5,11 @@ the same history yields the same ids and a wallet can deduplicate by them.
 """
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from processor.events import from_millis
+from processor.events import from_millis, to_millis
 
 # Fixed namespace: changing it would change every id ever issued.
 ID_NAMESPACE: Final = uuid.UUID("6f1c7a52-3d0e-4b8e-9a51-2f7c0d4e8b19")
@@ -138,3 +139,24 @@ def output_to_dict(output: Output, *, iso_times: bool = True) -> dict[str, Any]:
             value = list(value)
         record[name] = value
     return record
+
+
+def decision_from_dict(record: Mapping[str, Any]) -> Decision:
+    """A decision as the decision topic's Avro decodes it (`decided_at` a datetime): the
+    inverse of `output_to_dict(decision, iso_times=False)`."""
+    return Decision(
+        decision_id=record["decision_id"],
+        order_id=record["order_id"],
+        outcome=record["outcome"],
+        code=record["code"],
+        rule=record["rule"],
+        detail=record["detail"],
+        decided_at=to_millis(record["decided_at"]),
+        evidence_event_ids=tuple(record["evidence_event_ids"]),
+        package_id=record["package_id"],
+        claim_id=record["claim_id"],
+        command_id=record["command_id"],
+        amount_minor=record["amount_minor"],
+        currency=record["currency"],
+        policy_version=record["policy_version"],
+    )

@@ -45,14 +45,19 @@ class OfflineProcessor:
 
 
 def replay(
-    lines: Iterable[str], source: str, config: PolicyConfig, *, now: int | None = None
+    lines: Iterable[str],
+    source: str,
+    config: PolicyConfig,
+    *,
+    now: int | None = None,
+    store: StateStore | None = None,
 ) -> Iterator[Output]:
     """Every output of a history, in the order the engine produced them.
 
     Blank lines are skipped; every other line is either decided or dead-lettered with
-    `source:line` as its origin.
+    `source:line` as its origin. Pass a `store` to look at the state afterwards.
     """
-    processor = OfflineProcessor(config)
+    processor = OfflineProcessor(config, store)
     collecting = gc.isenabled()
     gc.disable()
     try:

@@ -109,7 +109,7 @@ def live(
     unique_topic: Callable[[str], str],
     tmp_path: Path,
 ) -> Iterator[LiveHarness]:
-    """Topics, settings and `refund-processor run` instances of one live test
-    (tests/live.py), on the session's broker and Redis."""
+    """A `LiveHarness` (tests/live.py) on the session's broker and Redis: topics, settings
+    and `refund-processor run` instances of one test, killed when the test ends."""
     with LiveHarness(kafka_bootstrap, redis_url, admin, unique_topic, tmp_path) as harness:
         yield harness

@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, TopicPartition
 from processor.events import Event, TrackingUpdate, parse_event, parse_event_json
 from processor.generate import iter_labelled_history
 from processor.localstack.kafka import KafkaAdmin
+from processor.partitioner import default_partition
 from processor.publish import PublishError, publish_lines
 from processor.serde import Serde
 from processor.settings import KafkaSettings, Settings, TopicsSettings
@@ -105,48 +106,6 @@ def _expected_key(event: Event) -> str:
     if isinstance(event, TrackingUpdate):
         return event.order_id or event.tracking_number
     return event.order_id
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's `Utils.murmur2` (Java client), transcribed with 32-bit wrap-around; signed."""
-    mask = 0xFFFFFFFF
-    m, r = 0x5BD1E995, 24
-    length = len(data)
-    h = (0x9747B28C ^ length) & mask
-    for i in range(0, length - length % 4, 4):
-        k = int.from_bytes(data[i : i + 4], "little")
-        k = (k * m) & mask
-        k ^= k >> r
-        k = (k * m) & mask
-        h = (h * m) & mask
-        h ^= k
-    tail = data[length - length % 4 :]
-    if len(tail) == 3:
-        h ^= tail[2] << 16
-    if len(tail) >= 2:
-        h ^= tail[1] << 8
-    if tail:
-        h ^= tail[0]
-        h = (h * m) & mask
-    h ^= h >> 13
-    h = (h * m) & mask
-    h ^= h >> 15
-    return h - (1 << 32) if h & 0x80000000 else h
-
-
-def java_partition(key: bytes, partitions: int) -> int:
-    """Java's default partitioner for a keyed record: toPositive(murmur2(key)) % partitions."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-def test_murmur2_matches_the_java_clients_published_vectors() -> None:
-    # org.apache.kafka.common.utils.UtilsTest.testMurmur2
-    assert murmur2(b"21") == -973932308
-    assert murmur2(b"foobar") == -790332482
-    assert murmur2(b"a-little-bit-long-string") == -985981536
-    assert murmur2(b"a-little-bit-longer-string") == -1486304829
-    assert murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") == -58897971
-    assert murmur2(b"abc") == 479470107
 
 
 # --------------------------------------------------------------------------- library
@@ -288,7 +247,7 @@ def test_keys_land_on_the_partition_javas_murmur2_partitioner_picks(
     assert len(records) == 203
     assert len({r.partition for r in records}) == 6  # a test that could actually fail
     for r in records:
-        assert r.partition == java_partition(r.key, 6), r.key
+        assert r.partition == default_partition(r.key, 6), r.key
 
 
 def test_a_rejected_delivery_fails_the_run(

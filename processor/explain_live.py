@@ -1,0 +1,184 @@
+"""The live side of `refund-processor explain`: an order's state from Redis, its decisions
+from the decision topic. A thin shell around processor/explain.py.
+
+It only reads, and never claims a task: a claim bumps the task's epoch and would fence
+the instance that owns it. The order's task is the partition of `<app>-by-order` its
+key lands on, and its decisions are in the one partition of the decision topic its key
+lands on: every producer of the processor partitions by murmur2 (processor/partitioner.py).
+That partition is read `read_committed` from its beginning up to the end offset captured
+at the start, since a running processor keeps appending and what it appends later is not
+part of this answer.
+"""
+
+import logging
+import time
+from typing import Final
+
+import redis
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from pydantic import ValidationError
+
+from processor.config import PolicyConfig
+from processor.explain import Explanation, SourcedDecision, explain_state
+from processor.outputs import decision_from_dict
+from processor.partitioner import default_partition
+from processor.redis_store import RedisTaskStore
+from processor.serde import DecodeError, Serde
+from processor.settings import Settings, make_serde
+from processor.state import OrderState
+
+#: Seconds to wait for Kafka metadata, or for any progress reading the decision partition.
+DEFAULT_TIMEOUT_S: Final = 20.0
+
+# librdkafka's own log lines (e.g. a refused connection, again and again) go through Python
+# logging and are dropped unless the application configures logging: what failed reaches
+# the user once, as an ExplainError.
+_rdkafka_log = logging.getLogger(f"{__name__}.rdkafka")
+_rdkafka_log.addHandler(logging.NullHandler())
+
+
+class ExplainError(RuntimeError):
+    """Kafka or Redis cannot answer: unreachable, a topic missing, a record unreadable."""
+
+
+def explain_live(
+    settings: Settings,
+    order_id: str,
+    config: PolicyConfig,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Explanation:
+    """Explains an order from the processor's committed state and decision log.
+
+    Raises `UnknownOrderError` when neither holds anything about the order, `ExplainError`
+    when Kafka or Redis cannot be read.
+    """
+    key = order_id.encode()
+    consumer = Consumer(
+        settings.kafka.consumer_config(f"{settings.application_id}-explain")
+        | {"enable.partition.eof": True},
+        logger=_rdkafka_log,
+    )
+    try:
+        by_order = settings.by_order_topic
+        task = f"{by_order}:{_partition_of(consumer, settings, by_order, key, timeout_s)}"
+        topic = settings.topics.decisions
+        partition = TopicPartition(topic, _partition_of(consumer, settings, topic, key, timeout_s))
+        state, clock = _read_state(settings, task, order_id)
+        low, high = consumer.get_watermark_offsets(partition, timeout=timeout_s)
+        decisions = _read_decisions(
+            consumer,
+            make_serde(settings),
+            partition,
+            (low, high),
+            order_id=order_id,
+            timeout_s=timeout_s,
+        )
+    except KafkaException as exc:
+        raise ExplainError(
+            f"cannot read Kafka at {settings.kafka.bootstrap_servers}: {exc.args[0].str()}"
+        ) from exc
+    finally:
+        consumer.close()
+    return explain_state(
+        order_id,
+        state,
+        decisions,
+        config,
+        mode="live",
+        origin=f"Redis task {task} and {topic} partition {partition.partition}"
+        + (f" (its records below offset {low} are deleted, e.g. by retention)" if low > 0 else ""),
+        clock=clock,
+    )
+
+
+def _read_state(
+    settings: Settings, task: str, order_id: str
+) -> tuple[OrderState | None, int | None]:
+    """The order's committed state and its task's event-time clock (read, never claimed)."""
+    client = settings.redis.client()
+    store = RedisTaskStore(client, settings.application_id, task)
+    try:
+        state = store.load_order(order_id)
+        clock = client.hget(store.meta_key, "clock")
+    except redis.RedisError as exc:
+        raise ExplainError(f"cannot read Redis at {settings.redis.url}: {exc}") from exc
+    except ValidationError as exc:
+        raise ExplainError(
+            f"the state of order {order_id!r} in Redis key {store.order_key(order_id)!r} is "
+            f"not a valid order state ({exc.error_count()} problems)"
+        ) from exc
+    finally:
+        client.close()
+    return state, int(clock) if isinstance(clock, bytes) else None
+
+
+def _partition_of(
+    consumer: Consumer, settings: Settings, topic: str, key: bytes, timeout_s: float
+) -> int:
+    """The partition of `topic` the processor's producers put `key` in."""
+    found = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        raise ExplainError(
+            f"topic {topic!r} does not exist on {settings.kafka.bootstrap_servers}: has "
+            f"`refund-processor run` run with application_id {settings.application_id!r}?"
+        )
+    return default_partition(key, len(found.partitions))
+
+
+def _read_decisions(
+    consumer: Consumer,
+    serde: Serde,
+    partition: TopicPartition,
+    offsets: tuple[int, int],
+    *,
+    order_id: str,
+    timeout_s: float,
+) -> list[SourcedDecision]:
+    """The order's decisions in log order, between the partition's `offsets` (start, end)
+    captured when we started.
+
+    With read_committed the end may be a transaction still open (then the partition-EOF
+    event comes first) or end in transaction markers, which are never handed out (the
+    EOF event says so too).
+    """
+    topic, number = partition.topic, partition.partition
+    low, high = offsets
+    decisions: list[SourcedDecision] = []
+    if high <= low:
+        return decisions
+    key = order_id.encode()
+    consumer.assign([TopicPartition(topic, number, low)])
+    position = low
+    progressed = time.monotonic()
+    while position < high:
+        if time.monotonic() - progressed > timeout_s:
+            raise ExplainError(
+                f"reading {topic} partition {number} made no progress for {timeout_s:.0f} s "
+                f"(at offset {position} of {high})"
+            )
+        for message in consumer.consume(1000, timeout=0.5):
+            progressed = time.monotonic()
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    return decisions
+                raise KafkaException(error)
+            offset = message.offset()
+            assert offset is not None
+            if offset >= high:
+                return decisions
+            position = offset + 1
+            if message.key() != key:
+                continue
+            try:
+                record = serde.decode(message.value() or b"", topic)
+            except DecodeError as exc:
+                raise ExplainError(
+                    f"decision of order {order_id!r} at {topic}/{number}/{offset} cannot be "
+                    f"decoded: {exc}"
+                ) from exc
+            if record["type"] == "decision" and record["order_id"] == order_id:
+                source = f"{topic}/{number}/{offset}"
+                decisions.append(SourcedDecision(decision_from_dict(record), source))
+    return decisions
