@@ -377,6 +377,7 @@ class Runner:
     def _process(self, messages: list[Message], checkpoint: Checkpoint) -> None:
         now = time.monotonic()
         inbound: list[Inbound] = []
+        rejected: list[tuple[str, int]] = []  # (source, offset) of records dead-lettered here
         touched: set[int] = set()
         for message in messages:
             error = message.error()
@@ -405,17 +406,17 @@ class Runner:
             origin = f"{topic}/{partition}/{offset}"
             try:
                 event = parse_event(self._serde.decode(message.value() or b"", topic))
-            except DecodeError as exc:
+            except (DecodeError, InvalidEventError) as exc:
                 self._dead_letter(message.key(), message.value(), origin, exc.reason, exc.message)
-                continue
-            except InvalidEventError as exc:
-                self._dead_letter(message.key(), message.value(), origin, exc.reason, exc.message)
+                rejected.append((f"{topic}:{partition}", offset))
                 continue
             inbound.append(Inbound(f"{topic}:{partition}", offset, event, origin, message.value()))
 
         routed = self._router.route(
             inbound, now, combined_watermark(self._sources, self._router_progress)
         )
+        for source, offset in rejected:
+            self._router.skip(source, offset, now)
         for item in routed.routed:
             event = item.event
             if isinstance(event, TrackingUpdate) and event.order_id is None:

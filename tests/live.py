@@ -293,6 +293,21 @@ class LiveHarness:
         result = self.admin.client.list_consumer_group_offsets([request])[group].result()
         return sum(max(tp.offset, 0) for tp in result.topic_partitions)
 
+    def committed_offsets(self, topic: str) -> dict[int, int]:
+        """partition -> the group's committed offset on `topic` (negative: none)."""
+        group = self.settings.group_id
+        request = ConsumerGroupTopicPartitions(
+            group, [TopicPartition(topic, p) for p in self.partitions(topic)]
+        )
+        result = self.admin.client.list_consumer_group_offsets([request])[group].result()
+        return {tp.partition: tp.offset for tp in result.topic_partitions}
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        """partition -> the end offset of `topic` (read_uncommitted: the high watermark)."""
+        specs = {TopicPartition(topic, p): OffsetSpec.latest() for p in self.partitions(topic)}  # type: ignore[no-untyped-call]
+        futures = self.admin.client.list_offsets(specs)
+        return {tp.partition: future.result().offset for tp, future in futures.items()}
+
     def await_task_progress(self, timeout_s: float) -> None:
         """Waits until an order task commits a batch (after a kill: once the victim's open
         transaction, which blocks read_committed readers, has been aborted)."""
