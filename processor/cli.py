@@ -8,9 +8,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+from rich.console import Console
+from rich.logging import RichHandler
+
 from processor.config import PolicyConfigError, load_policy
+from processor.demo import DemoError, DemoOptions, run_demo
 from processor.events import to_millis
 from processor.generate import write_history
+from processor.localstack import ServiceStartError
 from processor.publish import PublishError, publish_lines
 from processor.replay import write_replay
 from processor.runner import Runner
@@ -57,7 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     publish_cmd.add_argument("events", type=Path, help="JSON events, one per line")
     run_cmd = commands.add_parser("run", help="the live processor (Kafka + Redis)")
-    for command in (publish_cmd, run_cmd):
+    demo_cmd = commands.add_parser(
+        "demo",
+        help="generate a history, process it live (local Kafka and Redis unless given), "
+        "print what was refunded and why",
+    )
+    demo_cmd.add_argument("--orders", type=int, default=2000)
+    demo_cmd.add_argument("--seed", type=int, default=7)
+    demo_cmd.add_argument("--instances", type=int, default=1, help="processor instances")
+    demo_cmd.add_argument(
+        "--redis-url", metavar="URL", help="Redis to use (default $REDIS_URL, else a local one)"
+    )
+    for command in (publish_cmd, run_cmd, demo_cmd):
         command.add_argument(
             "--config",
             type=Path,
@@ -122,6 +138,43 @@ def _publish(args: argparse.Namespace) -> None:
     print(summary.line(), file=sys.stderr)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    if args.orders < 1:
+        raise CliError("--orders must be at least 1")
+    if args.instances < 1:
+        raise CliError("--instances must be at least 1")
+    console = Console(stderr=True, markup=False)
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    # librdkafka's warnings about transient states (a coordinator still loading) are noise here.
+    for client in ("processor.publish", "processor.localstack.kafka", "processor.demo"):
+        logging.getLogger(f"{client}.rdkafka").setLevel(logging.ERROR)
+    options = DemoOptions(
+        orders=args.orders,
+        seed=args.seed,
+        instances=args.instances,
+        config=args.config,
+        bootstrap_servers=args.bootstrap_servers,
+        redis_url=args.redis_url,
+    )
+    try:
+        report = run_demo(options, sys.stdout, console)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
+    except (DemoError, ServiceStartError) as exc:
+        print(f"refund-processor: demo failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "refund-processor: demo interrupted; everything it started is stopped", file=sys.stderr
+        )
+        return 130
+    return 0 if report.matches_replay else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -131,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _generate(args, sys.stdout)
         elif args.command == "publish":
             _publish(args)
+        elif args.command == "demo":
+            return _demo(args)
         elif args.command == "run":
             logging.basicConfig(
                 level=logging.INFO,
