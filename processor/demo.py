@@ -43,7 +43,6 @@ from typing import Any, Final, TextIO, TypeVar
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
-    ConsumerGroupTopicPartitions,
     IsolationLevel,
     KafkaError,
     KafkaException,
@@ -198,9 +197,15 @@ class _Watcher:
     (Redis) of one run."""
 
     def __init__(self, settings: Settings, inputs: Iterable[tuple[str, int]]) -> None:
-        self._group = settings.group_id
         self._by_order = settings.by_order_topic
         self._admin = AdminClient(settings.kafka.admin_config(), logger=_rdkafka_log)
+        # Reads the group's committed offsets; it never subscribes (so it is no member of
+        # the group) and never commits. Not AdminClient.list_consumer_group_offsets: an
+        # admin client segfaults when the coordinator answers NOT_COORDINATOR (librdkafka
+        # issue 5040), as it does while a local broker is still loading it.
+        self._offsets = Consumer(
+            settings.kafka.consumer_config(settings.group_id), logger=_rdkafka_log
+        )
         self._redis = settings.redis.client()
         self._progress = RedisTrackingIndex(self._redis, settings.application_id)
         metadata = self._admin.list_topics(self._by_order, timeout=30).topics[self._by_order]
@@ -214,12 +219,12 @@ class _Watcher:
         ]
 
     def close(self) -> None:
+        self._offsets.close()
         self._redis.close()
 
     def observe(self) -> Observation:
-        request = ConsumerGroupTopicPartitions(self._group, self._watched)
-        found = self._admin.list_consumer_group_offsets([request])[self._group].result()
-        committed = {(tp.topic, tp.partition): tp.offset for tp in found.topic_partitions}
+        found = self._offsets.committed(self._watched, timeout=10)
+        committed = {(tp.topic, tp.partition): tp.offset for tp in found}
         pipe = self._redis.pipeline(transaction=False)
         for store in self._stores.values():
             pipe.hget(store.meta_key, "clock")
