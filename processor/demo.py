@@ -40,6 +40,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final, TextIO, TypeVar
 
+import redis
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -432,6 +433,24 @@ def _run_settings(base: Settings, bootstrap: str, redis_url: str) -> Settings:
     )
 
 
+def _check_reachable(settings: Settings) -> None:
+    """Fails fast, naming the address, rather than deep inside the run."""
+    client = settings.redis.client()
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise DemoError(f"cannot reach Redis at {settings.redis.url}: {exc}") from None
+    finally:
+        client.close()
+    admin = AdminClient(settings.kafka.admin_config(), logger=_rdkafka_log)
+    try:
+        admin.list_topics(timeout=15)
+    except KafkaException as exc:
+        raise DemoError(
+            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc.args[0].str()}"
+        ) from None
+
+
 def _create_inputs(settings: Settings, partitions: Mapping[str, int]) -> None:
     admin = AdminClient(settings.kafka.admin_config(), logger=_rdkafka_log)
     futures = admin.create_topics(
@@ -672,6 +691,7 @@ def _run(
         topics.orders: max(ORDERS_PARTITIONS, options.instances),
         topics.tracking: TRACKING_PARTITIONS,
     }
+    _check_reachable(settings)
     if uses_given:
         names = [*(name for _, name in topics), settings.by_order_topic]
         stack.callback(_remove_run, settings, names, console)

@@ -24,6 +24,7 @@ from rich.console import Console
 
 from processor.config import load_policy
 from processor.demo import (
+    DemoError,
     DemoOptions,
     DemoReport,
     Observation,
@@ -33,6 +34,7 @@ from processor.demo import (
     run_demo,
 )
 from processor.generate import generate_history
+from processor.localstack import free_port
 from processor.localstack.kafka import KafkaAdmin
 from processor.outputs import output_to_dict
 from processor.replay import replay
@@ -242,3 +244,24 @@ def test_demo_stops_the_kafka_and_redis_it_started(tmp_path: Path, interrupted: 
     assert "nothing left running" in log.read_text()
     assert list(temp.iterdir()) == []
     assert _processes_in(temp) == []
+
+
+def test_demo_names_the_service_it_cannot_reach(kafka_bootstrap: str) -> None:
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    options = DemoOptions(orders=10, bootstrap_servers=kafka_bootstrap, redis_url=closed)
+
+    with pytest.raises(DemoError, match=f"cannot reach Redis at {closed}"):
+        run_demo(options, io.StringIO(), Console(file=io.StringIO()))
+
+
+def test_demo_refuses_a_bad_count_before_starting_anything() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "processor.cli", "demo", "--orders", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    assert "--orders must be at least 1" in result.stderr
