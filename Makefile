@@ -1,9 +1,12 @@
 # The two front-door commands: `make demo` and `make test`. Both install what they need.
-.PHONY: install test lint test-full bench
+.PHONY: install demo test lint test-full bench
 
 install:
 	@command -v uv >/dev/null || pip install --quiet "uv==0.13.9"
 	uv sync --frozen
+
+demo: install
+	uv run refund-processor demo
 
 lint: install
 	uv run ruff check .

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -9,13 +10,16 @@ from pathlib import Path
 from typing import TextIO
 
 import structlog
+from rich.console import Console
 
 from processor import logs
 from processor.config import PolicyConfigError, load_policy
+from processor.demo import DemoError, DemoOptions, run_demo
 from processor.events import to_millis
 from processor.explain import UnknownOrderError, explain_history, render_text, to_json
 from processor.explain_live import ExplainError, explain_live
 from processor.generate import write_history
+from processor.localstack import ServiceStartError
 from processor.metrics import MetricsServer
 from processor.publish import PublishError, publish_lines
 from processor.replay import write_replay
@@ -88,7 +92,18 @@ def _parser() -> argparse.ArgumentParser:
     explain_cmd.add_argument(
         "--json", action="store_true", help="one JSON object (docs/explain.md) instead of text"
     )
-    for command in (publish_cmd, run_cmd, explain_cmd):
+    demo_cmd = commands.add_parser(
+        "demo",
+        help="generate a history, process it live (local Kafka and Redis unless given), "
+        "print what was refunded and why",
+    )
+    demo_cmd.add_argument("--orders", type=int, default=2000)
+    demo_cmd.add_argument("--seed", type=int, default=7)
+    demo_cmd.add_argument("--instances", type=int, default=1, help="processor instances")
+    demo_cmd.add_argument(
+        "--redis-url", metavar="URL", help="Redis to use (default $REDIS_URL, else a local one)"
+    )
+    for command in (publish_cmd, run_cmd, explain_cmd, demo_cmd):
         command.add_argument(
             "--config",
             type=Path,
@@ -214,6 +229,39 @@ def _explain(args: argparse.Namespace, out: TextIO) -> None:
         out.write(render_text(explanation))
 
 
+def _demo(args: argparse.Namespace) -> int:
+    if args.orders < 1:
+        raise CliError("--orders must be at least 1")
+    if args.instances < 1:
+        raise CliError("--instances must be at least 1")
+    console = Console(stderr=True, markup=False)
+    logs.configure(level=logging.WARNING)
+    # librdkafka's warnings about transient states (a coordinator still loading) are noise here.
+    for client in ("processor.publish", "processor.localstack.kafka", "processor.demo"):
+        logging.getLogger(f"{client}.rdkafka").setLevel(logging.ERROR)
+    options = DemoOptions(
+        orders=args.orders,
+        seed=args.seed,
+        instances=args.instances,
+        config=args.config,
+        bootstrap_servers=args.bootstrap_servers,
+        redis_url=args.redis_url,
+    )
+    try:
+        report = run_demo(options, sys.stdout, console)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
+    except (DemoError, ServiceStartError) as exc:
+        print(f"refund-processor: demo failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "refund-processor: demo interrupted; everything it started is stopped", file=sys.stderr
+        )
+        return 130
+    return 0 if report.matches_replay else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -225,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _publish(args)
         elif args.command == "explain":
             _explain(args, sys.stdout)
+        elif args.command == "demo":
+            return _demo(args)
         elif args.command == "run":
             return _run(args)
     except (CliError, PolicyConfigError, UnknownOrderError) as exc:

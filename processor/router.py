@@ -108,6 +108,14 @@ class Router:
         found = self._sources.get(source)
         return None if found is None else found.next_offset
 
+    def skip(self, source: str, offset: int, now: float) -> None:
+        """A record of `source` that was dead-lettered before routing (undecodable or
+        invalid): the offset to commit moves past it, or a restart would dead-letter it
+        again and a partition ending with it would never read as fully committed."""
+        found = self._sources.setdefault(source, _Source())
+        found.next_offset = max(found.next_offset or 0, offset + 1)
+        found.quiet_since = now
+
     def revoke(self, source: str) -> None:
         self._sources.pop(source, None)
 

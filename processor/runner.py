@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 import redis
 import structlog
@@ -494,6 +495,7 @@ class Runner:
         received_ms = int(time.time() * 1000)
         tally = self._tally
         inbound: list[Inbound] = []
+        rejected: list[tuple[str, int]] = []  # (source, offset) of records dead-lettered here
         touched: set[int] = set()
         for message in messages:
             error = message.error()
@@ -521,17 +523,15 @@ class Runner:
             checkpoint.offsets[(topic, partition)] = offset + 1
             origin = f"{topic}/{partition}/{offset}"
             value = message.value() or b""
+            record: dict[str, Any] | None = None
             try:
                 record = self._serde.decode(value, topic)
-            except DecodeError as exc:
-                tally.consumed[(f"{topic}:{partition}", metrics.UNDECODABLE)] += 1
-                self._dead_letter(message.key(), message.value(), origin, exc.reason, exc.message)
-                continue
-            try:
                 event = parse_event(record)
-            except InvalidEventError as exc:
-                tally.consumed[(f"{topic}:{partition}", str(record.get("type")))] += 1
+            except (DecodeError, InvalidEventError) as exc:
+                kind = metrics.UNDECODABLE if record is None else str(record.get("type"))
+                tally.consumed[(f"{topic}:{partition}", kind)] += 1
                 self._dead_letter(message.key(), message.value(), origin, exc.reason, exc.message)
+                rejected.append((f"{topic}:{partition}", offset))
                 continue
             arrived = arrival_ms(message.timestamp(), received_ms)
             inbound.append(Inbound(f"{topic}:{partition}", offset, event, origin, value, arrived))
@@ -540,6 +540,8 @@ class Runner:
         routed = self._router.route(
             inbound, now, expiry_progress(self._sources, self._router_progress)
         )
+        for source, offset in rejected:
+            self._router.skip(source, offset, now)
         for item in routed.routed:
             # The input's own bytes: a tracking update without order_id gets it from the
             # key (`_receive_routed`), so nothing is encoded again.

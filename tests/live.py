@@ -26,7 +26,6 @@ import redis
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
-    ConsumerGroupTopicPartitions,
     IsolationLevel,
     TopicPartition,
 )
@@ -306,13 +305,27 @@ class LiveHarness:
     def task_offsets(self) -> int:
         """The sum of the group's committed offsets on the internal topic: it grows
         whenever an order task commits a batch (watermarks arrive even when idle)."""
-        group = self.settings.group_id
-        by_order = self.settings.by_order_topic
-        request = ConsumerGroupTopicPartitions(
-            group, [TopicPartition(by_order, p) for p in self.partitions(by_order)]
-        )
-        result = self.admin.client.list_consumer_group_offsets([request])[group].result()
-        return sum(max(tp.offset, 0) for tp in result.topic_partitions)
+        offsets = self.committed_offsets(self.settings.by_order_topic)
+        return sum(max(offset, 0) for offset in offsets.values())
+
+    def committed_offsets(self, topic: str) -> dict[int, int]:
+        """partition -> the group's committed offset on `topic` (negative: none).
+
+        Read by a consumer in the group that never subscribes (no member) nor commits:
+        AdminClient.list_consumer_group_offsets segfaults when the coordinator answers
+        NOT_COORDINATOR (librdkafka issue 5040)."""
+        consumer = Consumer(self.settings.kafka.consumer_config(self.settings.group_id))
+        try:
+            wanted = [TopicPartition(topic, p) for p in self.partitions(topic)]
+            return {tp.partition: tp.offset for tp in consumer.committed(wanted, timeout=30)}
+        finally:
+            consumer.close()
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        """partition -> the end offset of `topic` (read_uncommitted: the high watermark)."""
+        specs = {TopicPartition(topic, p): OffsetSpec.latest() for p in self.partitions(topic)}  # type: ignore[no-untyped-call]
+        futures = self.admin.client.list_offsets(specs)
+        return {tp.partition: future.result().offset for tp, future in futures.items()}
 
     def await_task_progress(self, timeout_s: float) -> None:
         """Waits until an order task commits a batch (after a kill: once the victim's open

@@ -18,7 +18,7 @@ from confluent_kafka import (
 from processor.generate import generate_history
 from processor.runner import arrival_ms
 from processor.serde import Serde
-from tests.live import LiveHarness, expected_refunds
+from tests.live import LiveHarness, await_condition, expected_refunds
 
 
 @pytest.mark.parametrize("instances", [1, 3])
@@ -120,3 +120,25 @@ def test_an_input_arrives_at_its_log_append_time_else_when_it_was_received() -> 
     assert arrival_ms((TIMESTAMP_LOG_APPEND_TIME, 1_789_999_999_000), 1_790_000_000_000) == (
         1_789_999_999_000
     )
+
+
+def test_undecodable_records_at_the_end_of_an_input_are_committed_past(
+    live: LiveHarness,
+) -> None:
+    """Otherwise a restart dead-letters them again, and the group never reads as caught up."""
+    lines = generate_history(20, seed=3, malformed_share=0)
+    live.publish(lines)
+    producer = Producer(live.settings.kafka.producer_config())
+    for partition in range(3):
+        producer.produce(live.topics["orders"], value=b"\xffnot avro", partition=partition)
+    assert producer.flush(30) == 0
+    ends = live.end_offsets(live.topics["orders"])
+
+    live.start()
+    assert len(live.read_dead_letters(3, timeout_s=120)) == 3
+    await_condition(
+        lambda: live.committed_offsets(live.topics["orders"]) == ends,
+        120,
+        "the group's offsets on the orders topic reach its end",
+    )
+    live.stop_all()

@@ -100,6 +100,10 @@ def die_with_parent(cmd: list[str]) -> list[str]:
     Without it a SIGKILLed pytest leaves a JVM broker running forever. util-linux's
     `setpriv --pdeathsig` sets that up and then execs `cmd` (same PID), which avoids a
     `preexec_fn` (unsafe with librdkafka's threads running). Without `setpriv`: no guard.
+
+    The services also start in a session of their own (`start_new_session`), so a Ctrl-C
+    in the terminal reaches only the Python process, which stops its clients first and the
+    services last, instead of the services dying under clients that are still working.
     """
     setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
     return [setpriv, "--pdeathsig", "TERM", "--", *cmd] if setpriv else cmd

@@ -389,7 +389,7 @@ class LocalKafka:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                start_new_session=self._detach,
+                start_new_session=True,  # see die_with_parent
             )
         try:
             self._wait_ready()

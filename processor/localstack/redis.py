@@ -172,7 +172,7 @@ class LocalRedis:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=self._detach,
+            start_new_session=True,  # see die_with_parent
         )
         try:
             self._wait_ready(log_since)
