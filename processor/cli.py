@@ -235,10 +235,9 @@ def _demo(args: argparse.Namespace) -> int:
     if args.instances < 1:
         raise CliError("--instances must be at least 1")
     console = Console(stderr=True, markup=False)
-    logs.configure(level=logging.WARNING)
-    # librdkafka's warnings about transient states (a coordinator still loading) are noise here.
-    for client in ("processor.publish", "processor.localstack.kafka", "processor.demo"):
-        logging.getLogger(f"{client}.rdkafka").setLevel(logging.ERROR)
+    # Errors only: the summary reports dead letters (each a warning in `run`'s log), and
+    # librdkafka's warnings about transient states (a coordinator still loading) are noise.
+    logs.configure(level=logging.ERROR)
     options = DemoOptions(
         orders=args.orders,
         seed=args.seed,
