@@ -69,7 +69,7 @@ from processor.publish import PublishError, publish_lines
 from processor.redis_store import RedisTaskStore, parse_timer_member
 from processor.replay import replay
 from processor.router import Progress as RouterProgress
-from processor.runner import RedisTrackingIndex, Runner
+from processor.runner import RedisTrackingIndex, Runner, topic_partitions
 from processor.serde import Serde
 from processor.settings import (
     CONFIG_ENV,
@@ -211,8 +211,7 @@ class _Watcher:
         )
         self._redis = settings.redis.client()
         self._progress = RedisTrackingIndex(self._redis, settings.application_id)
-        metadata = self._admin.list_topics(self._by_order, timeout=30).topics[self._by_order]
-        self._partitions = sorted(metadata.partitions)
+        self._partitions = topic_partitions(self._admin, self._by_order)
         self._stores = {
             p: RedisTaskStore(self._redis, settings.application_id, f"{self._by_order}:{p}")
             for p in self._partitions
@@ -464,6 +463,8 @@ def _create_inputs(settings: Settings, partitions: Mapping[str, int]) -> None:
     )
     for future in futures.values():
         future.result(timeout=60)
+    for topic in partitions:
+        topic_partitions(admin, topic)  # publishing checks the topic exists: wait for it
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,8 @@ MARKER_PREFIX = "batch:"
 WATERMARK_PREFIX = "watermark:"
 #: librdkafka's transaction.timeout.ms unless the settings' passthrough sets it (see Runner).
 TRANSACTION_TIMEOUT_MS = 10_000
+#: How long to wait for a topic's complete metadata at start (`topic_partitions`).
+METADATA_TIMEOUT_S = 60
 #: Hashes the tracking-number index is spread over (RedisTrackingIndex).
 TRACKING_BUCKETS = 64
 #: Waits between attempts while Redis is unreachable (doubling from the first to the last).
@@ -253,6 +255,25 @@ def arrival_ms(timestamp: tuple[int, int], received_ms: int) -> int:
     is the producer's word, and `publish` makes it the event's occurred_at (docs/live.md)."""
     kind, stamp = timestamp
     return stamp if kind == TIMESTAMP_LOG_APPEND_TIME else received_ms
+
+
+def topic_partitions(admin: AdminClient, topic: str) -> list[int]:
+    """The topic's partitions, once the broker's metadata has them.
+
+    Right after a topic is created the broker usually answers that it does not know it
+    (UNKNOWN_TOPIC_OR_PART, no partitions). Taking that answer would be silent and
+    lasting: watermarks sent to no partition of the internal topic (no task's clock ever
+    moves), or an input partition missing from the sources every task waits for.
+    """
+    deadline = time.monotonic() + METADATA_TIMEOUT_S
+    while True:
+        meta = admin.list_topics(topic, timeout=30).topics.get(topic)
+        if meta is not None and meta.error is None and meta.partitions:
+            return sorted(meta.partitions)
+        if time.monotonic() > deadline:
+            problem = "unknown" if meta is None else str(meta.error or "no partitions")
+            raise RuntimeError(f"no metadata for topic {topic!r} after creating it: {problem}")
+        time.sleep(0.1)
 
 
 def _names(partitions: list[TopicPartition]) -> list[str]:
@@ -755,11 +776,11 @@ class Runner:
         orders = metadata.topics.get(self.settings.topics.orders)
         if orders is None or orders.error is not None:
             raise RuntimeError(f"input topic {self.settings.topics.orders!r} does not exist")
-        partitions = len(orders.partitions)
+        partitions = len(topic_partitions(self._admin, self.settings.topics.orders))
         topics = self.settings.topics
         wanted = [self._by_order, topics.wallet, topics.fulfilment, topics.decisions, topics.dlq]
-        # The internal topic's records carry event time, which may be months old during a
-        # catch-up: time-based retention would delete them before the order tasks read them.
+        # Time-based retention on the internal topic would count from its records'
+        # timestamps (docs/live.md) and could delete them before a task has read them.
         keep_forever = {self._by_order: {"retention.ms": "-1"}}
         missing = [
             NewTopic(t, num_partitions=partitions, config=keep_forever.get(t, {}))
@@ -773,12 +794,11 @@ class Runner:
                 except KafkaException as exc:
                     if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                         raise
-        by_order = self._admin.list_topics(self._by_order, timeout=30).topics[self._by_order]
-        return len(by_order.partitions)
+        return len(topic_partitions(self._admin, self._by_order))
 
     def _input_sources(self) -> frozenset[str]:
-        sources: set[str] = set()
-        for topic in self._inputs:
-            meta = self._admin.list_topics(topic, timeout=30).topics[topic]
-            sources.update(f"{topic}:{p}" for p in meta.partitions)
-        return frozenset(sources)
+        return frozenset(
+            f"{topic}:{partition}"
+            for topic in self._inputs
+            for partition in topic_partitions(self._admin, topic)
+        )

@@ -5,6 +5,7 @@ subprocesses (one or several in one consumer group) and reads the wallet topic w
 read_committed consumer until the refunds match the offline replay's, or a deadline.
 """
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -14,9 +15,11 @@ from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
     Producer,
 )
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from processor.generate import generate_history
-from processor.runner import arrival_ms
+from processor.localstack.kafka import KafkaAdmin
+from processor.runner import arrival_ms, topic_partitions
 from processor.serde import Serde
 from tests.live import LiveHarness, await_condition, expected_refunds
 
@@ -142,3 +145,15 @@ def test_undecodable_records_at_the_end_of_an_input_are_committed_past(
         "the group's offsets on the orders topic reach its end",
     )
     live.stop_all()
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_a_topic_just_created_is_read_with_all_its_partitions(
+    admin: KafkaAdmin, unique_topic: Callable[[str], str], attempt: int
+) -> None:
+    """The broker usually answers "unknown topic" right after creating one; the runner
+    must not take that for a topic without partitions (no watermark would reach a task)."""
+    topic = unique_topic("fresh")
+    for future in admin.client.create_topics([NewTopic(topic, num_partitions=5)]).values():
+        future.result()
+    assert topic_partitions(admin.client, topic) == [0, 1, 2, 3, 4]
