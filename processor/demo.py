@@ -313,6 +313,15 @@ class _Instances:
 # --------------------------------------------------------------------------- the report
 
 
+def _explain_hint(options: DemoOptions) -> str:
+    """The run's state is gone with it; the same history, regenerated, explains any order."""
+    return (
+        "Why, for one order: refund-processor generate --orders "
+        f"{options.orders} --seed {options.seed} --out demo.jsonl && "
+        "refund-processor explain ORDER_ID --from demo.jsonl"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class DemoReport:
     options: DemoOptions
@@ -398,6 +407,7 @@ def render_report(report: DemoReport) -> list[RenderableType]:
         f"live == replay: {verdict}\n"
         f"dead letters: {live.dead_letters.total()} live (malformed lines sent as raw JSON), "
         f"{report.replay.dead_letters.total()} in the replay\n" + metrics_line(report.metrics_url),
+        _explain_hint(report.options),
     ]
 
 
