@@ -6,7 +6,7 @@ call `apply_event` and `fire_timer` and differ only in where state and outputs g
 """
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final, get_args
 
 from processor.config import PolicyConfig
@@ -47,6 +47,8 @@ from processor.state import (
     Package,
     Priced,
     Review,
+    replace_claim,
+    replace_package,
 )
 
 # Scans that prove the courier has the package (R4: cancellation too late): all but a label.
@@ -295,13 +297,13 @@ def _dead_letter(item: Held) -> DeadLetter:
 
 def _set_package(step: _Step, package: Package, **changes: Any) -> Package:
     """Records are immutable: a change replaces the package in the new state."""
-    updated = replace(package, **changes)
+    updated = replace_package(package, **changes)
     step.state.packages[package.package_id] = updated
     return updated
 
 
 def _set_claim(step: _Step, claim: Claim, **changes: Any) -> Claim:
-    updated = replace(claim, **changes)
+    updated = replace_claim(claim, **changes)
     step.state.claims[claim.claim_id] = updated
     return updated
 

@@ -6,8 +6,9 @@ it works on `clone()` and replaces the records it changes. Times are epoch
 milliseconds (event time).
 """
 
-from dataclasses import dataclass, field
-from typing import Final, Literal
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 from pydantic import TypeAdapter
 
@@ -149,6 +150,36 @@ class OrphanBucket:
     tracking_number: str
     held: list[Held] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
+
+
+_Record = TypeVar("_Record", Package, Claim)
+
+
+class _Replace(Protocol[_Record]):
+    def __call__(self, record: _Record, /, **changes: Any) -> _Record: ...
+
+
+def _replacer(kind: type[_Record]) -> _Replace[_Record]:
+    """`dataclasses.replace` for one record class, with its field names looked up once.
+
+    The policy replaces a package or a claim on most events, and `replace` inspects the
+    fields on every call, which costs as much again as building the record.
+    """
+    names = tuple(f.name for f in fields(kind))
+    values = attrgetter(*names)
+    position = {name: index for index, name in enumerate(names)}
+
+    def replace(record: _Record, /, **changes: Any) -> _Record:
+        arguments = list(values(record))
+        for name, value in changes.items():
+            arguments[position[name]] = value
+        return kind(*arguments)
+
+    return replace
+
+
+replace_package: Final = _replacer(Package)
+replace_claim: Final = _replacer(Claim)
 
 
 ORDER_STATE_ADAPTER: Final = TypeAdapter(OrderState)
