@@ -128,18 +128,19 @@ class OrderState:
         """A copy the policy core may change without touching this one.
 
         Everything inside is immutable except the containers, so copying the containers
-        is enough; `copy.deepcopy` would cost more than the rest of a decision.
+        is enough; `copy.deepcopy` would cost more than the rest of a decision. Every
+        event makes one, so the fields go by position (keywords cost half as much again).
         """
         return OrderState(
-            order_id=self.order_id,
-            order=self.order,
-            packages=dict(self.packages),
-            claims=dict(self.claims),
-            ledger=self.ledger,
-            cancel_request=self.cancel_request,
-            cancelled=self.cancelled,
-            held=list(self.held),
-            seen=set(self.seen),
+            self.order_id,
+            self.order,
+            dict(self.packages),
+            dict(self.claims),
+            self.ledger,
+            self.cancel_request,
+            self.cancelled,
+            list(self.held),
+            set(self.seen),
         )
 
 
