@@ -204,12 +204,13 @@ def apply_event(
     when the missing piece arrives.
     """
     if state is not None and event.event_id in state.seen:
-        return Result(state, timers_before=None)
-    new_state = state.clone() if state is not None else OrderState(order_id=order_id)
+        return Result(state, None)
+    new_state = state.clone() if state is not None else OrderState(order_id)
     before = timers(new_state, config)
-    result = Result(new_state, timers_before=before)
+    result = Result(new_state, before)
     at = event.at
-    overdue = sorted((deadline, name) for name, deadline in before.items() if deadline < at)
+    overdue = [(deadline, name) for name, deadline in before.items() if deadline < at]
+    overdue.sort()
     for deadline, name in overdue:
         _fire(_Step(new_state, config, f"timer:{name}", deadline, result), name, event)
     step = _Step(new_state, config, event.event_id, at, result)
@@ -221,7 +222,7 @@ def apply_event(
 def fire_timer(state: OrderState, name: str, deadline: int, config: PolicyConfig) -> Result:
     """Fires a timer that `timers()` derived from this state, now that the clock reached it."""
     new_state = state.clone()
-    result = Result(new_state, timers_before=timers(state, config))
+    result = Result(new_state, timers(state, config))
     _fire(_Step(new_state, config, f"timer:{name}", deadline, result), name, None)
     return result
 
