@@ -6,7 +6,7 @@ because a dead letter is only useful if an operator can count and fix it by reas
 
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Final, Generic, Literal, TypeVar
+from typing import Annotated, Any, Final, Generic, Literal, TypeVar, cast
 
 from pydantic import (
     AfterValidator,
@@ -240,6 +240,9 @@ Event = OrderEvent | TrackingUpdate
 _EVENT_ADAPTER: Final[TypeAdapter[Event]] = TypeAdapter(
     Annotated[Event, Field(discriminator="type")]
 )
+# Its compiled validator, called directly for JSON lines: `TypeAdapter.validate_json`
+# handles its keyword options in Python first: an eighth of parsing a tracking update.
+_VALIDATE_EVENT_JSON: Final = _EVENT_ADAPTER.validator.validate_json
 
 
 class InvalidEventError(ValueError):
@@ -286,7 +289,7 @@ def _invalid(exc: ValidationError) -> InvalidEventError:
 def parse_event_json(text: str | bytes) -> Event:
     """Parses one JSON event (a replay line); raises InvalidEventError with a specific reason."""
     try:
-        return _EVENT_ADAPTER.validate_json(text)
+        return cast(Event, _VALIDATE_EVENT_JSON(text))
     except ValidationError as exc:
         raise _invalid(exc) from None
 
