@@ -330,21 +330,22 @@ def _apply(step: _Step, event: Event, origin: str) -> None:
         _hold(step, event, origin, "order")
         state.seen.add(event.event_id)
         return
+    # Most frequent first: each class pattern that fails costs an ABC instance check.
     match event:
-        case OrderPlaced():
-            _order_placed(step, event, origin)
-        case PackageShipped():
-            _package_shipped(step, event, origin)
         case TrackingUpdate():
             _tracking_update(step, event, origin)
-        case CancellationRequested():
-            _cancellation_requested(step, event)
-        case OrderCancelled():
-            _order_cancelled(step, event)
+        case PackageShipped():
+            _package_shipped(step, event, origin)
+        case OrderPlaced():
+            _order_placed(step, event, origin)
         case ClaimFiled():
             _claim_filed(step, event, origin)
         case ClaimReviewed():
             _claim_reviewed(step, event, origin)
+        case CancellationRequested():
+            _cancellation_requested(step, event)
+        case OrderCancelled():
+            _order_cancelled(step, event)
         case ReturnReceived():
             _return_received(step, event, origin)
 
