@@ -1,6 +1,6 @@
 """Per-order state: the ledger and the facts the rules decide on.
 
-Frozen dataclasses inside one mutable `OrderState`, serialised with a pydantic
+Immutable records inside one mutable `OrderState`, serialised with a pydantic
 TypeAdapter for the Redis store. The policy core never changes a state it was given:
 it works on `clone()` and replaces the records it changes. Times are epoch
 milliseconds (event time).
@@ -8,20 +8,34 @@ milliseconds (event time).
 
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
-from typing import Any, Final, Literal, Protocol, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar, dataclass_transform
 
 from pydantic import TypeAdapter
 
 ClaimStatus = Literal["open", "pending", "denied", "settled"]
 
+_Class = TypeVar("_Class")
 
-@dataclass(slots=True, frozen=True)
+
+@dataclass_transform(frozen_default=True)
+def record(cls: type[_Class]) -> type[_Class]:
+    """An immutable dataclass whose immutability mypy checks, not the interpreter.
+
+    `frozen=True` builds every instance through `object.__setattr__`, field by field:
+    a 13-field Package cost 21k instructions instead of 3k, and the policy builds one
+    on most events. mypy --strict (`make lint`) rejects any assignment to a field of a
+    record, as it does for a frozen dataclass; instances hash by value like one.
+    """
+    return dataclass(slots=True, unsafe_hash=True)(cls)
+
+
+@record
 class Priced:
     quantity: int
     unit_price_minor: int
 
 
-@dataclass(slots=True, frozen=True)
+@record
 class Order:
     merchant_id: str
     currency: str
@@ -37,7 +51,7 @@ class Order:
         )
 
 
-@dataclass(slots=True, frozen=True)
+@record
 class Package:
     """A shipped package and the courier facts about it; `settled_by` ends its refund life."""
 
@@ -56,7 +70,7 @@ class Package:
     anomaly_reported: bool = False
 
 
-@dataclass(slots=True, frozen=True)
+@record
 class Review:
     proof_accepted: bool
     resolution: str | None
@@ -64,7 +78,7 @@ class Review:
     at: int
 
 
-@dataclass(slots=True, frozen=True)
+@record
 class Claim:
     claim_id: str
     claim_type: str
@@ -76,14 +90,14 @@ class Claim:
     status: ClaimStatus = "open"
 
 
-@dataclass(slots=True, frozen=True)
+@record
 class Cancellation:
     request_id: str | None
     event_id: str
     at: int
 
 
-@dataclass(slots=True, frozen=True)
+@record
 class Held:
     """An event that cannot be applied yet, kept whole so it can become a dead letter.
 
@@ -97,7 +111,7 @@ class Held:
     waits_for: str
 
 
-@dataclass(slots=True, frozen=True)
+@record
 class Ledger:
     """Units refunded per SKU; the single place that keeps refunds within what was paid."""
 
