@@ -78,10 +78,11 @@ def write_replay(
     now: int | None = None,
 ) -> int:
     """Replays and writes each output as a compact JSON line; returns how many."""
+    encode = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps builds one per call
     written = 0
     batch: list[str] = []
     for output in replay(lines, source, config, now=now):
-        batch.append(json.dumps(output_to_dict(output), separators=(",", ":")))
+        batch.append(encode(output_to_dict(output)))
         if len(batch) >= 4096:
             out.write("\n".join(batch) + "\n")
             written += len(batch)
