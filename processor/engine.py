@@ -94,14 +94,15 @@ class Engine:
         if old is None:
             return
         state = result.state
-        owner = order_owner(state.order_id)
         new = timers(state, self.config)
-        for name, deadline in old.items():
-            if new.get(name) != deadline:
-                self.store.cancel_timer(Timer(deadline, owner, name))
-        for name, deadline in new.items():
-            if old.get(name) != deadline:
-                self.store.set_timer(Timer(deadline, owner, name))
+        if new != old:  # most events change no deadline
+            owner = order_owner(state.order_id)
+            for name, deadline in old.items():
+                if new.get(name) != deadline:
+                    self.store.cancel_timer(Timer(deadline, owner, name))
+            for name, deadline in new.items():
+                if old.get(name) != deadline:
+                    self.store.set_timer(Timer(deadline, owner, name))
         self.store.save_order(state)
         outputs.extend(result.outputs)
 

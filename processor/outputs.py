@@ -4,6 +4,7 @@ Ids are UUIDv5 of what a command settles, never of timing or reason, so that rep
 the same history yields the same ids and a wallet can deduplicate by them.
 """
 
+import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,21 +14,37 @@ from processor.events import from_millis, to_millis
 
 # Fixed namespace: changing it would change every id ever issued.
 ID_NAMESPACE: Final = uuid.UUID("6f1c7a52-3d0e-4b8e-9a51-2f7c0d4e8b19")
+_NAMESPACE_BYTES: Final = ID_NAMESPACE.bytes
 
 Outcome = Literal["refunded", "reshipped", "denied", "pending", "anomaly"]
 
 
+def uuid5(name: str) -> str:
+    """`str(uuid.uuid5(ID_NAMESPACE, name))` without the UUID object, which cost 2/3 of it.
+
+    RFC 4122 section 4.3: the first 16 bytes of SHA-1(namespace + name), with the
+    version (5) and the variant (10xx) bits set.
+    """
+    digest = bytearray(
+        hashlib.sha1(_NAMESPACE_BYTES + name.encode(), usedforsecurity=False).digest()[:16]
+    )
+    digest[6] = digest[6] & 0x0F | 0x50
+    digest[8] = digest[8] & 0x3F | 0x80
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 def refund_command_id(order_id: str, subject: str) -> str:
     """`subject` is "package:<id>", "claim:<id>" or "cancellation"."""
-    return str(uuid.uuid5(ID_NAMESPACE, f"refund|{order_id}|{subject}"))
+    return uuid5(f"refund|{order_id}|{subject}")
 
 
 def reship_command_id(order_id: str, claim_id: str) -> str:
-    return str(uuid.uuid5(ID_NAMESPACE, f"reship|{order_id}|claim:{claim_id}"))
+    return uuid5(f"reship|{order_id}|claim:{claim_id}")
 
 
 def decision_id(order_id: str, trigger: str, subject: str, code: str) -> str:
-    return str(uuid.uuid5(ID_NAMESPACE, f"decision|{order_id}|{trigger}|{subject}|{code}"))
+    return uuid5(f"decision|{order_id}|{trigger}|{subject}|{code}")
 
 
 def iso_millis(millis: int) -> str:

@@ -6,7 +6,7 @@ call `apply_event` and `fire_timer` and differ only in where state and outputs g
 """
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final, get_args
 
 from processor.config import PolicyConfig
@@ -47,6 +47,8 @@ from processor.state import (
     Package,
     Priced,
     Review,
+    replace_claim,
+    replace_package,
 )
 
 # Scans that prove the courier has the package (R4: cancellation too late): all but a label.
@@ -202,12 +204,13 @@ def apply_event(
     when the missing piece arrives.
     """
     if state is not None and event.event_id in state.seen:
-        return Result(state, timers_before=None)
-    new_state = state.clone() if state is not None else OrderState(order_id=order_id)
+        return Result(state, None)
+    new_state = state.clone() if state is not None else OrderState(order_id)
     before = timers(new_state, config)
-    result = Result(new_state, timers_before=before)
+    result = Result(new_state, before)
     at = event.at
-    overdue = sorted((deadline, name) for name, deadline in before.items() if deadline < at)
+    overdue = [(deadline, name) for name, deadline in before.items() if deadline < at]
+    overdue.sort()
     for deadline, name in overdue:
         _fire(_Step(new_state, config, f"timer:{name}", deadline, result), name, event)
     step = _Step(new_state, config, event.event_id, at, result)
@@ -219,7 +222,7 @@ def apply_event(
 def fire_timer(state: OrderState, name: str, deadline: int, config: PolicyConfig) -> Result:
     """Fires a timer that `timers()` derived from this state, now that the clock reached it."""
     new_state = state.clone()
-    result = Result(new_state, timers_before=timers(state, config))
+    result = Result(new_state, timers(state, config))
     _fire(_Step(new_state, config, f"timer:{name}", deadline, result), name, None)
     return result
 
@@ -295,13 +298,13 @@ def _dead_letter(item: Held) -> DeadLetter:
 
 def _set_package(step: _Step, package: Package, **changes: Any) -> Package:
     """Records are immutable: a change replaces the package in the new state."""
-    updated = replace(package, **changes)
+    updated = replace_package(package, **changes)
     step.state.packages[package.package_id] = updated
     return updated
 
 
 def _set_claim(step: _Step, claim: Claim, **changes: Any) -> Claim:
-    updated = replace(claim, **changes)
+    updated = replace_claim(claim, **changes)
     step.state.claims[claim.claim_id] = updated
     return updated
 
@@ -327,21 +330,22 @@ def _apply(step: _Step, event: Event, origin: str) -> None:
         _hold(step, event, origin, "order")
         state.seen.add(event.event_id)
         return
+    # Most frequent first: each class pattern that fails costs an ABC instance check.
     match event:
-        case OrderPlaced():
-            _order_placed(step, event, origin)
-        case PackageShipped():
-            _package_shipped(step, event, origin)
         case TrackingUpdate():
             _tracking_update(step, event, origin)
-        case CancellationRequested():
-            _cancellation_requested(step, event)
-        case OrderCancelled():
-            _order_cancelled(step, event)
+        case PackageShipped():
+            _package_shipped(step, event, origin)
+        case OrderPlaced():
+            _order_placed(step, event, origin)
         case ClaimFiled():
             _claim_filed(step, event, origin)
         case ClaimReviewed():
             _claim_reviewed(step, event, origin)
+        case CancellationRequested():
+            _cancellation_requested(step, event)
+        case OrderCancelled():
+            _order_cancelled(step, event)
         case ReturnReceived():
             _return_received(step, event, origin)
 

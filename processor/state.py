@@ -1,26 +1,41 @@
 """Per-order state: the ledger and the facts the rules decide on.
 
-Frozen dataclasses inside one mutable `OrderState`, serialised with a pydantic
+Immutable records inside one mutable `OrderState`, serialised with a pydantic
 TypeAdapter for the Redis store. The policy core never changes a state it was given:
 it works on `clone()` and replaces the records it changes. Times are epoch
 milliseconds (event time).
 """
 
-from dataclasses import dataclass, field
-from typing import Final, Literal
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
+from typing import Any, Final, Literal, Protocol, TypeVar, dataclass_transform
 
 from pydantic import TypeAdapter
 
 ClaimStatus = Literal["open", "pending", "denied", "settled"]
 
+_Class = TypeVar("_Class")
 
-@dataclass(slots=True, frozen=True)
+
+@dataclass_transform(frozen_default=True)
+def record(cls: type[_Class]) -> type[_Class]:
+    """An immutable dataclass whose immutability mypy checks, not the interpreter.
+
+    `frozen=True` builds every instance through `object.__setattr__`, field by field:
+    a 13-field Package cost 21k instructions instead of under 4k, and the policy builds
+    one on most events. mypy --strict (`make lint`) rejects any assignment to a field of a
+    record, as it does for a frozen dataclass; instances hash by value like one.
+    """
+    return dataclass(slots=True, unsafe_hash=True)(cls)
+
+
+@record
 class Priced:
     quantity: int
     unit_price_minor: int
 
 
-@dataclass(slots=True, frozen=True)
+@record
 class Order:
     merchant_id: str
     currency: str
@@ -36,7 +51,7 @@ class Order:
         )
 
 
-@dataclass(slots=True, frozen=True)
+@record
 class Package:
     """A shipped package and the courier facts about it; `settled_by` ends its refund life."""
 
@@ -55,7 +70,7 @@ class Package:
     anomaly_reported: bool = False
 
 
-@dataclass(slots=True, frozen=True)
+@record
 class Review:
     proof_accepted: bool
     resolution: str | None
@@ -63,7 +78,7 @@ class Review:
     at: int
 
 
-@dataclass(slots=True, frozen=True)
+@record
 class Claim:
     claim_id: str
     claim_type: str
@@ -75,14 +90,14 @@ class Claim:
     status: ClaimStatus = "open"
 
 
-@dataclass(slots=True, frozen=True)
+@record
 class Cancellation:
     request_id: str | None
     event_id: str
     at: int
 
 
-@dataclass(slots=True, frozen=True)
+@record
 class Held:
     """An event that cannot be applied yet, kept whole so it can become a dead letter.
 
@@ -96,7 +111,7 @@ class Held:
     waits_for: str
 
 
-@dataclass(slots=True, frozen=True)
+@record
 class Ledger:
     """Units refunded per SKU; the single place that keeps refunds within what was paid."""
 
@@ -127,18 +142,19 @@ class OrderState:
         """A copy the policy core may change without touching this one.
 
         Everything inside is immutable except the containers, so copying the containers
-        is enough; `copy.deepcopy` would cost more than the rest of a decision.
+        is enough; `copy.deepcopy` would cost more than the rest of a decision. Every
+        event makes one, so the fields go by position (keywords cost half as much again).
         """
         return OrderState(
-            order_id=self.order_id,
-            order=self.order,
-            packages=dict(self.packages),
-            claims=dict(self.claims),
-            ledger=self.ledger,
-            cancel_request=self.cancel_request,
-            cancelled=self.cancelled,
-            held=list(self.held),
-            seen=set(self.seen),
+            self.order_id,
+            self.order,
+            dict(self.packages),
+            dict(self.claims),
+            self.ledger,
+            self.cancel_request,
+            self.cancelled,
+            list(self.held),
+            set(self.seen),
         )
 
 
@@ -149,6 +165,36 @@ class OrphanBucket:
     tracking_number: str
     held: list[Held] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
+
+
+_Record = TypeVar("_Record", Package, Claim)
+
+
+class _Replace(Protocol[_Record]):
+    def __call__(self, original: _Record, /, **changes: Any) -> _Record: ...
+
+
+def _replacer(kind: type[_Record]) -> _Replace[_Record]:
+    """`dataclasses.replace` for one record class, with its field names looked up once.
+
+    The policy replaces a package or a claim on most events, and `replace` inspects the
+    fields on every call, which costs six times as much as building the record.
+    """
+    names = tuple(f.name for f in fields(kind))
+    values = attrgetter(*names)
+    position = {name: index for index, name in enumerate(names)}
+
+    def replace(original: _Record, /, **changes: Any) -> _Record:
+        arguments = list(values(original))
+        for name, value in changes.items():
+            arguments[position[name]] = value
+        return kind(*arguments)
+
+    return replace
+
+
+replace_package: Final = _replacer(Package)
+replace_claim: Final = _replacer(Claim)
 
 
 ORDER_STATE_ADAPTER: Final = TypeAdapter(OrderState)

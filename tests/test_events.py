@@ -1,11 +1,12 @@
 """Every way an input can be invalid maps to its own dead-letter reason."""
 
 import json
+from datetime import datetime
 from typing import Any
 
 import pytest
 
-from processor.events import InvalidEventError, OrderPlaced, parse_event_json
+from processor.events import InvalidEventError, OrderPlaced, parse_event_json, to_millis
 from tests.factories import claim_filed, order_placed, scan, shipped
 
 
@@ -81,3 +82,18 @@ def test_the_message_names_the_offending_field() -> None:
 
 def test_an_id_of_exactly_128_characters_is_accepted() -> None:
     assert parse_event_json(json.dumps(order_placed(event_id="e" * 128))).event_id == "e" * 128
+
+
+@pytest.mark.parametrize(
+    ("moment", "millis"),
+    [
+        ("1970-01-01T00:00:00.0019Z", 1),
+        ("1970-01-01T01:00:00.000+01:00", 0),
+        ("1969-12-31T23:59:59.9995Z", -1),
+        ("2026-03-01T10:00:00.123456-05:30", 1772379000123),
+        # Far enough out that a float timestamp rounds .999999 up to the next second.
+        ("3000-01-01T00:00:00.999999Z", 32503680000999),
+    ],
+)
+def test_event_time_is_whole_milliseconds_truncated_like_avro(moment: str, millis: int) -> None:
+    assert to_millis(datetime.fromisoformat(moment)) == millis

@@ -1,10 +1,32 @@
-"""Outputs as data: a decision survives the decision topic's Avro both ways."""
+"""Outputs as data: deterministic ids, and decisions surviving the decision topic's Avro."""
+
+import uuid
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from processor.config import load_policy
 from processor.generate import generate_history
-from processor.outputs import Decision, decision_from_dict, output_to_dict
+from processor.outputs import (
+    ID_NAMESPACE,
+    Decision,
+    decision_from_dict,
+    decision_id,
+    output_to_dict,
+    uuid5,
+)
 from processor.replay import replay
 from processor.serde import Serde
+
+
+@given(st.text())
+def test_ids_are_the_standard_uuid5_of_their_name(name: str) -> None:
+    assert uuid5(name) == str(uuid.uuid5(ID_NAMESPACE, name))
+
+
+def test_a_decision_id_is_pinned() -> None:
+    """Changing how ids are derived would change every id ever issued."""
+    assert decision_id("o1", "ev-1", "package:p1", "lost") == "e30554d0-15c4-531f-bc2c-bd15846cbd89"
 
 
 def test_decisions_read_back_from_avro_equal_the_decisions_written() -> None:

@@ -1,0 +1,94 @@
+"""Copies of order state: the policy core relies on them to leave a given state untouched."""
+
+from dataclasses import fields
+
+from processor.state import (
+    Cancellation,
+    Claim,
+    Held,
+    Ledger,
+    Order,
+    OrderState,
+    Package,
+    Priced,
+    Review,
+    replace_claim,
+    replace_package,
+)
+
+
+def _package() -> Package:
+    """Every field set, and to a value no other field has, so a misplaced one shows."""
+    return Package(
+        package_id="p1",
+        tracking_number="TN-1",
+        lines={"A": 1},
+        shipped_at=1,
+        shipped_event_id="ev-shipped",
+        deadline=2,
+        picked_up_at=3,
+        delivered_at=4,
+        delivered_event_id="ev-delivered",
+        back_event_id="ev-back",
+        settled_by="lost",
+        deadline_passed=True,
+        anomaly_reported=False,
+    )
+
+
+def _claim() -> Claim:
+    return Claim(
+        claim_id="c1",
+        claim_type="damaged",
+        package_id="p1",
+        lines={"A": 1},
+        filed_event_id="ev-filed",
+        filed_at=5,
+        review=Review(True, "refund", "ev-review", 6),
+        status="pending",
+    )
+
+
+def _state() -> OrderState:
+    return OrderState(
+        order_id="o1",
+        order=Order("m1", "USD", {"A": Priced(1, 1000)}, 500, "ev-placed", 0),
+        packages={"p1": _package()},
+        claims={"c1": _claim()},
+        ledger=Ledger({"A": 1}, False, 1000),
+        cancel_request=Cancellation("r1", "ev-request", 7),
+        cancelled=Cancellation("r2", "ev-cancelled", 8),
+        held=[Held("{}", "test:1", 9, "order")],
+        seen={"ev-placed"},
+    )
+
+
+def test_a_clone_equals_its_state_and_shares_none_of_its_containers() -> None:
+    state = _state()
+
+    copy = state.clone()
+
+    assert copy == state
+    for name in ("packages", "claims", "held", "seen"):
+        assert getattr(copy, name) is not getattr(state, name), name
+
+
+def test_replacing_a_package_changes_only_the_named_fields() -> None:
+    package = _package()
+
+    updated = replace_package(package, delivered_at=40, settled_by=None)
+
+    assert (updated.delivered_at, updated.settled_by) == (40, None)
+    for field in fields(Package):
+        if field.name not in ("delivered_at", "settled_by"):
+            assert getattr(updated, field.name) == getattr(package, field.name), field.name
+    assert package == _package()
+
+
+def test_replacing_a_claim_changes_only_the_named_fields() -> None:
+    claim = _claim()
+
+    assert replace_claim(claim) == claim
+    assert replace_claim(claim, status="settled") == Claim(
+        **{f.name: getattr(claim, f.name) for f in fields(Claim)} | {"status": "settled"}
+    )
