@@ -541,7 +541,6 @@ class Runner:
             routed_to = self._router.position(f"{topic}:{partition}")
             if routed_to is not None and offset < routed_to:
                 continue  # read again after a late seek (see _TaskSlot): routed already
-            checkpoint.offsets[(topic, partition)] = offset + 1
             origin = f"{topic}/{partition}/{offset}"
             value = message.value() or b""
             record: dict[str, Any] | None = None
@@ -576,6 +575,8 @@ class Runner:
         for pending, dead in routed.dead_letters:
             self._dead_letter(None, pending.payload, dead.origin, dead.reason, dead.message)
         self._publish_watermarks(now)
+        # Every input partition read in this batch is a router source by now (routed,
+        # pending or skipped): the router alone says how far its offset may be committed.
         for source, (offset, watermark) in self._router.commit_offsets().items():
             source_topic, _, source_partition = source.rpartition(":")
             checkpoint.offsets[(source_topic, int(source_partition))] = offset
