@@ -181,7 +181,11 @@ class Router:
         return offsets
 
     def watermarks(
-        self, now: float, idle_after_s: float, caught_up: Mapping[str, bool], drained: bool
+        self,
+        now: float,
+        idle_after_s: float,
+        caught_up: Mapping[str, bool],
+        all_inputs_drained: bool,
     ) -> list[tuple[str, Progress]]:
         """What to report for every source this router owns.
 
@@ -189,8 +193,8 @@ class Router:
         `idle_after_s`: a source that is merely slow (or paused by a rebalance) must
         hold the watermark back, or order tasks would run ahead of its backlog.
 
-        A pending update holds its source's watermark (`_held_back`) unless `drained`,
-        every input being drained: then its package_shipped is not in any backlog, and
+        A pending update holds its source's watermark (`_held_back`) unless
+        `all_inputs_drained`: then its package_shipped is not in any backlog, and
         holding would stop every task's clock until the update expires (or for good,
         if no input ever moves `orphan_ttl` past it). A shipment published later is
         late data, decided as the replay decides it when appended to the file.
@@ -199,7 +203,7 @@ class Router:
         for name, source in sorted(self._sources.items()):
             routed = source.routed_until or 0
             quiet = caught_up.get(name, False) and now - source.quiet_since >= idle_after_s
-            hold = bool(source.pending) and not drained
+            hold = bool(source.pending) and not all_inputs_drained
             watermark = _held_back(source) if hold else routed
             reports.append((name, Progress(watermark, quiet and not hold, routed, quiet)))
         return reports
