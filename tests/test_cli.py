@@ -7,17 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.console import run_cli
 from tests.factories import order_placed, scan, shipped
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "processor.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def _lines(text: str) -> list[dict[str, Any]]:
@@ -39,7 +30,7 @@ def test_replay_writes_refunds_decisions_and_dead_letters(tmp_path: Path) -> Non
         + "\n"
     )
 
-    result = _cli("replay", str(history))
+    result = run_cli("replay", str(history))
 
     assert result.returncode == 0, result.stderr
     outputs = _lines(result.stdout)
@@ -62,8 +53,8 @@ def test_replay_now_fires_deadlines_after_the_last_event(tmp_path: Path) -> None
     history = tmp_path / "history.jsonl"
     history.write_text(json.dumps(order_placed()) + "\n" + json.dumps(shipped()) + "\n")
 
-    without = _lines(_cli("replay", str(history)).stdout)
-    with_now = _lines(_cli("replay", str(history), "--now", "2026-04-01T00:00:00Z").stdout)
+    without = _lines(run_cli("replay", str(history)).stdout)
+    with_now = _lines(run_cli("replay", str(history), "--now", "2026-04-01T00:00:00Z").stdout)
 
     assert without == []
     assert [(o["type"], o.get("reason")) for o in with_now] == [
@@ -74,7 +65,7 @@ def test_replay_now_fires_deadlines_after_the_last_event(tmp_path: Path) -> None
 
 
 def test_replay_of_a_missing_file_fails_clearly(tmp_path: Path) -> None:
-    result = _cli("replay", str(tmp_path / "nope.jsonl"))
+    result = run_cli("replay", str(tmp_path / "nope.jsonl"))
 
     assert result.returncode == 2
     assert "cannot read" in result.stderr
@@ -86,7 +77,7 @@ def test_replay_rejects_a_zone_less_now(tmp_path: Path) -> None:
     history = tmp_path / "history.jsonl"
     history.write_text("")
 
-    result = _cli("replay", str(history), "--now", "2026-04-01T00:00:00")
+    result = run_cli("replay", str(history), "--now", "2026-04-01T00:00:00")
 
     assert result.returncode == 2
     assert "needs a zone" in result.stderr
@@ -98,7 +89,7 @@ def test_replay_names_a_bad_policy_key(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text("policy_version: x\nlost_after_days: -3\n")
 
-    result = _cli("replay", str(history), "--policy", str(policy))
+    result = run_cli("replay", str(history), "--policy", str(policy))
 
     assert result.returncode == 2
     assert "lost_after_days" in result.stderr

@@ -2,8 +2,6 @@
 decisions of one order, in text and in the documented JSON shape (docs/explain.md)."""
 
 import json
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from processor.explain import (
 from processor.generate import generate_history
 from processor.outputs import Decision, RefundCommand, iso_millis
 from processor.replay import replay
+from tests.console import run_cli
 from tests.factories import (
     T0,
     at,
@@ -72,20 +71,10 @@ def _lines(path: Path) -> list[str]:
 
 
 def _explain_json(history: Path, order_id: str, *extra: str) -> dict[str, Any]:
-    result = _cli("explain", order_id, "--from", str(history), "--json", *extra)
+    result = run_cli("explain", order_id, "--from", str(history), "--json", *extra)
     assert result.returncode == 0, result.stderr
     data: dict[str, Any] = json.loads(result.stdout)
     return data
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "processor.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def test_a_refunded_order_shows_its_ledger_per_sku_and_package(history: Path) -> None:
@@ -317,7 +306,7 @@ def test_cli_json_has_the_documented_shape(history: Path) -> None:
     [decision] = data["decisions"]
     replayed = [
         json.loads(line)
-        for line in _cli("replay", str(history)).stdout.splitlines()
+        for line in run_cli("replay", str(history)).stdout.splitlines()
         if json.loads(line)["type"] == "decision" and json.loads(line)["order_id"] == "o1"
     ]
     assert decision == replayed[0] | {"source": "replay"}
@@ -349,7 +338,7 @@ def test_cli_json_has_the_documented_shape(history: Path) -> None:
 
 
 def test_cli_text_tells_the_story(history: Path) -> None:
-    result = _cli("explain", "o1", "--from", str(history))
+    result = run_cli("explain", "o1", "--from", str(history))
 
     assert result.returncode == 0, result.stderr
     text = result.stdout
@@ -382,7 +371,7 @@ def test_cli_now_and_policy_apply_to_the_file(history: Path, tmp_path: Path) -> 
 
 
 def test_cli_unknown_order_exits_2_naming_it(history: Path) -> None:
-    result = _cli("explain", "o404", "--from", str(history))
+    result = run_cli("explain", "o404", "--from", str(history))
 
     assert result.returncode == 2
     assert "order 'o404' is unknown" in result.stderr
@@ -399,14 +388,14 @@ def test_cli_unknown_order_exits_2_naming_it(history: Path) -> None:
     ],
 )
 def test_cli_refuses_options_of_the_other_mode(args: list[str], message: str) -> None:
-    result = _cli("explain", "o1", *args)
+    result = run_cli("explain", "o1", *args)
 
     assert result.returncode == 2
     assert message in result.stderr
 
 
 def test_cli_missing_file_fails_clearly(tmp_path: Path) -> None:
-    result = _cli("explain", "o1", "--from", str(tmp_path / "nope.jsonl"))
+    result = run_cli("explain", "o1", "--from", str(tmp_path / "nope.jsonl"))
 
     assert result.returncode == 2
     assert "cannot read" in result.stderr

@@ -18,6 +18,7 @@ from processor.explain_live import ExplainError, explain_live
 from processor.generate import generate_history
 from processor.outputs import Decision
 from processor.replay import replay
+from tests.console import run_cli
 from tests.factories import T0, at, order_placed, shipped
 from tests.live import LiveHarness, await_condition, expected_refunds
 
@@ -25,14 +26,7 @@ DAY_MS = 86_400_000
 
 
 def _cli(live: LiveHarness, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "processor.cli", "explain", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env=live.env,
-    )
+    return run_cli("explain", *args, env=live.env)
 
 
 def _history() -> tuple[list[str], str, str, str]:

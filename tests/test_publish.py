@@ -7,7 +7,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -25,6 +24,7 @@ from processor.partitioner import default_partition
 from processor.publish import PublishError, publish_lines
 from processor.serde import Serde
 from processor.settings import KafkaSettings, Settings, TopicsSettings
+from tests.console import run_cli
 from tests.factories import order_placed, scan
 
 TopicFactory = Callable[[str], str]
@@ -289,14 +289,7 @@ def test_a_missing_topic_fails_before_anything_is_published(
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.upper().startswith("REFUND_")}
-    return subprocess.run(
-        [sys.executable, "-m", "processor.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**clean, **(env or {})},
-    )
+    return run_cli(*args, env={**clean, **(env or {})}, timeout_s=120)
 
 
 def test_the_cli_publishes_a_file_and_reports_bad_lines(
