@@ -38,7 +38,7 @@ class Inbound:
     offset: int
     event: Event
     origin: str  # "<topic>/<partition>/<offset>"
-    payload: bytes  # as consumed: forwarded unchanged (the order task decodes it again)
+    payload: bytes  # as consumed: forwarded unchanged (see runner.RoutedEvents)
     arrived: int  # epoch millis the record arrived (docs/live.md, "Metrics")
 
 

@@ -7,6 +7,7 @@ docs/state-store.md the Redis side of exactly once.
 """
 
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -35,6 +36,7 @@ from processor import metrics
 from processor.config import PolicyConfig, load_policy
 from processor.deadletter import Origin, dead_letter_record
 from processor.events import (
+    Event,
     InvalidEventError,
     from_millis,
     parse_event,
@@ -49,6 +51,7 @@ from processor.outputs import (
     ReshipCommand,
     output_to_dict,
 )
+from processor.partitioner import default_partition
 from processor.redis_store import FencedError, RedisTaskStore
 from processor.router import Inbound, Progress, Router, all_drained, expiry_progress
 from processor.serde import DecodeError, Serde
@@ -74,6 +77,57 @@ METADATA_TIMEOUT_S = 60
 TRACKING_BUCKETS = 64
 #: Waits between attempts while Redis is unreachable (doubling from the first to the last).
 REDIS_BACKOFF_S = (0.5, 8.0)
+#: Parsed events kept for this instance's own tasks (RoutedEvents): about 1 KB each.
+ROUTED_EVENTS_LIMIT = 50_000
+
+
+class RoutedEvents:
+    """Events this instance routed to its own order tasks, already decoded and validated.
+
+    A routed record's value is its input's bytes, unchanged, and its key the order id: the
+    task would decode and validate them into exactly the event the router holds. So the
+    task takes that event when the origin, key and bytes it reads all match; anything
+    else (a record routed by another instance, one over the limit, one routed before a
+    rewind) is decoded as usual. When full, later events are not kept: a lagging task
+    reads the oldest first, and they are still here.
+    """
+
+    __slots__ = ("_events", "_limit", "_size")
+
+    def __init__(self, limit: int = ROUTED_EVENTS_LIMIT) -> None:
+        self._events: dict[int, dict[str, tuple[bytes, bytes, Event]]] = {}
+        self._limit = limit
+        self._size = 0
+
+    def put(self, partition: int, origin: str, key: bytes, payload: bytes, event: Event) -> None:
+        kept = self._events.setdefault(partition, {})
+        if origin in kept:  # routed again after a rewind
+            kept[origin] = (key, payload, event)
+        elif self._size < self._limit:
+            kept[origin] = (key, payload, event)
+            self._size += 1
+
+    def take(self, partition: int, origin: str, key: bytes, payload: bytes) -> Event | None:
+        kept = self._events.get(partition)
+        found = kept.pop(origin, None) if kept is not None else None
+        if found is None:
+            return None
+        self._size -= 1
+        return found[2] if found[0] == key and found[1] == payload else None
+
+    def forget(self, partition: int | None = None) -> None:
+        """Drops what a task no longer needs: one partition's events, or all (None)."""
+        if partition is None:
+            self._events.clear()
+            self._size = 0
+        else:
+            self._size -= len(self._events.pop(partition, {}))
+
+
+@functools.lru_cache(maxsize=100_000)
+def _order_partition(order_id: str, partitions: int) -> int:
+    """The internal topic's partition of an order: cached, since murmur2 is pure Python."""
+    return default_partition(order_id.encode(), partitions)
 
 
 class RedisTrackingIndex:
@@ -335,6 +389,7 @@ class Runner:
         self._router = Router(self._index, self.policy)
         self._router_progress: dict[str, Progress] = {}
         self._tasks: dict[int, _TaskSlot] = {}
+        self._routed_events = RoutedEvents()
         # Assigned partitions whose task or router source is not set up yet: after a
         # rebalance, or after a batch failed (see `_claim_assigned`).
         self._unclaimed: set[tuple[str, int]] = set()
@@ -564,11 +619,20 @@ class Runner:
             self._router.skip(source, offset, now)
         for item in routed.routed:
             # The input's own bytes: a tracking update without order_id gets it from the
-            # key (`_receive_routed`), so nothing is encoded again.
+            # key (`_receive_routed`), so nothing is encoded again. The partition is the
+            # producer's own choice (murmur2), named so a local task can take the event.
+            key = item.order_id.encode()
+            partition = _order_partition(item.order_id, self._by_order_partitions)
+            if partition in self._tasks:
+                event = item.event
+                if event.order_id is None:
+                    event = event.model_copy(update={"order_id": item.order_id})
+                self._routed_events.put(partition, item.origin, key, item.payload, event)
             self._producer.produce(
                 self._by_order,
-                key=item.order_id.encode(),
+                key=key,
                 value=item.payload,
+                partition=partition,
                 timestamp=item.arrived,
                 headers=[(ORIGIN_HEADER, item.origin.encode())],
             )
@@ -608,20 +672,24 @@ class Runner:
         if partition not in self._tasks:
             return
         task = self._tasks[partition].task
-        record = self._serde.decode(message.value() or b"", self._by_order)
-        if record["type"] == "watermark":
-            task.receive_watermark(
-                offset, record["source"], to_millis(record["occurred_at"]), record["idle"]
-            )
-            return
-        headers = message.headers() or []
-        found = dict(headers).get(ORIGIN_HEADER) if isinstance(headers, list) else None
+        headers = message.headers()
+        found = dict(headers).get(ORIGIN_HEADER) if headers else None
+        key, value = message.key() or b"", message.value() or b""
         origin = (
             found.decode() if isinstance(found, bytes) else f"{self._by_order}/{partition}/{offset}"
         )
-        if record.get("order_id") is None:  # a tracking update the router resolved
-            record["order_id"] = (message.key() or b"").decode()
-        task.receive(offset, parse_event(record), origin, message.timestamp()[1])
+        event = self._routed_events.take(partition, origin, key, value)
+        if event is None:
+            record = self._serde.decode(value, self._by_order)
+            if record["type"] == "watermark":
+                task.receive_watermark(
+                    offset, record["source"], to_millis(record["occurred_at"]), record["idle"]
+                )
+                return
+            if record.get("order_id") is None:  # a tracking update the router resolved
+                record["order_id"] = key.decode()
+            event = parse_event(record)
+        task.receive(offset, event, origin, message.timestamp()[1])
 
     def _caught_up(self) -> dict[str, bool]:
         """Per input partition: has the consumer read everything the broker holds? Also
@@ -722,6 +790,7 @@ class Runner:
             self._unclaimed.discard((tp.topic, tp.partition))
             if tp.topic == self._by_order:
                 self._tasks.pop(tp.partition, None)
+                self._routed_events.forget(tp.partition)
             else:
                 self._router.revoke(f"{tp.topic}:{tp.partition}")
 
@@ -738,6 +807,7 @@ class Runner:
                     "task fenced: another member owns it now", **_task_fields(slot.store.task)
                 )
                 del self._tasks[partition]
+                self._routed_events.forget(partition)
 
     def _rewind(self) -> None:
         """After an aborted transaction: every assigned partition back to its last commit.
@@ -753,6 +823,7 @@ class Runner:
         offset and watermark.
         """
         self._drop_fenced()
+        self._routed_events.forget()
         for slot in self._tasks.values():
             # With Redis down, a staged copy left behind is replaced by our next stage, or
             # dropped by the next owner's claim (docs/state-store.md).

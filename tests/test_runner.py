@@ -17,9 +17,10 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
+from processor.events import Event, parse_event
 from processor.generate import generate_history
 from processor.localstack.kafka import KafkaAdmin
-from processor.runner import arrival_ms, topic_partitions
+from processor.runner import RoutedEvents, arrival_ms, topic_partitions
 from processor.serde import Serde
 from tests.live import LiveHarness, await_condition, expected_refunds
 
@@ -157,3 +158,49 @@ def test_a_topic_just_created_is_read_with_all_its_partitions(
     for future in admin.client.create_topics([NewTopic(topic, num_partitions=5)]).values():
         future.result()
     assert topic_partitions(admin.client, topic) == [0, 1, 2, 3, 4]
+
+
+def _shipped(event_id: str) -> Event:
+    return parse_event(
+        {
+            "type": "package_shipped",
+            "event_id": event_id,
+            "occurred_at": datetime(2026, 3, 1, tzinfo=UTC),
+            "order_id": "o1",
+            "package_id": "p1",
+            "tracking_number": "t1",
+            "carrier": "ups",
+            "lines": [{"sku": "A", "quantity": 1}],
+        }
+    )
+
+
+def test_a_task_takes_the_routed_event_only_for_the_same_key_and_bytes() -> None:
+    kept = RoutedEvents()
+    event = _shipped("e1")
+    kept.put(2, "orders/0/7", b"o1", b"bytes", event)
+    kept.put(2, "orders/0/8", b"o1", b"bytes", event)
+    kept.put(2, "orders/0/9", b"o1", b"bytes", event)
+
+    assert kept.take(2, "orders/0/7", b"o1", b"bytes") is event
+    assert kept.take(2, "orders/0/7", b"o1", b"bytes") is None, "taken once"
+    assert kept.take(3, "orders/0/8", b"o1", b"bytes") is None, "another partition"
+    assert kept.take(2, "orders/0/8", b"o2", b"bytes") is None, "another key"
+    assert kept.take(2, "orders/0/9", b"o1", b"other") is None, "other bytes"
+
+
+def test_routed_events_are_bounded_and_forgotten_with_their_task() -> None:
+    kept = RoutedEvents(limit=2)
+    event = _shipped("e1")
+    for offset in range(3):
+        kept.put(1, f"orders/0/{offset}", b"o1", b"v", event)
+    assert kept.take(1, "orders/0/2", b"o1", b"v") is None, "over the limit: not kept"
+    kept.put(1, "orders/0/1", b"o1", b"v", event)  # routed again after a rewind: replaced
+
+    kept.forget(1)
+    assert kept.take(1, "orders/0/0", b"o1", b"v") is None
+    kept.put(4, "orders/0/5", b"o1", b"v", event)
+    kept.put(5, "orders/0/6", b"o1", b"v", event)
+    assert kept.take(5, "orders/0/6", b"o1", b"v") is event, "room again after forget"
+    kept.forget()
+    assert kept.take(4, "orders/0/5", b"o1", b"v") is None
