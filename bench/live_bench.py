@@ -7,7 +7,8 @@ topics. Both run here, in the same process and run, so the ratio survives a nois
 better than the absolute figure.
 
     uv run python bench/live_bench.py [--orders 20000] [--seed 1] [--partitions 6]
-        [--idle-wait-ms 2000] [--baseline-runs 3] [--profile [--profile-out FILE]]
+        [--idle-wait-ms 2000] [--max-batch-records 5000] [--baseline-runs 3]
+        [--profile [--profile-out FILE]]
 
 Setup: a real Kafka broker and redis-server (`LocalKafka` / `LocalRedis`, or the ones
 named by KAFKA_BOOTSTRAP_SERVERS / REDIS_URL); input topics with `--partitions`
@@ -128,7 +129,7 @@ def stack() -> Iterator[Stack]:
 
 
 def make_settings(
-    where: Stack, application_id: str, inputs: dict[str, str], idle_wait_ms: int
+    where: Stack, application_id: str, inputs: dict[str, str], args: argparse.Namespace
 ) -> Settings:
     """The processor's defaults, pointed at this run's topics; outputs are per application."""
     topics = inputs | {role: f"{application_id}-{role}" for role in OUTPUT_ROLES}
@@ -137,7 +138,8 @@ def make_settings(
         kafka={"bootstrap_servers": where.bootstrap, "client_id": application_id},
         redis={"url": where.redis_url},
         topics=topics,
-        idle_partition_wait_ms=idle_wait_ms,
+        idle_partition_wait_ms=args.idle_wait_ms,
+        max_batch_records=args.max_batch_records,
     )
 
 
@@ -465,6 +467,12 @@ def main() -> None:
         default=Settings.model_fields["idle_partition_wait_ms"].default,
         help="idle_partition_wait_ms of the processor (default: the setting's default)",
     )
+    parser.add_argument(
+        "--max-batch-records",
+        type=int,
+        default=Settings.model_fields["max_batch_records"].default,
+        help="max_batch_records of the processor (default: the setting's default)",
+    )
     parser.add_argument("--timeout", type=float, default=900, help="per phase, seconds")
     parser.add_argument("--profile", action="store_true", help="add a pass under cProfile")
     parser.add_argument("--profile-rows", type=int, default=15)
@@ -498,7 +506,7 @@ def measure(
     lines = generate_history(args.orders, seed=args.seed)
     generate_s = time.perf_counter() - began
     print(f"generate: {args.orders} orders, {len(lines)} lines in {generate_s:.1f} s")
-    publisher = make_settings(where, f"{run}-publish", inputs, args.idle_wait_ms)
+    publisher = make_settings(where, f"{run}-publish", inputs, args)
     summary = publish_lines(
         (line.encode() for line in lines),
         "history.jsonl",
@@ -531,7 +539,7 @@ def measure(
         f"{', '.join(f'{s:.2f}' for s in runs)} s; new group each)"
     )
 
-    live = make_settings(where, f"{run}-live", inputs, args.idle_wait_ms)
+    live = make_settings(where, f"{run}-live", inputs, args)
     created += [live.by_order_topic, *(getattr(live.topics, r) for r in OUTPUT_ROLES)]
     print(
         f"processor: 1 instance, in-process; max_batch_records {live.max_batch_records}, "
@@ -550,7 +558,7 @@ def measure(
     )
 
     if args.profile:
-        profiled = make_settings(where, f"{run}-profile", inputs, args.idle_wait_ms)
+        profiled = make_settings(where, f"{run}-profile", inputs, args)
         created += [profiled.by_order_topic, *(getattr(profiled.topics, r) for r in OUTPUT_ROLES)]
         print(f"\nprofiled pass (own group, same inputs; cProfile slows it down); {load()}")
         profiler = cProfile.Profile()

@@ -79,6 +79,9 @@ TRACKING_BUCKETS = 64
 REDIS_BACKOFF_S = (0.5, 8.0)
 #: Parsed events kept for this instance's own tasks (RoutedEvents): about 1 KB each.
 ROUTED_EVENTS_LIMIT = 50_000
+#: Flow control (Runner._pace): the inputs pause while this instance's tasks have more
+#: than this many records of the internal topic left to read, and resume at half of it.
+TASK_BACKLOG_LIMIT = 20_000
 
 
 class RoutedEvents:
@@ -390,6 +393,7 @@ class Runner:
         self._router_progress: dict[str, Progress] = {}
         self._tasks: dict[int, _TaskSlot] = {}
         self._routed_events = RoutedEvents()
+        self._inputs_paused = False
         # Assigned partitions whose task or router source is not set up yet: after a
         # rebalance, or after a batch failed (see `_claim_assigned`).
         self._unclaimed: set[tuple[str, int]] = set()
@@ -691,15 +695,17 @@ class Runner:
             event = parse_event(record)
         task.receive(offset, event, origin, message.timestamp()[1])
 
-    def _caught_up(self) -> dict[str, bool]:
-        """Per input partition: has the consumer read everything the broker holds? Also
-        reports every assigned partition's lag (high watermark minus position).
+    def _caught_up(self) -> tuple[dict[str, bool], int]:
+        """Per input partition: has the consumer read everything the broker holds? And the
+        records this instance's tasks have left to read. Also reports every assigned
+        partition's lag (high watermark minus position).
 
         The consumer has no position for a partition it has read nothing from since it
         was assigned; the router's or the task's (the committed offset) stands in for it,
         or a partition consumed to its end before it moved would never count as idle again.
         """
         caught_up: dict[str, bool] = {}
+        backlog = 0
         assigned = self._consumer.assignment()
         for tp in self._consumer.position(assigned) if assigned else []:
             low, high = self._consumer.get_watermark_offsets(tp, cached=True)
@@ -714,13 +720,17 @@ class Runner:
                     position = self._router.position(source)
                 caught_up[source] = 0 <= high <= max(position or 0, 0)
             if high >= 0:  # else no fetch has told us the high watermark yet
-                behind = high - (position if position is not None else max(low, 0))
-                self._partition_gauges.lag(tp.topic, tp.partition, max(behind, 0))
-        return caught_up
+                behind = max(high - (position if position is not None else max(low, 0)), 0)
+                self._partition_gauges.lag(tp.topic, tp.partition, behind)
+                if tp.topic == self._by_order and tp.partition in self._tasks:
+                    backlog += behind
+        return caught_up, backlog
 
     def _publish_watermarks(self, now: float) -> None:
         drained = all_drained(self._sources, self._router_progress)
-        reports = self._router.watermarks(now, self._idle_s, self._caught_up(), drained)
+        caught_up, backlog = self._caught_up()
+        self._pace(backlog)
+        reports = self._router.watermarks(now, self._idle_s, caught_up, drained)
         self._router_progress = self._index.share_progress(reports)
         for source, report in reports:
             value = self._serde.encode(
@@ -736,6 +746,25 @@ class Runner:
                 self._producer.produce(
                     self._by_order, key=source.encode(), value=value, partition=partition
                 )
+
+    def _pace(self, backlog: int) -> None:
+        """Flow control: the inputs wait while this instance's tasks are far behind.
+
+        Routing is cheaper than deciding, so unchecked the routers race through a backlog
+        and the tasks trail it: routed events would pile up (RoutedEvents, then decoded
+        again) and the latency of every record would grow. Paused partitions are not read
+        to their end, so they never count as idle: the watermark waits for them.
+        """
+        if backlog > TASK_BACKLOG_LIMIT:
+            self._inputs_paused = True
+        elif backlog <= TASK_BACKLOG_LIMIT // 2:
+            self._inputs_paused = False
+        inputs = [tp for tp in self._consumer.assignment() if tp.topic != self._by_order]
+        if inputs:
+            if self._inputs_paused:
+                self._consumer.pause(inputs)
+            else:
+                self._consumer.resume(inputs)
 
     def _emit(self, output: Output) -> None:
         topics = self.settings.topics
