@@ -78,14 +78,13 @@ METADATA_TIMEOUT_S = 60
 TRACKING_BUCKETS = 64
 #: Waits between attempts while Redis is unreachable (doubling from the first to the last).
 REDIS_BACKOFF_S = (0.5, 8.0)
-#: Parsed events kept for this instance's own tasks (RoutedEvents): about 1 KB each.
-ROUTED_EVENTS_LIMIT = 50_000
 #: CPython's collector thresholds in a processor's process (`Runner.__init__`); the
 #: defaults are (700, 10, 10).
 GC_THRESHOLDS = (50_000, 20, 10)
 #: Flow control (Runner._pace): the inputs pause while this instance's tasks have more
-#: than this many records of the internal topic left to read, and resume at half of it.
-TASK_BACKLOG_LIMIT = 20_000
+#: than this many batches (`max_batch_records`) of the internal topic left to read, and
+#: resume at half of it. RoutedEvents keeps one batch more than that.
+BACKLOG_BATCHES = 2
 
 
 class RoutedEvents:
@@ -96,12 +95,13 @@ class RoutedEvents:
     task takes that event when the origin, key and bytes it reads all match; anything
     else (a record routed by another instance, one over the limit, one routed before a
     rewind) is decoded as usual. When full, later events are not kept: a lagging task
-    reads the oldest first, and they are still here.
+    reads the oldest first, and they are still here. Flow control (`Runner._pace`) keeps
+    the routers close enough to their tasks that it is rarely full.
     """
 
     __slots__ = ("_events", "_limit", "_size")
 
-    def __init__(self, limit: int = ROUTED_EVENTS_LIMIT) -> None:
+    def __init__(self, limit: int) -> None:
         self._events: dict[int, dict[str, tuple[bytes, bytes, Event]]] = {}
         self._limit = limit
         self._size = 0
@@ -396,7 +396,8 @@ class Runner:
         self._router = Router(self._index, self.policy)
         self._router_progress: dict[str, Progress] = {}
         self._tasks: dict[int, _TaskSlot] = {}
-        self._routed_events = RoutedEvents()
+        self._backlog_limit = BACKLOG_BATCHES * settings.max_batch_records
+        self._routed_events = RoutedEvents(self._backlog_limit + settings.max_batch_records)
         self._inputs_paused = False
         # Assigned partitions whose task or router source is not set up yet: after a
         # rebalance, or after a batch failed (see `_claim_assigned`).
@@ -766,9 +767,9 @@ class Runner:
         again) and the latency of every record would grow. Paused partitions are not read
         to their end, so they never count as idle: the watermark waits for them.
         """
-        if backlog > TASK_BACKLOG_LIMIT:
+        if backlog > self._backlog_limit:
             self._inputs_paused = True
-        elif backlog <= TASK_BACKLOG_LIMIT // 2:
+        elif backlog <= self._backlog_limit // 2:
             self._inputs_paused = False
         inputs = [tp for tp in self._consumer.assignment() if tp.topic != self._by_order]
         if inputs:

@@ -176,7 +176,7 @@ def _shipped(event_id: str) -> Event:
 
 
 def test_a_task_takes_the_routed_event_only_for_the_same_key_and_bytes() -> None:
-    kept = RoutedEvents()
+    kept = RoutedEvents(limit=10)
     event = _shipped("e1")
     kept.put(2, "orders/0/7", b"o1", b"bytes", event)
     kept.put(2, "orders/0/8", b"o1", b"bytes", event)
