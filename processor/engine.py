@@ -94,15 +94,16 @@ class Engine:
         if old is None:
             return
         state = result.state
-        new = timers(state, self.config)
-        if new != old:  # most events change no deadline
-            owner = order_owner(state.order_id)
-            for name, deadline in old.items():
-                if new.get(name) != deadline:
-                    self.store.cancel_timer(Timer(deadline, owner, name))
-            for name, deadline in new.items():
-                if old.get(name) != deadline:
-                    self.store.set_timer(Timer(deadline, owner, name))
+        if result.timers_stale:  # most events touch nothing a timer derives from
+            new = timers(state, self.config)
+            if new != old:
+                owner = order_owner(state.order_id)
+                for name, deadline in old.items():
+                    if new.get(name) != deadline:
+                        self.store.cancel_timer(Timer(deadline, owner, name))
+                for name, deadline in new.items():
+                    if old.get(name) != deadline:
+                        self.store.set_timer(Timer(deadline, owner, name))
         self.store.save_order(state)
         outputs.extend(result.outputs)
 

@@ -71,12 +71,15 @@ class Result:
 
     `timers_before` are the timers the state needed before the step (None when the step
     was a no-op), so the caller can bring its timer index in line without recomputing.
+    `timers_stale` is set by every change to what `timers()` reads (packages, held
+    events): most steps make none, and their caller skips deriving the timers again.
     """
 
     state: OrderState
     timers_before: dict[str, int] | None
     outputs: list[Output] = field(default_factory=list)
     linked_tracking_numbers: list[str] = field(default_factory=list)
+    timers_stale: bool = False
 
 
 @dataclass(slots=True)
@@ -209,10 +212,11 @@ def apply_event(
     before = timers(new_state, config)
     result = Result(new_state, before)
     at = event.at
-    overdue = [(deadline, name) for name, deadline in before.items() if deadline < at]
-    overdue.sort()
-    for deadline, name in overdue:
-        _fire(_Step(new_state, config, f"timer:{name}", deadline, result), name, event)
+    if before and min(before.values()) < at:  # rare: the stream clock fires most timers
+        overdue = [(deadline, name) for name, deadline in before.items() if deadline < at]
+        overdue.sort()
+        for deadline, name in overdue:
+            _fire(_Step(new_state, config, f"timer:{name}", deadline, result), name, event)
     step = _Step(new_state, config, event.event_id, at, result)
     _apply(step, event, origin)
     _revisit_pending_claims(step)
@@ -300,6 +304,7 @@ def _set_package(step: _Step, package: Package, **changes: Any) -> Package:
     """Records are immutable: a change replaces the package in the new state."""
     updated = replace_package(package, **changes)
     step.state.packages[package.package_id] = updated
+    step.result.timers_stale = True
     return updated
 
 
@@ -312,10 +317,12 @@ def _set_claim(step: _Step, claim: Claim, **changes: Any) -> Claim:
 def _expire_held(step: _Step, now: int) -> None:
     step.state.held, dead = expire_orphans(step.state.held, now, step.config)
     step.result.outputs.extend(dead)
+    step.result.timers_stale = True
 
 
 def _hold(step: _Step, event: Event, origin: str, waits_for: str) -> None:
     step.state.held.append(Held(event_to_json(event), origin, event.at, waits_for))
+    step.result.timers_stale = True
 
 
 def _reject(step: _Step, event: Event, origin: str, reason: str, message: str) -> None:
@@ -358,6 +365,7 @@ def _release_held(step: _Step, waits_for: str) -> None:
     if not ready:
         return
     step.state.held = [h for h in step.state.held if h.waits_for != waits_for]
+    step.result.timers_stale = True
     for item in ready:
         event = parse_event_json(item.event_json)
         inner = _Step(step.state, step.config, event.event_id, event.at, step.result)
@@ -418,6 +426,7 @@ def _package_shipped(step: _Step, event: PackageShipped, origin: str) -> None:
         deadline=event.at + step.config.lost_after_ms,
     )
     state.packages[package.package_id] = package
+    step.result.timers_stale = True
     step.result.linked_tracking_numbers.append(event.tracking_number)
     if state.cancelled is not None:
         step.decide(

@@ -152,6 +152,25 @@ def test_the_policy_never_changes_the_state_it_is_given(history: list[Any]) -> N
         assert state == snapshot
 
 
+@settings(max_examples=150, deadline=None)
+@given(order_history("o1"))
+def test_a_step_that_leaves_its_timers_fresh_needs_the_timers_it_started_with(
+    history: list[Any],
+) -> None:
+    state: OrderState | None = None
+    for _, raw in history:
+        event = parse_event_json(json.dumps(raw | {"order_id": "o1"}))
+        result = apply_event(state, "o1", event, "test", POLICY)
+        if not result.timers_stale:
+            assert result.timers_before in (None, timers(result.state, POLICY))
+        state = result.state
+    assert state is not None
+    for name, deadline in timers(state, POLICY).items():
+        result = fire_timer(state, name, deadline, POLICY)
+        if not result.timers_stale:
+            assert result.timers_before == timers(result.state, POLICY)
+
+
 def _valid_events(lines: list[str]) -> list[dict[str, Any]]:
     valid = []
     for line in lines:
