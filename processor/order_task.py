@@ -1,9 +1,10 @@
 """Second hop of the live topology: one partition of `<app>-by-order`, decided in event time.
 
-Records arrive here from every router instance, each in its own order. The task holds
-them in a buffer and releases them in event-time order once every input partition's
-watermark has passed them, so the policy sees each order's events in event-time order
-and its clock never outruns an input that is still catching up. Watermarks of inputs
+Records arrive here from every router instance, each in its own order, each with the
+events one router batch routed here. The task holds the events in a buffer and releases
+them in event-time order once every input partition's watermark has passed them, so the
+policy sees each order's events in event-time order and its clock never outruns an
+input that is still catching up. Watermarks of inputs
 that went idle are left out after `idle_partition_wait_ms` (SPEC section 6).
 """
 
@@ -17,10 +18,13 @@ from processor.outputs import Output
 from processor.router import combined_watermark
 from processor.store import StateStore
 
-#: A buffered record: (occurred_at, offset, event, origin, arrived). Offsets are unique
-#: within the task's partition, so tuples compare on the first two fields only (in C,
-#: unlike a class). `arrived`: epoch millis the input arrived, for the latency metric.
-_Buffered = tuple[int, int, Event, str, int]
+#: An event of a routed record: (event, origin, arrived). `arrived`: epoch millis its
+#: input arrived, for the latency metric.
+Routed = tuple[Event, str, int]
+#: A buffered event: (occurred_at, offset, index, event, origin, arrived), `index` its
+#: place in the record at `offset`. (offset, index) is unique, so tuples compare on the
+#: first three fields only (in C, unlike a class).
+_Buffered = tuple[int, int, int, Event, str, int]
 
 
 class OrderTask:
@@ -32,18 +36,24 @@ class OrderTask:
         self._watermarks: dict[str, tuple[int, bool]] = {}
         self._buffer: list[_Buffered] = []  # a heap: oldest event first
         self._ready: list[_Buffered] = []  # taken off the heap, to be decided in this order
-        # Offsets of records not decided yet, in arrival (= offset) order, and the decided
-        # ones among them: the smallest undecided offset is the one to commit.
+        # Offsets of records not decided yet, in arrival (= offset) order, and how many of
+        # each one's events are still to decide: the smallest undecided offset is the one
+        # to commit.
         self._undecided: deque[int] = deque()
-        self._decided: set[int] = set()
+        self._remaining: dict[int, int] = {}
         self._next_offset: int | None = None
         #: When the records the last `release` decided arrived (epoch millis), for the
         #: end-to-end latency metric.
         self.released_arrivals: list[int] = []
 
-    def receive(self, offset: int, event: Event, origin: str, arrived: int) -> None:
-        heapq.heappush(self._buffer, (event.at, offset, event, origin, arrived))
-        self._undecided.append(offset)
+    def receive(self, offset: int, events: list[Routed]) -> None:
+        """A record of the internal topic: the events one router batch sent here."""
+        buffer = self._buffer
+        for index, (event, origin, arrived) in enumerate(events):
+            heapq.heappush(buffer, (event.at, offset, index, event, origin, arrived))
+        if events:
+            self._undecided.append(offset)
+            self._remaining[offset] = len(events)
         self._next_offset = offset + 1
 
     def receive_watermark(self, offset: int, source: str, at: int, idle: bool) -> None:
@@ -68,7 +78,7 @@ class OrderTask:
         buffer, ready = self._buffer, self._ready
         while buffer and buffer[0][0] <= limit:
             ready.append(heapq.heappop(buffer))
-        return [item[2].order_id or "" for item in ready]
+        return [item[3].order_id or "" for item in ready]
 
     def release(self) -> list[Output]:
         """Decides the records `take_ready` took, oldest first, then moves the clock."""
@@ -77,10 +87,10 @@ class OrderTask:
         self.released_arrivals = []
         if limit is None:
             return outputs
-        process, decided, arrivals = self._engine.process, self._decided, self.released_arrivals
-        for _, offset, event, origin, arrived in self._ready:
+        process, remaining, arrivals = self._engine.process, self._remaining, self.released_arrivals
+        for _, offset, _, event, origin, arrived in self._ready:
             outputs.extend(process(event, origin))
-            decided.add(offset)
+            remaining[offset] -= 1
             arrivals.append(arrived)
         self._ready = []
         self._engine.advance_clock(limit - self._lateness_ms, outputs)
@@ -88,9 +98,9 @@ class OrderTask:
 
     def commit_offset(self) -> int | None:
         """The offset to commit: never past a record not decided yet."""
-        undecided, decided = self._undecided, self._decided
-        while undecided and undecided[0] in decided:
-            decided.remove(undecided.popleft())
+        undecided, remaining = self._undecided, self._remaining
+        while undecided and remaining[undecided[0]] == 0:
+            del remaining[undecided.popleft()]
         return undecided[0] if undecided else self._next_offset
 
 

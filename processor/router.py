@@ -1,4 +1,4 @@
-"""First hop of the live topology: every input event onto `<app>-by-order`, keyed by order.
+"""First hop of the live topology: every input event onto `<app>-by-order`, by order.
 
 Order events already carry their order_id. A tracking update without one is resolved
 through the tracking-number index, which the router itself fills as it routes each

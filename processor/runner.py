@@ -9,12 +9,13 @@ docs/state-store.md the Redis side of exactly once.
 import contextlib
 import functools
 import gc
+import itertools
 import logging
 import signal
 import time
 import uuid
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -43,7 +44,7 @@ from processor.events import (
     parse_event,
     to_millis,
 )
-from processor.order_task import OrderTask
+from processor.order_task import OrderTask, Routed
 from processor.outputs import (
     DeadLetter,
     Decision,
@@ -55,6 +56,7 @@ from processor.outputs import (
 from processor.partitioner import default_partition
 from processor.redis_store import FencedError, RedisTaskStore
 from processor.router import Inbound, Progress, Router, all_drained, expiry_progress
+from processor.router import Routed as RoutedItem
 from processor.serde import DecodeError, Serde
 from processor.settings import Settings, make_serde
 
@@ -65,7 +67,6 @@ _rdkafka_log = logging.getLogger(f"{__name__}.rdkafka")
 #: Redis errors that mean "unreachable for now" (incl. a restarting server loading its AOF).
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
-ORIGIN_HEADER = "refunds.origin"
 #: Offset metadata of a task's partition: the batch marker its Redis state was staged with.
 MARKER_PREFIX = "batch:"
 #: Offset metadata of an input partition: its router's watermark when the offset committed.
@@ -81,60 +82,79 @@ REDIS_BACKOFF_S = (0.5, 8.0)
 #: CPython's collector thresholds in a processor's process (`Runner.__init__`); the
 #: defaults are (700, 10, 10).
 GC_THRESHOLDS = (50_000, 20, 10)
+#: Input bytes per routed record at most (or one input record, if it alone is bigger):
+#: well under the broker's default message.max.bytes (1 MiB).
+ROUTED_RECORD_BYTES = 256 * 1024
 #: Flow control (Runner._pace): the inputs pause while this instance's tasks have more
-#: than this many batches (`max_batch_records`) of the internal topic left to read, and
-#: resume at half of it. RoutedEvents keeps one batch more than that.
+#: than this many batches (`max_batch_records`) of routed events left to read, and resume
+#: at half of it. RoutedEvents keeps one batch more than that.
 BACKLOG_BATCHES = 2
 
 
 class RoutedEvents:
-    """Events this instance routed to its own order tasks, already decoded and validated.
+    """The events of the routed records this instance wrote for its own order tasks.
 
-    A routed record's value is its input's bytes, unchanged, and its key the order id: the
-    task would decode and validate them into exactly the event the router holds. So the
-    task takes that event when the origin, key and bytes it reads all match; anything
-    else (a record routed by another instance, one over the limit, one routed before a
-    rewind) is decoded as usual. When full, later events are not kept: a lagging task
-    reads the oldest first, and they are still here. Flow control (`Runner._pace`) keeps
-    the routers close enough to their tasks that it is rarely full.
+    A task reading such a record back would decode it, and every input record in it, and
+    validate them all again, into exactly the events the router holds. A routed record's
+    key names it uniquely (the producer's transactional id and a counter), so the task
+    takes the events by key, and decodes only records routed by another instance or
+    before a rewind. Bounded: when full, a record's events are not kept. `size` (events
+    kept) is what flow control watches (`Runner._pace`).
     """
 
-    __slots__ = ("_events", "_limit", "_size")
+    __slots__ = ("_events", "_limit", "size")
 
     def __init__(self, limit: int) -> None:
-        self._events: dict[int, dict[str, tuple[bytes, bytes, Event]]] = {}
+        self._events: dict[int, dict[bytes, list[Routed]]] = {}
         self._limit = limit
-        self._size = 0
+        self.size = 0
 
-    def put(self, partition: int, origin: str, key: bytes, payload: bytes, event: Event) -> None:
-        kept = self._events.setdefault(partition, {})
-        if origin in kept:  # routed again after a rewind
-            kept[origin] = (key, payload, event)
-        elif self._size < self._limit:
-            kept[origin] = (key, payload, event)
-            self._size += 1
+    def put(self, partition: int, key: bytes, events: list[Routed]) -> None:
+        if self.size + len(events) <= self._limit:
+            self._events.setdefault(partition, {})[key] = events
+            self.size += len(events)
 
-    def take(self, partition: int, origin: str, key: bytes, payload: bytes) -> Event | None:
+    def take(self, partition: int, key: bytes) -> list[Routed] | None:
         kept = self._events.get(partition)
-        found = kept.pop(origin, None) if kept is not None else None
-        if found is None:
-            return None
-        self._size -= 1
-        return found[2] if found[0] == key and found[1] == payload else None
+        events = kept.pop(key, None) if kept is not None else None
+        if events is not None:
+            self.size -= len(events)
+        return events
 
     def forget(self, partition: int | None = None) -> None:
         """Drops what a task no longer needs: one partition's events, or all (None)."""
-        if partition is None:
-            self._events.clear()
-            self._size = 0
-        else:
-            self._size -= len(self._events.pop(partition, {}))
+        dropped = list(self._events) if partition is None else [partition]
+        for number in dropped:
+            self.size -= sum(len(events) for events in self._events.pop(number, {}).values())
 
 
 @functools.lru_cache(maxsize=100_000)
 def _order_partition(order_id: str, partitions: int) -> int:
     """The internal topic's partition of an order: cached, since murmur2 is pure Python."""
     return default_partition(order_id.encode(), partitions)
+
+
+def _with_order_id(item: RoutedItem) -> Event:
+    """The event as its task decodes it: a tracking update gets the order id resolved."""
+    event = item.event
+    return (
+        event
+        if event.order_id is not None
+        else event.model_copy(update={"order_id": item.order_id})
+    )
+
+
+def _chunks(items: list[RoutedItem]) -> Iterator[list[RoutedItem]]:
+    chunk: list[RoutedItem] = []
+    size = 0
+    for item in items:
+        if chunk and size + len(item.payload) > ROUTED_RECORD_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += len(item.payload)
+    if chunk:
+        yield chunk
 
 
 class RedisTrackingIndex:
@@ -419,9 +439,12 @@ class Runner:
         # topic. librdkafka's default (60 s) would stall the whole pipeline for a minute
         # after each crash; Kafka Streams uses 10 s under exactly-once. A batch (bounded by
         # max_batch_records, Redis retries included) takes far less. The passthrough wins.
+        transactional_id = settings.transactional_id(uuid.uuid4().hex[:12])
         producer_config = {"transaction.timeout.ms": TRANSACTION_TIMEOUT_MS} | (
-            settings.kafka.producer_config(settings.transactional_id(uuid.uuid4().hex[:12]))
+            settings.kafka.producer_config(transactional_id)
         )
+        # Keys of the routed records this producer writes: unique (RoutedEvents).
+        self._routed_keys = (f"{transactional_id}:{n}".encode() for n in itertools.count())
         self._producer = Producer(producer_config, logger=_rdkafka_log)
         self._producer.init_transactions()
         self._interval_s = settings.commit_interval_ms / 1000
@@ -606,7 +629,7 @@ class Runner:
                 slot = self._tasks.get(partition)
                 if slot is not None and offset >= slot.position:
                     slot.position = offset + 1
-                    self._receive_routed(message, partition, offset)
+                    self._receive_routed(message, slot.task, partition)
                     touched.add(partition)
                 continue
             routed_to = self._router.position(f"{topic}:{partition}")
@@ -633,25 +656,7 @@ class Runner:
         )
         for source, offset in rejected:
             self._router.skip(source, offset, now)
-        for item in routed.routed:
-            # The input's own bytes: a tracking update without order_id gets it from the
-            # key (`_receive_routed`), so nothing is encoded again. The partition is the
-            # producer's own choice (murmur2), named so a local task can take the event.
-            key = item.order_id.encode()
-            partition = _order_partition(item.order_id, self._by_order_partitions)
-            if partition in self._tasks:
-                event = item.event
-                if event.order_id is None:
-                    event = event.model_copy(update={"order_id": item.order_id})
-                self._routed_events.put(partition, item.origin, key, item.payload, event)
-            self._producer.produce(
-                self._by_order,
-                key=key,
-                value=item.payload,
-                partition=partition,
-                timestamp=item.arrived,
-                headers=[(ORIGIN_HEADER, item.origin.encode())],
-            )
+        self._send_routed(routed.routed, received_ms)
         for pending, dead in routed.dead_letters:
             self._dead_letter(None, pending.payload, dead.origin, dead.reason, dead.message)
         self._publish_watermarks(now)
@@ -684,28 +689,58 @@ class Runner:
         checkpoint.commit()
         self._drop_fenced()
 
-    def _receive_routed(self, message: Message, partition: int, offset: int) -> None:
-        if partition not in self._tasks:
-            return
-        task = self._tasks[partition].task
-        headers = message.headers()
-        found = dict(headers).get(ORIGIN_HEADER) if headers else None
-        key, value = message.key() or b"", message.value() or b""
-        origin = (
-            found.decode() if isinstance(found, bytes) else f"{self._by_order}/{partition}/{offset}"
-        )
-        event = self._routed_events.take(partition, origin, key, value)
-        if event is None:
-            record = self._serde.decode(value, self._by_order)
+    def _send_routed(self, routed: list[RoutedItem], sent_ms: int) -> None:
+        """Writes the routed events to their tasks: one record per task (and per
+        `ROUTED_RECORD_BYTES`), each event with its input's bytes unchanged and the order
+        id the router resolved, so nothing is encoded again."""
+        by_task: dict[int, list[RoutedItem]] = {}
+        for item in routed:
+            partition = _order_partition(item.order_id, self._by_order_partitions)
+            by_task.setdefault(partition, []).append(item)
+        for partition, items in by_task.items():
+            for chunk in _chunks(items):
+                key = next(self._routed_keys)
+                if partition in self._tasks:
+                    events = [(_with_order_id(i), i.origin, i.arrived) for i in chunk]
+                    self._routed_events.put(partition, key, events)
+                value = self._serde.encode(
+                    "routed",
+                    {
+                        "events": [
+                            {
+                                "origin": i.origin,
+                                "order_id": i.order_id,
+                                "arrived": i.arrived,
+                                "payload": i.payload,
+                            }
+                            for i in chunk
+                        ]
+                    },
+                    self._by_order,
+                )
+                self._producer.produce(
+                    self._by_order, key=key, value=value, partition=partition, timestamp=sent_ms
+                )
+
+    def _receive_routed(self, message: Message, task: OrderTask, partition: int) -> None:
+        offset = message.offset()
+        assert offset is not None
+        events = self._routed_events.take(partition, message.key() or b"")
+        if events is None:
+            record = self._serde.decode(message.value() or b"", self._by_order)
             if record["type"] == "watermark":
                 task.receive_watermark(
                     offset, record["source"], to_millis(record["occurred_at"]), record["idle"]
                 )
                 return
-            if record.get("order_id") is None:  # a tracking update the router resolved
-                record["order_id"] = key.decode()
-            event = parse_event(record)
-        task.receive(offset, event, origin, message.timestamp()[1])
+            events = [self._routed_event(item) for item in record["events"]]
+        task.receive(offset, events)
+
+    def _routed_event(self, item: dict[str, Any]) -> Routed:
+        record = self._serde.decode(item["payload"], self._by_order)
+        if record.get("order_id") is None:  # a tracking update the router resolved
+            record["order_id"] = item["order_id"]
+        return parse_event(record), item["origin"], item["arrived"]
 
     def _caught_up(self) -> tuple[dict[str, bool], int]:
         """Per input partition: has the consumer read everything the broker holds? And the
@@ -717,7 +752,7 @@ class Runner:
         or a partition consumed to its end before it moved would never count as idle again.
         """
         caught_up: dict[str, bool] = {}
-        backlog = 0
+        unread = 0
         assigned = self._consumer.assignment()
         for tp in self._consumer.position(assigned) if assigned else []:
             low, high = self._consumer.get_watermark_offsets(tp, cached=True)
@@ -735,13 +770,13 @@ class Runner:
                 behind = max(high - (position if position is not None else max(low, 0)), 0)
                 self._partition_gauges.lag(tp.topic, tp.partition, behind)
                 if tp.topic == self._by_order and tp.partition in self._tasks:
-                    backlog += behind
-        return caught_up, backlog
+                    unread += behind
+        return caught_up, unread
 
     def _publish_watermarks(self, now: float) -> None:
         drained = all_drained(self._sources, self._router_progress)
-        caught_up, backlog = self._caught_up()
-        self._pace(backlog)
+        caught_up, unread = self._caught_up()
+        self._pace(unread)
         reports = self._router.watermarks(now, self._idle_s, caught_up, drained)
         self._router_progress = self._index.share_progress(reports)
         for source, report in reports:
@@ -759,14 +794,18 @@ class Runner:
                     self._by_order, key=source.encode(), value=value, partition=partition
                 )
 
-    def _pace(self, backlog: int) -> None:
+    def _pace(self, unread: int) -> None:
         """Flow control: the inputs wait while this instance's tasks are far behind.
 
         Routing is cheaper than deciding, so unchecked the routers race through a backlog
-        and the tasks trail it: routed events would pile up (RoutedEvents, then decoded
-        again) and the latency of every record would grow. Paused partitions are not read
-        to their end, so they never count as idle: the watermark waits for them.
+        and the tasks trail it: routed events would pile up (in RoutedEvents, then in the
+        internal topic, decoded again) and the latency of every record would grow. The
+        backlog is the events this instance routed to its own tasks that they have not read
+        yet, counted while there is anything left to read (`unread` records of the internal
+        topic). Paused partitions are not read to their end, so they never count as idle:
+        the watermark waits for them, as for any slow input.
         """
+        backlog = self._routed_events.size if unread else 0
         if backlog > self._backlog_limit:
             self._inputs_paused = True
         elif backlog <= self._backlog_limit // 2:

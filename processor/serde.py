@@ -88,7 +88,7 @@ TRACKING_EVENT_TYPES: Final = ("tracking_update",)
 INPUT_TYPES: Final = ORDER_EVENT_TYPES + TRACKING_EVENT_TYPES
 OUTPUT_TYPES: Final = ("refund_command", "reship_command", "decision")
 #: Records only the processor's own internal topics carry.
-INTERNAL_TYPES: Final = ("watermark",)
+INTERNAL_TYPES: Final = ("watermark", "routed")
 #: Every message type; each must have its record in ``schemas/``. Other top-level records
 #: there (``SkuQuantity``) are named types for reference only.
 MESSAGE_TYPES: Final = INPUT_TYPES + OUTPUT_TYPES + INTERNAL_TYPES

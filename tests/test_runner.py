@@ -175,32 +175,33 @@ def _shipped(event_id: str) -> Event:
     )
 
 
-def test_a_task_takes_the_routed_event_only_for_the_same_key_and_bytes() -> None:
+def test_a_task_takes_the_events_of_a_routed_record_once_by_its_key() -> None:
     kept = RoutedEvents(limit=10)
-    event = _shipped("e1")
-    kept.put(2, "orders/0/7", b"o1", b"bytes", event)
-    kept.put(2, "orders/0/8", b"o1", b"bytes", event)
-    kept.put(2, "orders/0/9", b"o1", b"bytes", event)
+    events = [(_shipped("e1"), "orders/0/7", 1), (_shipped("e2"), "orders/0/8", 2)]
+    kept.put(2, b"tx:1", events)
+    assert kept.size == 2
 
-    assert kept.take(2, "orders/0/7", b"o1", b"bytes") is event
-    assert kept.take(2, "orders/0/7", b"o1", b"bytes") is None, "taken once"
-    assert kept.take(3, "orders/0/8", b"o1", b"bytes") is None, "another partition"
-    assert kept.take(2, "orders/0/8", b"o2", b"bytes") is None, "another key"
-    assert kept.take(2, "orders/0/9", b"o1", b"other") is None, "other bytes"
+    assert kept.take(3, b"tx:1") is None, "another partition"
+    assert kept.take(2, b"tx:2") is None, "another record"
+    assert kept.take(2, b"tx:1") is events
+    assert kept.take(2, b"tx:1") is None, "taken once"
+    assert kept.size == 0
 
 
 def test_routed_events_are_bounded_and_forgotten_with_their_task() -> None:
-    kept = RoutedEvents(limit=2)
-    event = _shipped("e1")
-    for offset in range(3):
-        kept.put(1, f"orders/0/{offset}", b"o1", b"v", event)
-    assert kept.take(1, "orders/0/2", b"o1", b"v") is None, "over the limit: not kept"
-    kept.put(1, "orders/0/1", b"o1", b"v", event)  # routed again after a rewind: replaced
+    kept = RoutedEvents(limit=3)
+    two = [(_shipped("e1"), "orders/0/1", 1), (_shipped("e2"), "orders/0/2", 1)]
+    kept.put(1, b"tx:1", two)
+    kept.put(1, b"tx:2", two)
+    assert kept.take(1, b"tx:2") is None, "over the limit: not kept"
+    kept.put(4, b"tx:3", two[:1])
+    assert kept.size == 3
 
     kept.forget(1)
-    assert kept.take(1, "orders/0/0", b"o1", b"v") is None
-    kept.put(4, "orders/0/5", b"o1", b"v", event)
-    kept.put(5, "orders/0/6", b"o1", b"v", event)
-    assert kept.take(5, "orders/0/6", b"o1", b"v") is event, "room again after forget"
+    assert kept.size == 1
+    assert kept.take(1, b"tx:1") is None
+    kept.put(5, b"tx:4", two)
+    assert kept.take(5, b"tx:4") is two, "room again after forget"
     kept.forget()
-    assert kept.take(4, "orders/0/5", b"o1", b"v") is None
+    assert kept.size == 0
+    assert kept.take(4, b"tx:3") is None
