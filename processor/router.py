@@ -30,20 +30,18 @@ class TrackingIndex(Protocol):
     def lookup_many(self, tracking_numbers: Iterable[str]) -> dict[str, str]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """A decoded input event and where it came from."""
+class Inbound(NamedTuple):
+    """A decoded input event and where it came from (a tuple: one per event, made fast)."""
 
     source: str  # "<topic>:<partition>"
     offset: int
     event: Event
     origin: str  # "<topic>/<partition>/<offset>"
-    payload: bytes  # as consumed: forwarded unchanged (see runner.RoutedEvents)
+    payload: bytes  # as consumed: forwarded unchanged, in a Routed record (docs/live.md)
     arrived: int  # epoch millis the record arrived (docs/live.md, "Metrics")
 
 
-@dataclass(frozen=True, slots=True)
-class Routed:
+class Routed(NamedTuple):
     order_id: str
     event: Event
     origin: str
