@@ -4,8 +4,8 @@ Records arrive here from every router instance, each in its own order, each with
 events one router batch routed here. The task holds the events in a buffer and releases
 them in event-time order once every input partition's watermark has passed them, so the
 policy sees each order's events in event-time order and its clock never outruns an
-input that is still catching up. Watermarks of inputs
-that went idle are left out after `idle_partition_wait_ms` (SPEC section 6).
+input that is still catching up. Watermarks of inputs that went idle are left out after
+`idle_partition_wait_ms` (SPEC section 6).
 """
 
 import heapq
@@ -20,7 +20,7 @@ from processor.store import StateStore
 
 #: An event of a routed record: (event, origin, arrived). `arrived`: epoch millis its
 #: input arrived, for the latency metric.
-Routed = tuple[Event, str, int]
+RoutedEvent = tuple[Event, str, int]
 #: A buffered event: (occurred_at, offset, index, event, origin, arrived), `index` its
 #: place in the record at `offset`. (offset, index) is unique, so tuples compare on the
 #: first three fields only (in C, unlike a class).
@@ -46,7 +46,7 @@ class OrderTask:
         #: end-to-end latency metric.
         self.released_arrivals: list[int] = []
 
-    def receive(self, offset: int, events: list[Routed]) -> None:
+    def receive(self, offset: int, events: list[RoutedEvent]) -> None:
         """A record of the internal topic: the events one router batch sent here."""
         buffer = self._buffer
         for index, (event, origin, arrived) in enumerate(events):

@@ -44,7 +44,7 @@ from processor.events import (
     parse_event,
     to_millis,
 )
-from processor.order_task import OrderTask, Routed
+from processor.order_task import OrderTask, RoutedEvent
 from processor.outputs import (
     DeadLetter,
     Decision,
@@ -55,8 +55,7 @@ from processor.outputs import (
 )
 from processor.partitioner import default_partition
 from processor.redis_store import FencedError, RedisTaskStore
-from processor.router import Inbound, Progress, Router, all_drained, expiry_progress
-from processor.router import Routed as RoutedItem
+from processor.router import Inbound, Progress, Routed, Router, all_drained, expiry_progress
 from processor.serde import DecodeError, Serde
 from processor.settings import Settings, make_serde
 
@@ -105,16 +104,16 @@ class RoutedEvents:
     __slots__ = ("_events", "_limit", "size")
 
     def __init__(self, limit: int) -> None:
-        self._events: dict[int, dict[bytes, list[Routed]]] = {}
+        self._events: dict[int, dict[bytes, list[RoutedEvent]]] = {}
         self._limit = limit
         self.size = 0
 
-    def put(self, partition: int, key: bytes, events: list[Routed]) -> None:
+    def put(self, partition: int, key: bytes, events: list[RoutedEvent]) -> None:
         if self.size + len(events) <= self._limit:
             self._events.setdefault(partition, {})[key] = events
             self.size += len(events)
 
-    def take(self, partition: int, key: bytes) -> list[Routed] | None:
+    def take(self, partition: int, key: bytes) -> list[RoutedEvent] | None:
         kept = self._events.get(partition)
         events = kept.pop(key, None) if kept is not None else None
         if events is not None:
@@ -134,7 +133,7 @@ def _order_partition(order_id: str, partitions: int) -> int:
     return default_partition(order_id.encode(), partitions)
 
 
-def _with_order_id(item: RoutedItem) -> Event:
+def _with_order_id(item: Routed) -> Event:
     """The event as its task decodes it: a tracking update gets the order id resolved."""
     event = item.event
     return (
@@ -144,8 +143,8 @@ def _with_order_id(item: RoutedItem) -> Event:
     )
 
 
-def _chunks(items: list[RoutedItem]) -> Iterator[list[RoutedItem]]:
-    chunk: list[RoutedItem] = []
+def _chunks(items: list[Routed]) -> Iterator[list[Routed]]:
+    chunk: list[Routed] = []
     size = 0
     for item in items:
         if chunk and size + len(item.payload) > ROUTED_RECORD_BYTES:
@@ -689,11 +688,11 @@ class Runner:
         checkpoint.commit()
         self._drop_fenced()
 
-    def _send_routed(self, routed: list[RoutedItem], sent_ms: int) -> None:
+    def _send_routed(self, routed: list[Routed], sent_ms: int) -> None:
         """Writes the routed events to their tasks: one record per task (and per
         `ROUTED_RECORD_BYTES`), each event with its input's bytes unchanged and the order
         id the router resolved, so nothing is encoded again."""
-        by_task: dict[int, list[RoutedItem]] = {}
+        by_task: dict[int, list[Routed]] = {}
         for item in routed:
             partition = _order_partition(item.order_id, self._by_order_partitions)
             by_task.setdefault(partition, []).append(item)
@@ -736,7 +735,7 @@ class Runner:
             events = [self._routed_event(item) for item in record["events"]]
         task.receive(offset, events)
 
-    def _routed_event(self, item: dict[str, Any]) -> Routed:
+    def _routed_event(self, item: dict[str, Any]) -> RoutedEvent:
         record = self._serde.decode(item["payload"], self._by_order)
         if record.get("order_id") is None:  # a tracking update the router resolved
             record["order_id"] = item["order_id"]
