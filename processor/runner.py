@@ -143,7 +143,8 @@ def _with_order_id(item: Routed) -> Event:
     )
 
 
-def _chunks(items: list[Routed]) -> Iterator[list[Routed]]:
+def routed_chunks(items: list[Routed]) -> Iterator[list[Routed]]:
+    """The items in order, one Routed record's worth at a time (`ROUTED_RECORD_BYTES`)."""
     chunk: list[Routed] = []
     size = 0
     for item in items:
@@ -697,7 +698,7 @@ class Runner:
             partition = _order_partition(item.order_id, self._by_order_partitions)
             by_task.setdefault(partition, []).append(item)
         for partition, items in by_task.items():
-            for chunk in _chunks(items):
+            for chunk in routed_chunks(items):
                 key = next(self._routed_keys)
                 if partition in self._tasks:
                     events = [(_with_order_id(i), i.origin, i.arrived) for i in chunk]

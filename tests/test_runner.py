@@ -20,7 +20,14 @@ from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 from processor.events import Event, parse_event
 from processor.generate import generate_history
 from processor.localstack.kafka import KafkaAdmin
-from processor.runner import RoutedEvents, arrival_ms, topic_partitions
+from processor.router import Routed
+from processor.runner import (
+    ROUTED_RECORD_BYTES,
+    RoutedEvents,
+    arrival_ms,
+    routed_chunks,
+    topic_partitions,
+)
 from processor.serde import Serde
 from tests.live import LiveHarness, await_condition, expected_refunds
 
@@ -205,3 +212,17 @@ def test_routed_events_are_bounded_and_forgotten_with_their_task() -> None:
     kept.forget()
     assert kept.size == 0
     assert kept.take(4, b"tx:3") is None
+
+
+def test_routed_events_are_split_into_records_by_input_bytes_in_order() -> None:
+    def item(n: int, size: int) -> Routed:
+        return Routed("o1", _shipped(f"e{n}"), f"orders/0/{n}", b"x" * size, 0)
+
+    third = ROUTED_RECORD_BYTES // 3
+    items = [item(n, third) for n in range(7)] + [item(7, 2 * ROUTED_RECORD_BYTES)]
+
+    chunks = list(routed_chunks(items))
+
+    assert [len(chunk) for chunk in chunks] == [3, 3, 1, 1], "one too big travels alone"
+    assert [i for chunk in chunks for i in chunk] == items
+    assert list(routed_chunks([])) == []
