@@ -629,7 +629,7 @@ class Runner:
                 slot = self._tasks.get(partition)
                 if slot is not None and offset >= slot.position:
                     slot.position = offset + 1
-                    self._receive_routed(message, slot.task, partition)
+                    self._receive_routed(message, slot.task, partition, offset)
                     touched.add(partition)
                 continue
             routed_to = self._router.position(f"{topic}:{partition}")
@@ -722,9 +722,9 @@ class Runner:
                     self._by_order, key=key, value=value, partition=partition, timestamp=sent_ms
                 )
 
-    def _receive_routed(self, message: Message, task: OrderTask, partition: int) -> None:
-        offset = message.offset()
-        assert offset is not None
+    def _receive_routed(
+        self, message: Message, task: OrderTask, partition: int, offset: int
+    ) -> None:
         events = self._routed_events.take(partition, message.key() or b"")
         if events is None:
             record = self._serde.decode(message.value() or b"", self._by_order)
