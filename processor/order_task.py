@@ -6,10 +6,17 @@ them in event-time order once every input partition's watermark has passed them,
 policy sees each order's events in event-time order and its clock never outruns an
 input that is still catching up. Watermarks of inputs that went idle are left out after
 `idle_partition_wait_ms` (SPEC section 6).
+
+Events of a co-partitioned input partition that this instance also routes skip the
+internal topic: the router hands them over directly (`receive_direct`) and the task holds
+that input's offset back until they are decided (docs/live.md, "Direct delivery").
 """
 
+import bisect
 import heapq
+import itertools
 from collections import deque
+from operator import itemgetter
 
 from processor.config import PolicyConfig
 from processor.engine import Engine
@@ -21,26 +28,46 @@ from processor.store import StateStore
 #: An event of a routed record: (event, origin, arrived). `arrived`: epoch millis its
 #: input arrived, for the latency metric.
 RoutedEvent = tuple[Event, str, int]
-#: A buffered event: (occurred_at, offset, index, event, origin, arrived), `index` its
-#: place in the record at `offset`. (offset, index) is unique, so tuples compare on the
-#: first three fields only (in C, unlike a class).
-_Buffered = tuple[int, int, int, Event, str, int]
+#: An event handed over directly: (input offset, event, origin, arrived).
+DirectEvent = tuple[int, Event, str, int]
+#: How many events of one record (of the internal topic, or of a direct input) are still
+#: to decide: shared by its buffered events, counted down as each is decided.
+_Undecided = list[int]
+#: A buffered event: (occurred_at, seq, event, origin, arrived, undecided). `seq` is the
+#: order it was received in, unique, so tuples compare on the first two fields only (in
+#: C, unlike a class), and events of one time are decided in the order they came.
+_Buffered = tuple[int, int, Event, str, int, _Undecided]
+_OFFSET = itemgetter(0)
 
 
 class OrderTask:
-    def __init__(self, store: StateStore, config: PolicyConfig, sources: frozenset[str]) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        config: PolicyConfig,
+        sources: frozenset[str],
+        direct: frozenset[str] = frozenset(),
+    ) -> None:
         self.store = store
         self._engine = Engine(store, config, publish_link=_links_are_routed_upstream)
         self._lateness_ms = config.allowed_lateness_ms
         self._sources = sources
-        self._watermarks: dict[str, tuple[int, bool]] = {}
+        #: Input partitions whose events this instance's router hands over directly.
+        self.direct = direct
+        #: Whether the watermarks of the `direct` inputs come from the local router yet
+        #: (`sync`); a task without direct inputs has nothing to wait for.
+        self.synced = not direct
+        self._watermarks: dict[str, tuple[int, bool]] = {}  # read from the internal topic
+        self._local: dict[str, tuple[int, bool]] = {}  # the direct inputs', from the router
         self._buffer: list[_Buffered] = []  # a heap: oldest event first
         self._ready: list[_Buffered] = []  # taken off the heap, to be decided in this order
-        # Offsets of records not decided yet, in arrival (= offset) order, and how many of
-        # each one's events are still to decide: the smallest undecided offset is the one
-        # to commit.
-        self._undecided: deque[int] = deque()
-        self._remaining: dict[int, int] = {}
+        self._seq = itertools.count()
+        # Records of the internal topic, and per direct input its records, not decided yet,
+        # in offset order: the smallest undecided offset is the one to commit.
+        self._undecided: deque[tuple[int, _Undecided]] = deque()
+        self._direct_undecided: dict[str, deque[tuple[int, _Undecided]]] = {
+            source: deque() for source in direct
+        }
         self._next_offset: int | None = None
         #: When the records the last `release` decided arrived (epoch millis), for the
         #: end-to-end latency metric.
@@ -48,21 +75,44 @@ class OrderTask:
 
     def receive(self, offset: int, events: list[RoutedEvent]) -> None:
         """A record of the internal topic: the events one router batch sent here."""
-        buffer = self._buffer
-        for index, (event, origin, arrived) in enumerate(events):
-            heapq.heappush(buffer, (event.at, offset, index, event, origin, arrived))
+        buffer, seq = self._buffer, self._seq
+        undecided = [len(events)]
+        for event, origin, arrived in events:
+            heapq.heappush(buffer, (event.at, next(seq), event, origin, arrived, undecided))
         if events:
-            self._undecided.append(offset)
-            self._remaining[offset] = len(events)
+            self._undecided.append((offset, undecided))
         self._next_offset = offset + 1
+
+    def receive_direct(self, source: str, events: list[DirectEvent]) -> None:
+        """Events of the direct input `source`, one per input record, in any order."""
+        buffer, seq = self._buffer, self._seq
+        records = self._direct_undecided[source]
+        for offset, event, origin, arrived in sorted(events, key=_OFFSET):
+            undecided = [1]
+            heapq.heappush(buffer, (event.at, next(seq), event, origin, arrived, undecided))
+            if records and offset < records[-1][0]:  # a tracking update that was pending
+                bisect.insort(records, (offset, undecided), key=_OFFSET)
+            else:
+                records.append((offset, undecided))
 
     def receive_watermark(self, offset: int, source: str, at: int, idle: bool) -> None:
         self._watermarks[source] = (at, idle)
         self._next_offset = offset + 1
 
+    def receive_local_watermark(self, source: str, at: int, idle: bool) -> None:
+        """A direct input's watermark, from the router that hands its events over."""
+        self._local[source] = (at, idle)
+
+    def sync(self) -> None:
+        """The task has read a record this instance wrote to its partition since it set the
+        task up: every record routed here before, by whichever instance, has been read, so
+        the local router's watermarks of the direct inputs may stand from now on."""
+        self.synced = True
+
     def watermark(self) -> int | None:
         """How far every input has been routed; None until each has reported."""
-        return combined_watermark(self._sources, self._watermarks)
+        reported = self._watermarks | self._local if self.synced else self._watermarks
+        return combined_watermark(self._sources, reported)
 
     def clock_target(self) -> int | None:
         """The clock `release` will advance to, so the timers due by then can be prefetched."""
@@ -78,7 +128,7 @@ class OrderTask:
         buffer, ready = self._buffer, self._ready
         while buffer and buffer[0][0] <= limit:
             ready.append(heapq.heappop(buffer))
-        return [item[3].order_id or "" for item in ready]
+        return [item[2].order_id or "" for item in ready]
 
     def release(self) -> list[Output]:
         """Decides the records `take_ready` took, oldest first, then moves the clock."""
@@ -87,21 +137,38 @@ class OrderTask:
         self.released_arrivals = []
         if limit is None:
             return outputs
-        process, remaining, arrivals = self._engine.process, self._remaining, self.released_arrivals
-        for _, offset, _, event, origin, arrived in self._ready:
+        process, arrivals = self._engine.process, self.released_arrivals
+        for _, _, event, origin, arrived, undecided in self._ready:
             outputs.extend(process(event, origin))
-            remaining[offset] -= 1
+            undecided[0] -= 1
             arrivals.append(arrived)
         self._ready = []
         self._engine.advance_clock(limit - self._lateness_ms, outputs)
         return outputs
 
     def commit_offset(self) -> int | None:
-        """The offset to commit: never past a record not decided yet."""
-        undecided, remaining = self._undecided, self._remaining
-        while undecided and remaining[undecided[0]] == 0:
-            del remaining[undecided.popleft()]
-        return undecided[0] if undecided else self._next_offset
+        """The offset of the internal topic to commit: never past a record not decided yet."""
+        first = _first_undecided(self._undecided)
+        return first if first is not None else self._next_offset
+
+    def direct_commit_offset(self, source: str) -> int | None:
+        """How far the direct input `source` may be committed, if this task holds it back:
+        never past an event of it not decided yet."""
+        return _first_undecided(self._direct_undecided[source])
+
+    def hold(self) -> int | None:
+        """The watermark a direct input may report for this task's partition, if held:
+        just below the oldest event not decided yet. Whoever takes the task over reads
+        those reports before the input's events that were handed over and not decided,
+        which its next router sends through the internal topic (docs/live.md)."""
+        oldest = [events[0][0] for events in (self._ready, self._buffer) if events]
+        return min(oldest) - 1 if oldest else None
+
+
+def _first_undecided(records: deque[tuple[int, _Undecided]]) -> int | None:
+    while records and records[0][1][0] == 0:
+        records.popleft()
+    return records[0][0] if records else None
 
 
 def _links_are_routed_upstream(tracking_number: str, order_id: str, outputs: list[Output]) -> None:

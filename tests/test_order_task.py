@@ -2,9 +2,12 @@
 
 import json
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from processor.config import load_policy
 from processor.events import Event, parse_event_json, to_millis
-from processor.order_task import OrderTask, RoutedEvent
+from processor.order_task import DirectEvent, OrderTask, RoutedEvent
 from processor.store import InMemoryStore
 from tests.factories import T0, at, order_placed
 
@@ -57,3 +60,94 @@ def test_a_record_without_events_holds_nothing_back() -> None:
     task.receive(1, [])
 
     assert task.commit_offset() == 2
+
+
+OTHER = "tracking:1"
+
+
+def make_direct_task() -> OrderTask:
+    """A task that `SOURCE` hands its events to directly; `OTHER` reaches it by records."""
+    return OrderTask(
+        InMemoryStore(), load_policy(), frozenset({SOURCE, OTHER}), frozenset({SOURCE})
+    )
+
+
+def handed(offset: int, order_id: str, days: float) -> DirectEvent:
+    event, origin, arrived = placed(order_id, days)
+    return offset, event, origin, arrived
+
+
+def decide_direct_up_to(task: OrderTask, days: float) -> list[str]:
+    """Both inputs at `days`: the direct one from the router, the other by a record."""
+    task.receive_local_watermark(SOURCE, day(days), idle=False)
+    task.receive_watermark(0, OTHER, day(days), idle=False)
+    ready = task.take_ready()
+    task.release()
+    return ready
+
+
+def test_a_direct_input_is_committed_only_up_to_its_oldest_undecided_event() -> None:
+    task = make_direct_task()
+    task.sync()
+    task.receive_direct(SOURCE, [handed(10, "o1", 1), handed(11, "o2", 3), handed(12, "o3", 2)])
+    assert task.direct_commit_offset(SOURCE) == 10
+    assert task.hold() == day(1) - 1
+
+    assert decide_direct_up_to(task, 2) == ["o1", "o3"]
+    assert task.direct_commit_offset(SOURCE) == 11, "o2 at offset 11 is still buffered"
+    assert task.hold() == day(3) - 1
+
+    assert decide_direct_up_to(task, 3) == ["o2"]
+    assert task.direct_commit_offset(SOURCE) is None
+    assert task.hold() is None
+
+
+def test_an_update_handed_over_after_newer_ones_holds_its_older_offset() -> None:
+    task = make_direct_task()
+    task.sync()
+    task.receive_direct(SOURCE, [handed(20, "o1", 1)])
+    task.receive_direct(SOURCE, [handed(15, "o2", 2)])  # it was pending in the router
+
+    assert decide_direct_up_to(task, 1) == ["o1"]
+    assert task.direct_commit_offset(SOURCE) == 15
+
+
+def test_local_watermarks_count_only_once_the_task_is_synced() -> None:
+    task = make_direct_task()
+    task.receive_direct(SOURCE, [handed(1, "o1", 1)])
+    task.receive_local_watermark(SOURCE, day(5), idle=False)
+    task.receive_watermark(7, OTHER, day(5), idle=False)
+    assert task.take_ready() == [], "records routed here before may still be unread"
+
+    task.receive_watermark(8, SOURCE, day(1) - 1, idle=False)  # a held report, read back
+    assert task.take_ready() == [], "the report read back holds the handed event"
+
+    task.sync()
+    assert task.take_ready() == ["o1"]
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 50), st.integers(0, 10)),
+        min_size=1,
+        max_size=40,
+        unique_by=lambda e: e[0],
+    ),
+    st.lists(st.integers(0, 10), max_size=5),
+)
+def test_a_direct_input_is_never_committed_past_an_undecided_event(
+    events: list[tuple[int, int]], steps: list[int]
+) -> None:
+    """Offsets handed over in any order, decided in event time: the offset to commit is
+    always the smallest one not decided."""
+    task = make_direct_task()
+    task.sync()
+    offsets = {f"o{offset}": offset for offset, _ in events}
+    half = len(events) // 2
+    for part in (events[:half], events[half:]):
+        task.receive_direct(SOURCE, [handed(offset, f"o{offset}", days) for offset, days in part])
+    for days in sorted(steps):
+        for order_id in decide_direct_up_to(task, days):
+            del offsets[order_id]
+        expected = min(offsets.values(), default=None)
+        assert task.direct_commit_offset(SOURCE) == expected
