@@ -33,7 +33,9 @@ its first retention check (30 s after start, then every 5 min) deletes them mid-
    of the first batch after which all of these hold:
    a. routed: on every input partition the group's committed offset equals the end
       offset (fixed: publishing finished before the start). Every input record has been
-      routed to `<app>-by-order` or dead-lettered, and no tracking update is pending;
+      routed to `<app>-by-order`, or handed to its task directly and decided (an input's
+      offset is held until then, docs/live.md), or dead-lettered, and no tracking update
+      is pending;
    b. final watermark: every input partition is reported idle in `<app>:router-progress`
       (docs/live.md), so the combined watermark is at its final value and no task's
       clock can move any further;

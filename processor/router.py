@@ -1,4 +1,4 @@
-"""First hop of the live topology: every input event onto `<app>-by-order`, by order.
+"""First hop of the live topology: every input event to its order's task, by order id.
 
 Order events already carry their order_id. A tracking update without one is resolved
 through the tracking-number index, which the router itself fills as it routes each
@@ -42,8 +42,10 @@ class Inbound(NamedTuple):
 
 
 class Routed(NamedTuple):
-    order_id: str
+    order_id: str  # resolved: a tracking update may carry none
     event: Event
+    source: str
+    offset: int
     origin: str
     payload: bytes
     arrived: int
@@ -149,7 +151,15 @@ class Router:
             order_id = item.event.order_id or found.get(_number(item))
             if order_id is not None:
                 result.routed.append(
-                    Routed(order_id, item.event, item.origin, item.payload, item.arrived)
+                    Routed(
+                        order_id,
+                        item.event,
+                        item.source,
+                        item.offset,
+                        item.origin,
+                        item.payload,
+                        item.arrived,
+                    )
                 )
                 continue
             source = self._sources[item.source]

@@ -9,7 +9,6 @@ docs/state-store.md the Redis side of exactly once.
 import contextlib
 import functools
 import gc
-import itertools
 import logging
 import signal
 import time
@@ -44,7 +43,7 @@ from processor.events import (
     parse_event,
     to_millis,
 )
-from processor.order_task import OrderTask, RoutedEvent
+from processor.order_task import DirectEvent, OrderTask, RoutedEvent
 from processor.outputs import (
     DeadLetter,
     Decision,
@@ -84,47 +83,6 @@ GC_THRESHOLDS = (50_000, 20, 10)
 #: Input bytes per routed record at most (or one input record, if it alone is bigger):
 #: well under the broker's default message.max.bytes (1 MiB).
 ROUTED_RECORD_BYTES = 256 * 1024
-#: Flow control (Runner._pace): the inputs pause while this instance's tasks have more
-#: than this many batches (`max_batch_records`) of routed events left to read, and resume
-#: at half of it. RoutedEvents keeps one batch more than that.
-BACKLOG_BATCHES = 2
-
-
-class RoutedEvents:
-    """The events of the routed records this instance wrote for its own order tasks.
-
-    A task reading such a record back would decode it, and every input record in it, and
-    validate them all again, into exactly the events the router holds. A routed record's
-    key names it uniquely (the producer's transactional id and a counter), so the task
-    takes the events by key, and decodes only records routed by another instance or
-    before a rewind. Bounded: when full, a record's events are not kept. `size` (events
-    kept) is what flow control watches (`Runner._pace`).
-    """
-
-    __slots__ = ("_events", "_limit", "size")
-
-    def __init__(self, limit: int) -> None:
-        self._events: dict[int, dict[bytes, list[RoutedEvent]]] = {}
-        self._limit = limit
-        self.size = 0
-
-    def put(self, partition: int, key: bytes, events: list[RoutedEvent]) -> None:
-        if self.size + len(events) <= self._limit:
-            self._events.setdefault(partition, {})[key] = events
-            self.size += len(events)
-
-    def take(self, partition: int, key: bytes) -> list[RoutedEvent] | None:
-        kept = self._events.get(partition)
-        events = kept.pop(key, None) if kept is not None else None
-        if events is not None:
-            self.size -= len(events)
-        return events
-
-    def forget(self, partition: int | None = None) -> None:
-        """Drops what a task no longer needs: one partition's events, or all (None)."""
-        dropped = list(self._events) if partition is None else [partition]
-        for number in dropped:
-            self.size -= sum(len(events) for events in self._events.pop(number, {}).values())
 
 
 @functools.lru_cache(maxsize=100_000)
@@ -395,6 +353,9 @@ class _TaskSlot:
     store: RedisTaskStore
     epoch: int
     position: int
+    #: The first key this instance wrote to the partition after setting the task up: the
+    #: task is synced (`OrderTask.sync`) when it reads that record or a later one of ours.
+    sync_from: int
     batches: int = 0
 
     def next_marker(self) -> int:
@@ -416,12 +377,12 @@ class Runner:
         self._router = Router(self._index, self.policy)
         self._router_progress: dict[str, Progress] = {}
         self._tasks: dict[int, _TaskSlot] = {}
-        self._backlog_limit = BACKLOG_BATCHES * settings.max_batch_records
-        self._routed_events = RoutedEvents(self._backlog_limit + settings.max_batch_records)
-        self._inputs_paused = False
         # Assigned partitions whose task or router source is not set up yet: after a
         # rebalance, or after a batch failed (see `_claim_assigned`).
         self._unclaimed: set[tuple[str, int]] = set()
+        # A task that received events directly was dropped while their input stays
+        # assigned: every partition goes back to its last commit before the next batch.
+        self._must_rewind = False
         self._backoff_s = 0.0  # the wait before the next batch while Redis is unreachable
         self._partition_gauges = metrics.PartitionGauges()
         self._timers_pending = metrics.GaugeShare(metrics.TIMERS_PENDING)
@@ -429,7 +390,11 @@ class Runner:
         self._tally = metrics.BatchTally()  # the batch in progress: its checkpoint's
         self._admin = AdminClient(settings.kafka.admin_config(), logger=_rdkafka_log)
         self._by_order_partitions = self._ensure_topics()
-        self._sources = self._input_sources()
+        self._sources = frozenset(
+            f"{topic}:{partition}"
+            for topic in self._inputs
+            for partition in topic_partitions(self._admin, topic)
+        )
         self._consumer = Consumer(
             settings.kafka.consumer_config(settings.group_id), logger=_rdkafka_log
         )
@@ -443,8 +408,10 @@ class Runner:
         producer_config = {"transaction.timeout.ms": TRANSACTION_TIMEOUT_MS} | (
             settings.kafka.producer_config(transactional_id)
         )
-        # Keys of the routed records this producer writes: unique (RoutedEvents).
-        self._routed_keys = (f"{transactional_id}:{n}".encode() for n in itertools.count())
+        # Keys of the records this producer writes to the internal topic: unique, and in
+        # the order they were written (`_TaskSlot.sync_from`).
+        self._key_prefix = f"{transactional_id}:".encode()
+        self._next_key = 0
         self._producer = Producer(producer_config, logger=_rdkafka_log)
         self._producer.init_transactions()
         self._interval_s = settings.commit_interval_ms / 1000
@@ -493,6 +460,8 @@ class Runner:
         next batch starts over from there: with Redis down, after a backoff, as long as it
         takes. A fatal Kafka error ends the processor (its supervisor restarts it).
         """
+        if self._must_rewind:
+            self._rewind_until_done()
         messages = self._consumer.consume(
             num_messages=self.settings.max_batch_records, timeout=self._interval_s
         )
@@ -551,15 +520,7 @@ class Runner:
                 if not abort_error.args[0].retriable():
                     raise
         metrics.TRANSACTIONS_ABORTED.inc()
-        while True:
-            try:
-                self._rewind()
-                break
-            except KafkaException as rewind_error:  # e.g. reading committed offsets timed out
-                if rewind_error.args[0].fatal():
-                    raise
-                _log.warning("rewind failed, retrying in 1 s", error=str(rewind_error))
-                time.sleep(1)
+        self._rewind_until_done()
         if redis_down:
             time.sleep(self._backoff_s)
 
@@ -576,6 +537,13 @@ class Runner:
         if not self._unclaimed:
             return
         now = time.monotonic()
+        # Every input partition of this instance hands its events for this instance's
+        # tasks over directly (docs/live.md, "Direct delivery").
+        local_inputs = frozenset(
+            f"{tp.topic}:{tp.partition}"
+            for tp in self._consumer.assignment()
+            if tp.topic != self._by_order
+        )
         wanted = [TopicPartition(t, p) for t, p in sorted(self._unclaimed)]
         for tp in self._consumer.committed(wanted, timeout=30):
             if tp.topic != self._by_order:
@@ -593,8 +561,10 @@ class Runner:
                 if marker is not None:
                     offsets[source + "#batch"] = marker
             epoch = store.claim(offsets)
-            task = OrderTask(store, self.policy, self._sources)
-            self._tasks[tp.partition] = _TaskSlot(task, store, epoch, max(tp.offset, 0))
+            task = OrderTask(store, self.policy, self._sources, local_inputs)
+            self._tasks[tp.partition] = _TaskSlot(
+                task, store, epoch, max(tp.offset, 0), sync_from=self._next_key
+            )
             self._unclaimed.discard((tp.topic, tp.partition))
             _log.info(
                 "task claimed",
@@ -629,7 +599,7 @@ class Runner:
                 slot = self._tasks.get(partition)
                 if slot is not None and offset >= slot.position:
                     slot.position = offset + 1
-                    self._receive_routed(message, slot.task, partition, offset)
+                    self._receive_routed(message, slot, offset)
                     touched.add(partition)
                 continue
             routed_to = self._router.position(f"{topic}:{partition}")
@@ -660,14 +630,6 @@ class Runner:
         for pending, dead in routed.dead_letters:
             self._dead_letter(None, pending.payload, dead.origin, dead.reason, dead.message)
         self._publish_watermarks(now)
-        # Every input partition read in this batch is a router source by now (routed,
-        # pending or skipped): the router alone says how far its offset may be committed.
-        for source, (offset, watermark) in self._router.commit_offsets().items():
-            source_topic, _, source_partition = source.rpartition(":")
-            checkpoint.offsets[(source_topic, int(source_partition))] = offset
-            checkpoint.metadata[(source_topic, int(source_partition))] = (
-                f"{WATERMARK_PREFIX}{watermark}"
-            )
 
         for partition in sorted(self._tasks):
             slot = self._tasks[partition]
@@ -686,23 +648,52 @@ class Runner:
             checkpoint.offsets[(self._by_order, partition)] = offset
             checkpoint.metadata[(self._by_order, partition)] = f"{MARKER_PREFIX}{marker}"
             checkpoint.stores.append((slot.store, {source: offset, source + "#batch": marker}))
+        # Every input partition read in this batch is a router source by now (routed,
+        # pending or skipped): the router says how far its offset may be committed, and
+        # the task it hands events to directly, if any, holds it back further.
+        for source, (routed_to, routed_watermark) in self._router.commit_offsets().items():
+            offset, watermark = self._input_commit(source, routed_to, routed_watermark)
+            source_topic, _, source_partition = source.rpartition(":")
+            checkpoint.offsets[(source_topic, int(source_partition))] = offset
+            checkpoint.metadata[(source_topic, int(source_partition))] = (
+                f"{WATERMARK_PREFIX}{watermark}"
+            )
         checkpoint.commit()
         self._drop_fenced()
 
+    def _input_commit(self, source: str, offset: int, watermark: int) -> tuple[int, int]:
+        """The offset and watermark to commit for an input partition: its router's, held
+        back by the tasks it hands events to directly, for the events they have not
+        decided (whoever reads the input next hands them over again)."""
+        for slot in self._tasks.values():
+            task = slot.task
+            if source in task.direct:
+                undecided, hold = task.direct_commit_offset(source), task.hold()
+                offset = offset if undecided is None else min(offset, undecided)
+                watermark = watermark if hold is None else min(watermark, hold)
+        return offset, watermark
+
     def _send_routed(self, routed: list[Routed], sent_ms: int) -> None:
-        """Writes the routed events to their tasks: one record per task (and per
-        `ROUTED_RECORD_BYTES`), each event with its input's bytes unchanged and the order
-        id the router resolved, so nothing is encoded again."""
+        """Hands the routed events to their tasks: directly to this instance's tasks
+        (`OrderTask.direct`), through the internal topic to the others', one record per
+        task (and per `ROUTED_RECORD_BYTES`), each event with its input's bytes unchanged
+        and the order id the router resolved, so nothing is encoded again."""
+        tasks = self._tasks
         by_task: dict[int, list[Routed]] = {}
+        direct: dict[tuple[int, str], list[DirectEvent]] = {}
         for item in routed:
             partition = _order_partition(item.order_id, self._by_order_partitions)
-            by_task.setdefault(partition, []).append(item)
+            slot = tasks.get(partition)
+            if slot is not None and item.source in slot.task.direct:
+                direct.setdefault((partition, item.source), []).append(
+                    (item.offset, _with_order_id(item), item.origin, item.arrived)
+                )
+            else:
+                by_task.setdefault(partition, []).append(item)
+        for (partition, source), handed in direct.items():
+            tasks[partition].task.receive_direct(source, handed)
         for partition, items in by_task.items():
             for chunk in routed_chunks(items):
-                key = next(self._routed_keys)
-                if partition in self._tasks:
-                    events = [(_with_order_id(i), i.origin, i.arrived) for i in chunk]
-                    self._routed_events.put(partition, key, events)
                 value = self._serde.encode(
                     "routed",
                     {
@@ -719,22 +710,36 @@ class Runner:
                     self._by_order,
                 )
                 self._producer.produce(
-                    self._by_order, key=key, value=value, partition=partition, timestamp=sent_ms
+                    self._by_order,
+                    key=self._new_key(),
+                    value=value,
+                    partition=partition,
+                    timestamp=sent_ms,
                 )
 
-    def _receive_routed(
-        self, message: Message, task: OrderTask, partition: int, offset: int
-    ) -> None:
-        events = self._routed_events.take(partition, message.key() or b"")
-        if events is None:
-            record = self._serde.decode(message.value() or b"", self._by_order)
-            if record["type"] == "watermark":
-                task.receive_watermark(
-                    offset, record["source"], to_millis(record["occurred_at"]), record["idle"]
-                )
-                return
-            events = [self._routed_event(item) for item in record["events"]]
-        task.receive(offset, events)
+    def _new_key(self) -> bytes:
+        """The key of a record for the internal topic: unique, and in the order written."""
+        key = self._key_prefix + str(self._next_key).encode()
+        self._next_key += 1
+        return key
+
+    def _written_since(self, key: bytes, first: int) -> bool:
+        """Whether a record of the internal topic is one this instance wrote, as its
+        `first`-th or later (`_new_key`)."""
+        prefix = self._key_prefix
+        return key.startswith(prefix) and int(key[len(prefix) :]) >= first
+
+    def _receive_routed(self, message: Message, slot: _TaskSlot, offset: int) -> None:
+        task = slot.task
+        if not task.synced and self._written_since(message.key() or b"", slot.sync_from):
+            task.sync()
+        record = self._serde.decode(message.value() or b"", self._by_order)
+        if record["type"] == "watermark":
+            task.receive_watermark(
+                offset, record["source"], to_millis(record["occurred_at"]), record["idle"]
+            )
+        else:
+            task.receive(offset, [self._routed_event(item) for item in record["events"]])
 
     def _routed_event(self, item: dict[str, Any]) -> RoutedEvent:
         record = self._serde.decode(item["payload"], self._by_order)
@@ -742,17 +747,15 @@ class Runner:
             record["order_id"] = item["order_id"]
         return parse_event(record), item["origin"], item["arrived"]
 
-    def _caught_up(self) -> tuple[dict[str, bool], int]:
-        """Per input partition: has the consumer read everything the broker holds? And the
-        records this instance's tasks have left to read. Also reports every assigned
-        partition's lag (high watermark minus position).
+    def _caught_up(self) -> dict[str, bool]:
+        """Per input partition: has the consumer read everything the broker holds? Also
+        reports every assigned partition's lag (high watermark minus position).
 
         The consumer has no position for a partition it has read nothing from since it
         was assigned; the router's or the task's (the committed offset) stands in for it,
         or a partition consumed to its end before it moved would never count as idle again.
         """
         caught_up: dict[str, bool] = {}
-        unread = 0
         assigned = self._consumer.assignment()
         for tp in self._consumer.position(assigned) if assigned else []:
             low, high = self._consumer.get_watermark_offsets(tp, cached=True)
@@ -769,50 +772,61 @@ class Runner:
             if high >= 0:  # else no fetch has told us the high watermark yet
                 behind = max(high - (position if position is not None else max(low, 0)), 0)
                 self._partition_gauges.lag(tp.topic, tp.partition, behind)
-                if tp.topic == self._by_order and tp.partition in self._tasks:
-                    unread += behind
-        return caught_up, unread
+        return caught_up
 
     def _publish_watermarks(self, now: float) -> None:
         drained = all_drained(self._sources, self._router_progress)
-        caught_up, unread = self._caught_up()
-        self._pace(unread)
+        caught_up = self._caught_up()
+        self._pace()
         reports = self._router.watermarks(now, self._idle_s, caught_up, drained)
         self._router_progress = self._index.share_progress(reports)
         for source, report in reports:
-            value = self._serde.encode(
-                "watermark",
-                {
-                    "source": source,
-                    "occurred_at": from_millis(report.watermark),
-                    "idle": report.idle,
-                },
-                self._by_order,
-            )
+            value = self._watermark_record(source, report.watermark, report.idle)
             for partition in range(self._by_order_partitions):
+                slot = self._tasks.get(partition)
+                if slot is not None and source in slot.task.direct:
+                    record = self._direct_watermark(source, report, slot.task)
+                else:
+                    record = value
                 self._producer.produce(
-                    self._by_order, key=source.encode(), value=value, partition=partition
+                    self._by_order, key=self._new_key(), value=record, partition=partition
                 )
 
-    def _pace(self, unread: int) -> None:
-        """Flow control: the inputs wait while this instance's tasks are far behind.
+    def _direct_watermark(self, source: str, report: Progress, task: OrderTask) -> bytes:
+        """A direct input's watermark: its task here takes it as it is, and the task's
+        partition gets it held below the task's undecided events (`OrderTask.hold`).
 
-        Routing is cheaper than deciding, so unchecked the routers race through a backlog
-        and the tasks trail it: routed events would pile up (in RoutedEvents, then in the
-        internal topic, decoded again) and the latency of every record would grow. The
-        backlog is the events this instance routed to its own tasks that they have not read
-        yet, counted while there is anything left to read (`unread` records of the internal
-        topic). Paused partitions are not read to their end, so they never count as idle:
-        the watermark waits for them, as for any slow input.
+        Those events are in no topic. Should the task move, or this instance crash, its
+        next owner reads the partition from the last commit before the input's events are
+        handed over again, so no report there may let its clock pass them; nor may the
+        input count as idle there while they wait.
         """
-        backlog = self._routed_events.size if unread else 0
-        if backlog > self._backlog_limit:
-            self._inputs_paused = True
-        elif backlog <= self._backlog_limit // 2:
-            self._inputs_paused = False
+        task.receive_local_watermark(source, report.watermark, report.idle)
+        hold = task.hold()
+        if hold is None:
+            return self._watermark_record(source, report.watermark, report.idle)
+        return self._watermark_record(source, min(report.watermark, hold), idle=False)
+
+    def _watermark_record(self, source: str, watermark: int, idle: bool) -> bytes:
+        return self._serde.encode(
+            "watermark",
+            {"source": source, "occurred_at": from_millis(watermark), "idle": idle},
+            self._by_order,
+        )
+
+    def _pace(self) -> None:
+        """The inputs wait while a task of this instance is not synced (`OrderTask.sync`).
+
+        Until then the task cannot decide the events handed to it, and the record that
+        syncs it may queue behind a whole prefetch of input records (librdkafka keeps up
+        to 64 MB of them): after a rebalance or a rewind the tasks would hold that much.
+        Pausing drops the prefetched input, so the internal topic's records come next. It
+        cannot stall: syncing takes no watermark, only a read of the internal topic.
+        Paused partitions are not read to their end, so they never count as idle.
+        """
         inputs = [tp for tp in self._consumer.assignment() if tp.topic != self._by_order]
         if inputs:
-            if self._inputs_paused:
+            if any(not slot.task.synced for slot in self._tasks.values()):
                 self._consumer.pause(inputs)
             else:
                 self._consumer.resume(inputs)
@@ -866,13 +880,24 @@ class Runner:
 
     def _forget(self, partitions: list[TopicPartition], kind: str) -> None:
         self._partition_gauges.revoke(((tp.topic, tp.partition) for tp in partitions), kind)
+        revoked = {f"{tp.topic}:{tp.partition}" for tp in partitions}
         for tp in partitions:
             self._unclaimed.discard((tp.topic, tp.partition))
             if tp.topic == self._by_order:
-                self._tasks.pop(tp.partition, None)
-                self._routed_events.forget(tp.partition)
+                self._drop_task(tp.partition, revoked)
             else:
                 self._router.revoke(f"{tp.topic}:{tp.partition}")
+
+    def _drop_task(self, partition: int, revoked: set[str] | frozenset[str] = frozenset()) -> None:
+        """Forgets a task. The events its direct inputs handed it and it has not decided
+        are in no topic: if one of those inputs stays ours (not in `revoked`), every
+        partition goes back to its last commit before the next batch (`_must_rewind`), so
+        that they are read again. With the range assignor a rebalance revokes everything
+        at once, so this is for a task fenced while its inputs were not revoked yet.
+        """
+        slot = self._tasks.pop(partition, None)
+        if slot is not None and not slot.task.direct <= revoked:
+            self._must_rewind = True
 
     def _drop_fenced(self) -> None:
         """Forgets the tasks another member claimed: we are a zombie for them.
@@ -886,8 +911,18 @@ class Runner:
                 _log.warning(
                     "task fenced: another member owns it now", **_task_fields(slot.store.task)
                 )
-                del self._tasks[partition]
-                self._routed_events.forget(partition)
+                self._drop_task(partition)
+
+    def _rewind_until_done(self) -> None:
+        while True:
+            try:
+                self._rewind()
+                return
+            except KafkaException as rewind_error:  # e.g. reading committed offsets timed out
+                if rewind_error.args[0].fatal():
+                    raise
+                _log.warning("rewind failed, retrying in 1 s", error=str(rewind_error))
+                time.sleep(1)
 
     def _rewind(self) -> None:
         """After an aborted transaction: every assigned partition back to its last commit.
@@ -900,16 +935,16 @@ class Runner:
         new owner's epoch and drop the batch that owner staged but has not committed yet;
         that batch's transaction then commits, so Redis would lose state Kafka
         acknowledged. Input partitions restart their router source from the committed
-        offset and watermark.
+        offset and watermark, and tasks hand their direct inputs' events over again.
         """
         self._drop_fenced()
-        self._routed_events.forget()
         for slot in self._tasks.values():
             # With Redis down, a staged copy left behind is replaced by our next stage, or
             # dropped by the next owner's claim (docs/state-store.md).
             with contextlib.suppress(*REDIS_DOWN):
                 slot.store.discard()
-            slot.task = OrderTask(slot.store, self.policy, self._sources)
+            slot.task = OrderTask(slot.store, self.policy, self._sources, slot.task.direct)
+            slot.sync_from = self._next_key
         assignment = self._consumer.assignment()
         for tp in assignment:
             if tp.topic != self._by_order:
@@ -921,6 +956,7 @@ class Runner:
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
             if tp.topic == self._by_order and tp.partition in self._tasks:
                 self._tasks[tp.partition].position = max(tp.offset, 0)
+        self._must_rewind = False
 
     def _ensure_topics(self) -> int:
         """Creates missing topics; the internal one gets the orders topic's partition count."""
@@ -947,10 +983,3 @@ class Runner:
                     if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                         raise
         return len(topic_partitions(self._admin, self._by_order))
-
-    def _input_sources(self) -> frozenset[str]:
-        return frozenset(
-            f"{topic}:{partition}"
-            for topic in self._inputs
-            for partition in topic_partitions(self._admin, topic)
-        )

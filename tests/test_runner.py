@@ -23,7 +23,6 @@ from processor.localstack.kafka import KafkaAdmin
 from processor.router import Routed
 from processor.runner import (
     ROUTED_RECORD_BYTES,
-    RoutedEvents,
     arrival_ms,
     routed_chunks,
     topic_partitions,
@@ -182,41 +181,9 @@ def _shipped(event_id: str) -> Event:
     )
 
 
-def test_a_task_takes_the_events_of_a_routed_record_once_by_its_key() -> None:
-    kept = RoutedEvents(limit=10)
-    events = [(_shipped("e1"), "orders/0/7", 1), (_shipped("e2"), "orders/0/8", 2)]
-    kept.put(2, b"tx:1", events)
-    assert kept.size == 2
-
-    assert kept.take(3, b"tx:1") is None, "another partition"
-    assert kept.take(2, b"tx:2") is None, "another record"
-    assert kept.take(2, b"tx:1") is events
-    assert kept.take(2, b"tx:1") is None, "taken once"
-    assert kept.size == 0
-
-
-def test_routed_events_are_bounded_and_forgotten_with_their_task() -> None:
-    kept = RoutedEvents(limit=3)
-    two = [(_shipped("e1"), "orders/0/1", 1), (_shipped("e2"), "orders/0/2", 1)]
-    kept.put(1, b"tx:1", two)
-    kept.put(1, b"tx:2", two)
-    assert kept.take(1, b"tx:2") is None, "over the limit: not kept"
-    kept.put(4, b"tx:3", two[:1])
-    assert kept.size == 3
-
-    kept.forget(1)
-    assert kept.size == 1
-    assert kept.take(1, b"tx:1") is None
-    kept.put(5, b"tx:4", two)
-    assert kept.take(5, b"tx:4") is two, "room again after forget"
-    kept.forget()
-    assert kept.size == 0
-    assert kept.take(4, b"tx:3") is None
-
-
 def test_routed_events_are_split_into_records_by_input_bytes_in_order() -> None:
     def item(n: int, size: int) -> Routed:
-        return Routed("o1", _shipped(f"e{n}"), f"orders/0/{n}", b"x" * size, 0)
+        return Routed("o1", _shipped(f"e{n}"), "orders:0", n, f"orders/0/{n}", b"x" * size, 0)
 
     third = ROUTED_RECORD_BYTES // 3
     items = [item(n, third) for n in range(7)] + [item(7, 2 * ROUTED_RECORD_BYTES)]
