@@ -84,13 +84,14 @@ class OrderTask:
         self._next_offset = offset + 1
 
     def receive_direct(self, source: str, events: list[DirectEvent]) -> None:
-        """Events of the direct input `source`, one per input record, in any order."""
+        """Events of the direct input `source`, one per input record: in offset order
+        but for tracking updates that were pending in the router."""
         buffer, seq = self._buffer, self._seq
         records = self._direct_undecided[source]
-        for offset, event, origin, arrived in sorted(events, key=_OFFSET):
+        for offset, event, origin, arrived in events:
             undecided = [1]
             heapq.heappush(buffer, (event.at, next(seq), event, origin, arrived, undecided))
-            if records and offset < records[-1][0]:  # a tracking update that was pending
+            if records and offset < records[-1][0]:
                 bisect.insort(records, (offset, undecided), key=_OFFSET)
             else:
                 records.append((offset, undecided))

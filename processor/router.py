@@ -170,7 +170,6 @@ class Router:
                 result.dead_letters.append((item, _unknown_number(item)))
             else:
                 source.pending.append(item)
-        result.routed.sort(key=lambda r: r.event.at)
         return result
 
     def pending(self) -> int:
