@@ -460,11 +460,12 @@ class Runner:
         next batch starts over from there: with Redis down, after a backoff, as long as it
         takes. A fatal Kafka error ends the processor (its supervisor restarts it).
         """
-        if self._must_rewind:
-            self._rewind_until_done()
         messages = self._consumer.consume(
             num_messages=self.settings.max_batch_records, timeout=self._interval_s
         )
+        if self._must_rewind:  # set after the last commit, or by a callback in consume
+            self._rewind_until_done()
+            return  # what consume returned is read again from the last commit
         metrics.BATCH_RECORDS.observe(len(messages))
         self._producer.begin_transaction()
         checkpoint = Checkpoint(self._producer, self._consumer)
