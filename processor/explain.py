@@ -107,7 +107,8 @@ def explain_state(
     """Puts an order's state, decisions and (from a file) events together.
 
     Without `events` the timeline is rebuilt from the facts the state keeps; the ids of
-    events it applied but keeps nothing else of are listed as `untimed_event_ids`.
+    events it saw (applied or dead-lettered) but keeps nothing else of are listed as
+    `untimed_event_ids`.
     """
     if state is None and not decisions and not events:
         raise UnknownOrderError(
@@ -588,7 +589,7 @@ def render_text(explanation: Explanation) -> str:
     )
     if explanation.untimed_event_ids:
         out.append(
-            "  also applied (the state keeps only their ids): "
+            "  also seen, applied or dead-lettered (the state keeps only their ids): "
             + ", ".join(explanation.untimed_event_ids)
         )
 

@@ -326,6 +326,9 @@ def _hold(step: _Step, event: Event, origin: str, waits_for: str) -> None:
 
 
 def _reject(step: _Step, event: Event, origin: str, reason: str, message: str) -> None:
+    """Dead-letters an event the order's state refuses. Its id is seen like any other's,
+    so the same event again (a duplicate, or read again after a rewind) is a no-op."""
+    step.state.seen.add(event.event_id)
     step.emit(
         DeadLetter(origin=origin, reason=reason, message=message, payload=event_to_json(event))
     )

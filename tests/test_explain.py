@@ -221,7 +221,7 @@ def test_without_events_the_timeline_is_rebuilt_from_the_state(history: Path) ->
         ("event", "claim_reviewed", "o1-review-c7"),  # held, kept whole in the state
     ]
     assert {e.source for e in live.timeline if e.kind == "fact"} == {"state"}
-    assert live.untimed_event_ids == ("o1-rto", "o1-transit")
+    assert live.untimed_event_ids == ("o1-rto", "o1-ship-unknown-sku", "o1-transit")
     assert to_json(live)["ledger"] == to_json(from_file)["ledger"]
     assert live.timers == from_file.timers
 
