@@ -107,6 +107,7 @@ def test_an_update_handed_over_after_newer_ones_holds_its_older_offset() -> None
     task.sync()
     task.receive_direct(SOURCE, [handed(20, "o1", 1)])
     task.receive_direct(SOURCE, [handed(15, "o2", 2)])  # it was pending in the router
+    assert task.direct_commit_offset(SOURCE) == 15
 
     assert decide_direct_up_to(task, 1) == ["o1"]
     assert task.direct_commit_offset(SOURCE) == 15
@@ -133,21 +134,25 @@ def test_local_watermarks_count_only_once_the_task_is_synced() -> None:
         max_size=40,
         unique_by=lambda e: e[0],
     ),
-    st.lists(st.integers(0, 10), max_size=5),
+    st.lists(st.tuples(st.integers(1, 10), st.integers(0, 10)), max_size=6),
 )
 def test_a_direct_input_is_never_committed_past_an_undecided_event(
-    events: list[tuple[int, int]], steps: list[int]
+    events: list[tuple[int, int]], steps: list[tuple[int, int]]
 ) -> None:
-    """Offsets handed over in any order, decided in event time: the offset to commit is
-    always the smallest one not decided."""
+    """Offsets handed over in any order, in several parts, decided in event time as the
+    watermark moves between them: the offset to commit is always the smallest one not
+    decided."""
     task = make_direct_task()
     task.sync()
-    offsets = {f"o{offset}": offset for offset, _ in events}
-    half = len(events) // 2
-    for part in (events[:half], events[half:]):
-        task.receive_direct(SOURCE, [handed(offset, f"o{offset}", days) for offset, days in part])
-    for days in sorted(steps):
-        for order_id in decide_direct_up_to(task, days):
-            del offsets[order_id]
-        expected = min(offsets.values(), default=None)
-        assert task.direct_commit_offset(SOURCE) == expected
+    undecided: dict[str, int] = {}
+    rest, watermark = events, 0
+    for part, days in [*steps, (len(events), 10)]:
+        handing, rest = rest[:part], rest[part:]
+        task.receive_direct(SOURCE, [handed(offset, f"o{offset}", at) for offset, at in handing])
+        undecided |= {f"o{offset}": offset for offset, _ in handing}
+        assert task.direct_commit_offset(SOURCE) == min(undecided.values(), default=None)
+        watermark = max(watermark, days)
+        for order_id in decide_direct_up_to(task, watermark):
+            del undecided[order_id]
+        assert task.direct_commit_offset(SOURCE) == min(undecided.values(), default=None)
+    assert not undecided, "the last step passes every event"
