@@ -23,11 +23,16 @@ from processor.outputs import DeadLetter
 
 
 class TrackingIndex(Protocol):
-    """tracking_number -> order_id, shared by every router instance."""
+    """tracking_number -> order_id, shared by every router instance; and the origins of
+    the tracking updates that expired unresolved."""
 
     def link_many(self, links: Mapping[str, str]) -> None: ...
 
     def lookup_many(self, tracking_numbers: Iterable[str]) -> dict[str, str]: ...
+
+    def expire_many(self, origins: Iterable[str]) -> None: ...
+
+    def expired_among(self, origins: Iterable[str]) -> set[str]: ...
 
 
 class Inbound(NamedTuple):
@@ -39,6 +44,7 @@ class Inbound(NamedTuple):
     origin: str  # "<topic>/<partition>/<offset>"
     payload: bytes  # as consumed: forwarded unchanged, in a Routed record (docs/live.md)
     arrived: int  # epoch millis the record arrived (docs/live.md, "Metrics")
+    replayed: bool = False  # read again below its source's `Router.handled` mark
 
 
 class Routed(NamedTuple):
@@ -49,6 +55,15 @@ class Routed(NamedTuple):
     origin: str
     payload: bytes
     arrived: int
+
+
+class Commit(NamedTuple):
+    """What a router commits for a source: the offset, and as its metadata the watermark
+    and the handled mark (`Router.assign`)."""
+
+    offset: int
+    watermark: int
+    handled: int
 
 
 @dataclass(slots=True)
@@ -74,6 +89,7 @@ class _Source:
     next_offset: int | None = None  # the offset after the last one seen
     pending: list[Inbound] = field(default_factory=list)
     quiet_since: float = 0.0  # monotonic seconds of the last record seen
+    handled: int = 0  # offsets below were routed or dead-lettered by a committed batch
 
 
 class Router:
@@ -89,9 +105,15 @@ class Router:
         now: float,
         committed: int | None = None,
         watermark: int | None = None,
+        handled: int | None = None,
     ) -> None:
-        """Takes a source over at its `committed` offset and the `watermark` committed
-        with it (None: nothing committed yet).
+        """Takes a source over at its `committed` offset and the `watermark` and `handled`
+        mark committed with it (None: nothing committed yet).
+
+        The offset may be held back below records a committed batch routed or
+        dead-lettered already, behind events it handed to a task that had not decided
+        them (docs/live.md, "Direct delivery"): those records are read again up to the
+        `handled` mark (`replaying`), and only their events are handed over again.
 
         Without them a source whose records were all routed before it moved would report
         "routed until 0" from then on, and once every input is idle the order tasks'
@@ -100,8 +122,17 @@ class Router:
         is what the previous owner reported for exactly the committed records.
         """
         self._sources[source] = _Source(
-            routed_until=watermark, next_offset=committed, quiet_since=now
+            routed_until=watermark,
+            next_offset=committed,
+            quiet_since=now,
+            handled=handled or 0,
         )
+
+    def replaying(self, source: str, offset: int) -> bool:
+        """Whether a record was routed or dead-lettered by a committed batch already: its
+        event goes to its task again (a no-op if decided), nothing else happens again."""
+        found = self._sources.get(source)
+        return found is not None and offset < found.handled
 
     def position(self, source: str) -> int | None:
         """The next offset of `source` to route (None: nothing read or committed yet)."""
@@ -140,6 +171,10 @@ class Router:
             source.pending = []
         unresolved = waiting + [e for e in batch if _needs_lookup(e)]
         found = self._index.lookup_many({_number(e) for e in unresolved}) if unresolved else {}
+        # An update read again may have expired: resolving it now would decide it after
+        # its dead letter, which the replay never does.
+        replayed = [e.origin for e in unresolved if e.replayed]
+        expired = self._index.expired_among(replayed) if replayed else set()
         for item in batch:
             source = self._sources.setdefault(item.source, _Source())
             source.next_offset = item.offset + 1
@@ -148,6 +183,8 @@ class Router:
             if source.routed_until is None or at > source.routed_until:
                 source.routed_until = at
         for item in waiting + batch:
+            if expired and item.origin in expired:
+                continue
             order_id = item.event.order_id or found.get(_number(item))
             if order_id is not None:
                 result.routed.append(
@@ -170,21 +207,26 @@ class Router:
                 result.dead_letters.append((item, _unknown_number(item)))
             else:
                 source.pending.append(item)
+        if result.dead_letters:
+            self._index.expire_many(item.origin for item, _ in result.dead_letters)
         return result
 
     def pending(self) -> int:
         """Tracking updates waiting for their tracking number, over every source."""
         return sum(len(source.pending) for source in self._sources.values())
 
-    def commit_offsets(self) -> dict[str, tuple[int, int]]:
-        """Per source, the offset to commit (never past an update still pending) and the
-        watermark to commit with it, for whoever owns the source next (`assign`)."""
-        offsets: dict[str, tuple[int, int]] = {}
+    def commit_offsets(self) -> dict[str, Commit]:
+        """Per source, the offset to commit (never past an update still pending), and the
+        watermark and handled mark to commit with it, for whoever owns it next (`assign`)."""
+        offsets: dict[str, Commit] = {}
         for name, source in self._sources.items():
             if source.pending:
-                offsets[name] = (min(item.offset for item in source.pending), _held_back(source))
+                offset = min(item.offset for item in source.pending)
             elif source.next_offset is not None:
-                offsets[name] = (source.next_offset, _held_back(source))
+                offset = source.next_offset
+            else:
+                continue
+            offsets[name] = Commit(offset, _held_back(source), max(offset, source.handled))
         return offsets
 
     def watermarks(

@@ -54,7 +54,15 @@ from processor.outputs import (
 )
 from processor.partitioner import default_partition
 from processor.redis_store import FencedError, RedisTaskStore
-from processor.router import Inbound, Progress, Routed, Router, all_drained, expiry_progress
+from processor.router import (
+    Commit,
+    Inbound,
+    Progress,
+    Routed,
+    Router,
+    all_drained,
+    expiry_progress,
+)
 from processor.serde import DecodeError, Serde
 from processor.settings import Settings, make_serde
 
@@ -67,8 +75,10 @@ REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 #: Offset metadata of a task's partition: the batch marker its Redis state was staged with.
 MARKER_PREFIX = "batch:"
-#: Offset metadata of an input partition: its router's watermark when the offset committed.
+#: Offset metadata of an input partition: `watermark:<w>;handled:<n>`, its router's
+#: watermark and handled mark when the offset committed (`Router.assign`).
 WATERMARK_PREFIX = "watermark:"
+HANDLED_PREFIX = "handled:"
 #: librdkafka's transaction.timeout.ms unless the settings' passthrough sets it (see Runner).
 TRANSACTION_TIMEOUT_MS = 10_000
 #: How long to wait for a topic's complete metadata at start (`topic_partitions`).
@@ -126,6 +136,8 @@ class RedisTrackingIndex:
         self._client = client
         self._prefix = f"{application_id}:tracking:"
         self._progress = f"{application_id}:router-progress"
+        # Origins of the updates that expired unresolved (Router.route): few, kept for good.
+        self._expired = f"{application_id}:expired-orphans"
 
     def _bucket(self, number: str) -> str:
         return f"{self._prefix}{zlib.crc32(number.encode()) % TRACKING_BUCKETS}"
@@ -166,6 +178,16 @@ class RedisTrackingIndex:
                 int(watermark), idle == "1", int(routed), drained == "1"
             )
         return progress
+
+    def expire_many(self, origins: Iterable[str]) -> None:
+        with metrics.REDIS_INDEX.time():
+            self._client.sadd(self._expired, *origins)
+
+    def expired_among(self, origins: Iterable[str]) -> set[str]:
+        wanted = list(origins)
+        with metrics.REDIS_INDEX.time():
+            found = self._client.smismember(self._expired, wanted)
+        return {origin for origin, member in zip(wanted, found, strict=True) if member}
 
     def lookup_many(self, tracking_numbers: Iterable[str]) -> dict[str, str]:
         buckets = self._by_bucket(tracking_numbers)
@@ -323,6 +345,17 @@ def _task_fields(task: str) -> dict[str, str | int]:
     """A task ("<by-order topic>:<partition>") as log fields."""
     topic, _, partition = task.rpartition(":")
     return {"topic": topic, "partition": int(partition)}
+
+
+def input_metadata(commit: Commit) -> str:
+    return f"{WATERMARK_PREFIX}{commit.watermark};{HANDLED_PREFIX}{commit.handled}"
+
+
+def parse_input_metadata(metadata: str | None) -> tuple[int | None, int | None]:
+    """(watermark, handled mark) of an input's committed offset; the handled mark is None
+    in metadata written before it existed."""
+    watermark, _, handled = (metadata or "").partition(";")
+    return _metadata_number(watermark, WATERMARK_PREFIX), _metadata_number(handled, HANDLED_PREFIX)
 
 
 def _metadata_number(metadata: str | None, prefix: str) -> int | None:
@@ -548,9 +581,9 @@ class Runner:
         wanted = [TopicPartition(t, p) for t, p in sorted(self._unclaimed)]
         for tp in self._consumer.committed(wanted, timeout=30):
             if tp.topic != self._by_order:
-                watermark = _metadata_number(tp.metadata, WATERMARK_PREFIX)
+                watermark, handled = parse_input_metadata(tp.metadata)
                 offset = tp.offset if tp.offset >= 0 else None
-                self._router.assign(f"{tp.topic}:{tp.partition}", now, offset, watermark)
+                self._router.assign(f"{tp.topic}:{tp.partition}", now, offset, watermark, handled)
                 self._unclaimed.discard((tp.topic, tp.partition))
                 continue
             source = self._source_key(tp.partition)
@@ -603,9 +636,12 @@ class Runner:
                     self._receive_routed(message, slot, offset)
                     touched.add(partition)
                 continue
-            routed_to = self._router.position(f"{topic}:{partition}")
+            source = f"{topic}:{partition}"
+            routed_to = self._router.position(source)
             if routed_to is not None and offset < routed_to:
                 continue  # read again after a late seek (see _TaskSlot): routed already
+            # Read again behind a held offset (Router.assign): counted, dead-lettered once.
+            replayed = self._router.replaying(source, offset)
             origin = f"{topic}/{partition}/{offset}"
             value = message.value() or b""
             record: dict[str, Any] | None = None
@@ -613,14 +649,19 @@ class Runner:
                 record = self._serde.decode(value, topic)
                 event = parse_event(record)
             except (DecodeError, InvalidEventError) as exc:
-                kind = metrics.UNDECODABLE if record is None else str(record.get("type"))
-                tally.consumed[(f"{topic}:{partition}", kind)] += 1
-                self._dead_letter(message.key(), message.value(), origin, exc.reason, exc.message)
-                rejected.append((f"{topic}:{partition}", offset))
+                rejected.append((source, offset))
+                if not replayed:
+                    kind = metrics.UNDECODABLE if record is None else str(record.get("type"))
+                    tally.consumed[(source, kind)] += 1
+                    self._dead_letter(
+                        message.key(), message.value(), origin, exc.reason, exc.message
+                    )
                 continue
             arrived = arrival_ms(message.timestamp(), received_ms)
-            inbound.append(Inbound(f"{topic}:{partition}", offset, event, origin, value, arrived))
-        tally.consumed.update((item.source, item.event.type) for item in inbound)
+            inbound.append(Inbound(source, offset, event, origin, value, arrived, replayed))
+        tally.consumed.update(
+            (item.source, item.event.type) for item in inbound if not item.replayed
+        )
 
         routed = self._router.route(
             inbound, now, expiry_progress(self._sources, self._router_progress)
@@ -651,28 +692,28 @@ class Runner:
             checkpoint.stores.append((slot.store, {source: offset, source + "#batch": marker}))
         # Every input partition read in this batch is a router source by now (routed,
         # pending or skipped): the router says how far its offset may be committed, and
-        # the task it hands events to directly, if any, holds it back further.
-        for source, (routed_to, routed_watermark) in self._router.commit_offsets().items():
-            offset, watermark = self._input_commit(source, routed_to, routed_watermark)
+        # the tasks it hands events to directly hold it back further.
+        for source, by_router in self._router.commit_offsets().items():
+            commit = self._input_commit(source, by_router)
             source_topic, _, source_partition = source.rpartition(":")
-            checkpoint.offsets[(source_topic, int(source_partition))] = offset
-            checkpoint.metadata[(source_topic, int(source_partition))] = (
-                f"{WATERMARK_PREFIX}{watermark}"
-            )
+            checkpoint.offsets[(source_topic, int(source_partition))] = commit.offset
+            checkpoint.metadata[(source_topic, int(source_partition))] = input_metadata(commit)
         checkpoint.commit()
         self._drop_fenced()
 
-    def _input_commit(self, source: str, offset: int, watermark: int) -> tuple[int, int]:
-        """The offset and watermark to commit for an input partition: its router's, held
+    def _input_commit(self, source: str, routed: Commit) -> Commit:
+        """What to commit for an input partition: its router's offset and watermark, held
         back by the tasks it hands events to directly, for the events they have not
-        decided (whoever reads the input next hands them over again)."""
+        decided (whoever reads the input next hands them over again, up to the router's
+        handled mark)."""
+        offset, watermark = routed.offset, routed.watermark
         for slot in self._tasks.values():
             task = slot.task
             if source in task.direct:
                 undecided, hold = task.direct_commit_offset(source), task.hold()
                 offset = offset if undecided is None else min(offset, undecided)
                 watermark = watermark if hold is None else min(watermark, hold)
-        return offset, watermark
+        return Commit(offset, watermark, routed.handled)
 
     def _send_routed(self, routed: list[Routed], sent_ms: int) -> None:
         """Hands the routed events to their tasks: directly to this instance's tasks

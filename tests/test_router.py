@@ -1,0 +1,96 @@
+"""The router: tracking updates resolved through the index, pending ones held and
+expired, and records read again behind a held offset handled once."""
+
+import json
+from collections.abc import Iterable, Mapping
+
+from processor.config import load_policy
+from processor.events import Event, parse_event_json, to_millis
+from processor.router import Inbound, Router
+from tests.factories import T0, at, scan, shipped
+
+SOURCE = "tracking:0"
+DAY_MS = 86_400_000
+
+
+class MemoryIndex:
+    """The tracking index in a dict: the router's Redis one keeps the same facts."""
+
+    def __init__(self) -> None:
+        self.links: dict[str, str] = {}
+        self.expired: set[str] = set()
+
+    def link_many(self, links: Mapping[str, str]) -> None:
+        self.links.update(links)
+
+    def lookup_many(self, tracking_numbers: Iterable[str]) -> dict[str, str]:
+        return {n: self.links[n] for n in tracking_numbers if n in self.links}
+
+    def expire_many(self, origins: Iterable[str]) -> None:
+        self.expired.update(origins)
+
+    def expired_among(self, origins: Iterable[str]) -> set[str]:
+        return self.expired.intersection(origins)
+
+
+def inbound(offset: int, event: dict[str, object], *, replayed: bool = False) -> Inbound:
+    parsed: Event = parse_event_json(json.dumps(event))
+    origin = f"tracking/0/{offset}"
+    return Inbound(SOURCE, offset, parsed, origin, b"", 0, replayed)
+
+
+def unresolved(offset: int, days: float = 3, *, replayed: bool = False) -> Inbound:
+    update = scan("delivered", "TN-p1", order_id=None, when=at(days), event_id=f"scan-{offset}")
+    return inbound(offset, update, replayed=replayed)
+
+
+def far_past_ttl() -> int:
+    return to_millis(T0) + 10_000 * DAY_MS
+
+
+def test_an_update_nobody_ships_expires_once_and_its_origin_is_recorded() -> None:
+    index = MemoryIndex()
+    router = Router(index, load_policy())
+
+    held = router.route([unresolved(4)], 0.0, progress=None)
+    assert (held.routed, held.dead_letters, router.pending()) == ([], [], 1)
+
+    expired = router.route([], 1.0, progress=far_past_ttl())
+    assert [dead.reason for _, dead in expired.dead_letters] == ["unknown_tracking_number"]
+    assert index.expired == {"tracking/0/4"}
+    assert router.pending() == 0
+
+
+def test_records_read_again_below_the_handled_mark_are_replayed() -> None:
+    router = Router(MemoryIndex(), load_policy())
+    router.assign(SOURCE, 0.0, committed=3, watermark=None, handled=7)
+
+    assert [router.replaying(SOURCE, offset) for offset in (3, 6, 7)] == [True, True, False]
+    router.route([unresolved(3, days=1)], 0.0, progress=None)  # pending: holds the offset
+    (commit,) = router.commit_offsets().values()
+    assert (commit.offset, commit.handled) == (3, 7), "the mark stays until read past"
+
+
+def test_an_update_read_again_after_it_expired_is_dropped_though_it_resolves_now() -> None:
+    index = MemoryIndex()
+    index.expired.add("tracking/0/4")
+    router = Router(index, load_policy())
+    router.assign(SOURCE, 0.0, committed=4, watermark=None, handled=9)
+    router.route([inbound(2, shipped("p1"))], 0.0, progress=None)  # links TN-p1 now
+
+    result = router.route([unresolved(4, replayed=True), unresolved(5)], 0.0, progress=None)
+
+    assert [r.origin for r in result.routed] == ["tracking/0/5"], "4 is a dead letter already"
+    assert result.dead_letters == []
+    assert router.pending() == 0
+
+
+def test_an_update_read_again_that_resolved_before_is_routed_again() -> None:
+    """Its task may not have decided it: it goes there again (a no-op if it had)."""
+    router = Router(MemoryIndex(), load_policy())
+    router.route([inbound(1, shipped("p1"))], 0.0, progress=None)
+    assert [r.order_id for r in router.route([unresolved(4)], 0.0, None).routed] == ["o1"]
+
+    again = router.route([unresolved(4, replayed=True)], 0.0, progress=None)
+
+    assert [r.order_id for r in again.routed] == ["o1"]
