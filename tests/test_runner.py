@@ -20,10 +20,12 @@ from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 from processor.events import Event, parse_event
 from processor.generate import generate_history
 from processor.localstack.kafka import KafkaAdmin
-from processor.router import Routed
+from processor.router import Commit, Routed
 from processor.runner import (
     ROUTED_RECORD_BYTES,
     arrival_ms,
+    input_metadata,
+    parse_input_metadata,
     routed_chunks,
     topic_partitions,
 )
@@ -193,3 +195,10 @@ def test_routed_events_are_split_into_records_by_input_bytes_in_order() -> None:
     assert [len(chunk) for chunk in chunks] == [3, 3, 1, 1], "one too big travels alone"
     assert [i for chunk in chunks for i in chunk] == items
     assert list(routed_chunks([])) == []
+
+
+def test_an_inputs_offset_metadata_carries_its_watermark_and_handled_mark() -> None:
+    assert input_metadata(Commit(5, 1_234, 9)) == "watermark:1234;handled:9"
+    assert parse_input_metadata(input_metadata(Commit(5, 1_234, 9))) == (1_234, 9)
+    assert parse_input_metadata("watermark:1234") == (1_234, None), "as committed before"
+    assert parse_input_metadata(None) == (None, None)
