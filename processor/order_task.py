@@ -7,9 +7,9 @@ policy sees each order's events in event-time order and its clock never outruns 
 input that is still catching up. Watermarks of inputs that went idle are left out after
 `idle_partition_wait_ms` (SPEC section 6).
 
-Events of a co-partitioned input partition that this instance also routes skip the
-internal topic: the router hands them over directly (`receive_direct`) and the task holds
-that input's offset back until they are decided (docs/live.md, "Direct delivery").
+Events routed by this instance's router skip the internal topic: the router hands them
+over directly (`receive_direct`), and their input's offset is held back until the task
+has decided them (docs/live.md, "Direct delivery").
 """
 
 import bisect
