@@ -7,7 +7,7 @@ topics. Both run here, in the same process and run, so the ratio survives a nois
 better than the absolute figure.
 
     uv run python bench/live_bench.py [--orders 20000] [--seed 1] [--partitions 6]
-        [--idle-wait-ms 2000] [--max-batch-records 20000] [--baseline-runs 3]
+        [--idle-wait-ms 2000] [--max-batch-records 40000] [--baseline-runs 3]
         [--profile [--profile-out FILE]]
 
 Setup: a real Kafka broker and redis-server (`LocalKafka` / `LocalRedis`, or the ones

@@ -401,11 +401,16 @@ class Settings(BaseSettings):
     policy_file: Path | None = None
     """Policy YAML (None: ``config/policy.yaml``); relative to the working directory."""
     commit_interval_ms: int = Field(default=100, ge=1)
-    max_batch_records: int = Field(default=20_000, ge=1)
-    """Records per batch (one transaction) at most. Catching up, bigger batches spread the
-    commit and the Redis round trips over more events (bench/live_bench.py: 11.9k events/s
-    at 5,000, 16.1k at 20,000); a batch's Redis scripts block the node for a few ms per
-    1,000 orders they touch."""
+    max_batch_records: int = Field(default=40_000, ge=1)
+    """Records per batch (one transaction) at most; it matters only catching up (live
+    traffic fills far smaller batches). Bigger batches spread the commit and the Redis
+    round trips over more events, and write an order's state once for more of its events
+    (bench/live_bench.py: 11.9k events/s at 5,000, 16.1k at 20,000; with direct delivery
+    17.5-18.2k at 20,000, 20.6-22.0k at 40,000). But a batch's transaction stays open
+    while it is decided (about 2.3 s at 40,000 on the 2-core bench machine) and must end
+    within the producer's transaction.timeout.ms (10 s, `Runner`), or the producer is
+    fenced and the process exits; and its Redis scripts block the node for a few ms per
+    1,000 orders they touch. Lower it on slower machines."""
     idle_partition_wait_ms: int = Field(default=2000, ge=0)
     metrics: MetricsSettings = MetricsSettings()
 
