@@ -115,7 +115,15 @@ END_TO_END_LATENCY: Final = Histogram(
 BATCH_RECORDS: Final = Histogram(
     "refunds_batch_records",
     "Records per consumed batch",
-    buckets=(0, 1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+    buckets=(0, 1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000, 40000, 80000),
+    registry=REGISTRY,
+)
+# begin_transaction to the end of the commit of one batch: must stay well under the
+# producer's transaction.timeout.ms, or the broker aborts it and fences the producer.
+TRANSACTION_OPEN: Final = Histogram(
+    "refunds_transaction_open_seconds",
+    "Time one batch's Kafka transaction was open, until it committed",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 7.5, 10, 30, 60),
     registry=REGISTRY,
 )
 # send_offsets_to_transaction + commit_transaction (retries included) of one batch.

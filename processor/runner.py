@@ -310,6 +310,20 @@ def _log_committed(tally: metrics.BatchTally) -> None:
         _log.warning("dead letter committed", **coordinates, reason=reason, detail=message)
 
 
+def observe_transaction_open(open_s: float, records: int, timeout_s: float) -> None:
+    """A committed batch's transaction time; a warning past half the timeout, while
+    there is time to lower max_batch_records before the broker aborts one."""
+    metrics.TRANSACTION_OPEN.observe(open_s)
+    if open_s > timeout_s / 2:
+        _log.warning(
+            "a batch's transaction was open for over half of transaction.timeout.ms: "
+            "lower max_batch_records",
+            open_s=round(open_s, 3),
+            records=records,
+            transaction_timeout_s=timeout_s,
+        )
+
+
 def arrival_ms(timestamp: tuple[int, int], received_ms: int) -> int:
     """When an input record arrived, for the end-to-end latency: the broker's append time
     if its topic stamps LogAppendTime, else when this consumer received it. A CreateTime
@@ -441,6 +455,7 @@ class Runner:
         producer_config = {"transaction.timeout.ms": TRANSACTION_TIMEOUT_MS} | (
             settings.kafka.producer_config(transactional_id)
         )
+        self._transaction_timeout_s = int(producer_config["transaction.timeout.ms"]) / 1000
         # Keys of the records this producer writes to the internal topic: unique, and in
         # the order they were written (`_TaskSlot.sync_from`).
         self._key_prefix = f"{transactional_id}:".encode()
@@ -500,6 +515,7 @@ class Runner:
             self._rewind_until_done()
             return  # what consume returned is read again from the last commit
         metrics.BATCH_RECORDS.observe(len(messages))
+        opened = time.perf_counter()
         self._producer.begin_transaction()
         checkpoint = Checkpoint(self._producer, self._consumer)
         self._tally = checkpoint.tally
@@ -512,6 +528,9 @@ class Runner:
             self._recover(checkpoint, exc)
         else:
             self._backoff_s = 0.0
+            observe_transaction_open(
+                time.perf_counter() - opened, len(messages), self._transaction_timeout_s
+            )
             slots = self._tasks.values()
             self._timers_pending.set(sum(slot.store.timers_pending for slot in slots))
             self._orphans_waiting.set(

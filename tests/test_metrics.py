@@ -49,6 +49,7 @@ AGREED: dict[str, tuple[str, frozenset[str]]] = {
     "refunds_end_to_end_latency_seconds": ("histogram", frozenset()),
     "refunds_batch_records": ("histogram", frozenset()),
     "refunds_transaction_commit_seconds": ("histogram", frozenset()),
+    "refunds_transaction_open_seconds": ("histogram", frozenset()),
     "refunds_transactions_committed_total": ("counter", frozenset()),
     "refunds_transactions_aborted_total": ("counter", frozenset()),
     "refunds_redis_round_trip_seconds": ("histogram", frozenset({"operation"})),
@@ -344,7 +345,11 @@ def test_a_running_processor_serves_every_metric_and_logs_json(live: LiveHarness
     assert total("refunds_orphans_waiting") >= 0
     assert total("refunds_transactions_committed_total") > 0
     assert total("refunds_transactions_aborted_total") == 0
-    for name in ("refunds_batch_records", "refunds_transaction_commit_seconds"):
+    for name in (
+        "refunds_batch_records",
+        "refunds_transaction_commit_seconds",
+        "refunds_transaction_open_seconds",
+    ):
         assert total(name, "_count") > 0
     for operation in REDIS_OPERATIONS:
         assert total("refunds_redis_round_trip_seconds", "_count", operation=operation) > 0

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
+import structlog.testing
 from confluent_kafka import (
     TIMESTAMP_CREATE_TIME,
     TIMESTAMP_LOG_APPEND_TIME,
@@ -25,6 +26,7 @@ from processor.runner import (
     ROUTED_RECORD_BYTES,
     arrival_ms,
     input_metadata,
+    observe_transaction_open,
     parse_input_metadata,
     routed_chunks,
     topic_partitions,
@@ -202,3 +204,14 @@ def test_an_inputs_offset_metadata_carries_its_watermark_and_handled_mark() -> N
     assert parse_input_metadata(input_metadata(Commit(5, 1_234, 9))) == (1_234, 9)
     assert parse_input_metadata("watermark:1234") == (1_234, None), "as committed before"
     assert parse_input_metadata(None) == (None, None)
+
+
+def test_a_transaction_open_for_over_half_its_timeout_is_a_warning() -> None:
+    with structlog.testing.capture_logs() as logs:
+        observe_transaction_open(4.9, 40_000, timeout_s=10)
+        observe_transaction_open(5.1, 40_000, timeout_s=10)
+
+    (warning,) = logs
+    assert warning["log_level"] == "warning"
+    assert "lower max_batch_records" in warning["event"]
+    assert (warning["open_s"], warning["records"]) == (5.1, 40_000)
