@@ -89,7 +89,7 @@ class _Source:
     next_offset: int | None = None  # the offset after the last one seen
     pending: list[Inbound] = field(default_factory=list)
     quiet_since: float = 0.0  # monotonic seconds of the last record seen
-    handled: int = 0  # offsets below were routed or dead-lettered by a committed batch
+    handled: int = 0  # offsets below were read by a committed batch (`assign`)
 
 
 class Router:
@@ -110,10 +110,11 @@ class Router:
         """Takes a source over at its `committed` offset and the `watermark` and `handled`
         mark committed with it (None: nothing committed yet).
 
-        The offset may be held back below records a committed batch routed or
-        dead-lettered already, behind events it handed to a task that had not decided
-        them (docs/live.md, "Direct delivery"): those records are read again up to the
-        `handled` mark (`replaying`), and only their events are handed over again.
+        The offset may be held back below records a committed batch read already: behind
+        an update still pending, or events it handed to a task that had not decided them
+        (docs/live.md, "Direct delivery"). Those records are read again up to the
+        `handled` mark (`replaying`): their events are handed over again and pending
+        updates retried, but nothing is dead-lettered twice.
 
         Without them a source whose records were all routed before it moved would report
         "routed until 0" from then on, and once every input is idle the order tasks'
@@ -220,13 +221,12 @@ class Router:
         watermark and handled mark to commit with it, for whoever owns it next (`assign`)."""
         offsets: dict[str, Commit] = {}
         for name, source in self._sources.items():
-            if source.pending:
-                offset = min(item.offset for item in source.pending)
-            elif source.next_offset is not None:
-                offset = source.next_offset
-            else:
+            if source.next_offset is None:
                 continue
-            offsets[name] = Commit(offset, _held_back(source), max(offset, source.handled))
+            offset = min((item.offset for item in source.pending), default=source.next_offset)
+            # Handled: everything read. A pending update read again is retried as before.
+            handled = max(source.next_offset, source.handled)
+            offsets[name] = Commit(offset, _held_back(source), handled)
         return offsets
 
     def watermarks(

@@ -71,6 +71,15 @@ def test_records_read_again_below_the_handled_mark_are_replayed() -> None:
     assert (commit.offset, commit.handled) == (3, 7), "the mark stays until read past"
 
 
+def test_the_handled_mark_passes_a_pending_update_that_holds_the_offset() -> None:
+    router = Router(MemoryIndex(), load_policy())
+    router.route([unresolved(3), inbound(4, shipped("p2"))], 0.0, progress=None)
+    router.skip(SOURCE, 5, 0.0)  # dead-lettered undecodable
+
+    (commit,) = router.commit_offsets().values()
+    assert (commit.offset, commit.handled) == (3, 6)
+
+
 def test_an_update_read_again_after_it_expired_is_dropped_though_it_resolves_now() -> None:
     index = MemoryIndex()
     index.expired.add("tracking/0/4")
