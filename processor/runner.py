@@ -565,6 +565,10 @@ class Runner:
             self._drop_fenced()
             return
         _log.warning("batch aborted, rewinding to the last commit", error=str(exc))
+        # Delivered first: aborting while a record's partition is still being added to
+        # the transaction can fail for good with INVALID_TXN_STATE (librdkafka #4849;
+        # seen when Redis failed right after a batch dead-lettered its first record).
+        self._producer.flush(self._transaction_timeout_s)
         while True:
             try:
                 self._producer.abort_transaction()
