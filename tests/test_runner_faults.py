@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 
 from processor.generate import generate_history
 from processor.localstack.kafka import KafkaAdmin
@@ -34,6 +35,8 @@ from tests.live import (
 
 #: Small batches: many more transactions, so faults land in every step of one.
 BATCH_RECORDS = 100
+#: How many chunks `_history_with_bad_records` publishes, each followed by bad records.
+BAD_RECORD_CHUNKS = 10
 
 
 @pytest.fixture
@@ -78,6 +81,27 @@ def _history(live: LiveHarness, orders: int, seed: int) -> set[RefundKey]:
     assert len(expected) > 20
     live.publish(lines)
     return expected
+
+
+def _history_with_bad_records(
+    live: LiveHarness, orders: int, seed: int
+) -> tuple[set[RefundKey], set[bytes]]:
+    """The history in chunks, each followed by an undecodable record on every input: bad
+    records all along every partition, where an offset held behind undecided events reads
+    them again after a rewind."""
+    lines = generate_history(orders, seed=seed)
+    expected = expected_refunds(lines)
+    producer = Producer(live.settings.kafka.producer_config())
+    bad: set[bytes] = set()
+    chunk = len(lines) // BAD_RECORD_CHUNKS + 1
+    for start in range(0, len(lines), chunk):
+        live.publish(lines[start : start + chunk])
+        for topic in (live.topics["orders"], live.topics["tracking"]):
+            value = b"\xffnot avro %d" % len(bad)
+            producer.produce(topic, key=value, value=value)
+            bad.add(value)
+        assert producer.flush(30) == 0
+    return expected, bad
 
 
 def _assert_exactly_once(
@@ -196,7 +220,7 @@ def test_a_redis_restart_mid_run_loses_and_repeats_nothing(
     """Redis dies (SIGKILL, or a clean shutdown) while the instances work, stays down
     until every instance has seen it fail, and comes back with its AOF. The instances
     retry with backoff and go on."""
-    expected = _history(live, size.orders, seed=41)
+    expected, bad = _history_with_bad_records(live, size.orders, seed=41)
     names = {f"i{n}" for n in range(size.instances)}
     for name in sorted(names):
         live.start(name)
@@ -220,3 +244,7 @@ def test_a_redis_restart_mid_run_loses_and_repeats_nothing(
         seen = reader.read_all(timeout_s=120)
 
     _assert_exactly_once(seen, expected, live)
+    # Every transaction has ended: a dead letter written twice would be here by now.
+    dead = Counter(value for _, _, value in live.read_dead_letters(len(bad) + 1, timeout_s=5))
+    assert {value for value in dead if value in bad} == bad
+    assert not {value: n for value, n in dead.items() if n > 1}, "dead-lettered twice"
