@@ -114,7 +114,8 @@ class Router:
         an update still pending, or events it handed to a task that had not decided them
         (docs/live.md, "Direct delivery"). Those records are read again up to the
         `handled` mark (`replaying`): their events are handed over again and pending
-        updates retried, but nothing is dead-lettered twice.
+        updates retried; a bad record is not dead-lettered again, and an update that
+        expired is not resolved now.
 
         Without them a source whose records were all routed before it moved would report
         "routed until 0" from then on, and once every input is idle the order tasks'
@@ -130,8 +131,8 @@ class Router:
         )
 
     def replaying(self, source: str, offset: int) -> bool:
-        """Whether a record was routed or dead-lettered by a committed batch already: its
-        event goes to its task again (a no-op if decided), nothing else happens again."""
+        """Whether a committed batch read the record already (`assign`): its event goes to
+        its task again (a no-op if decided), but a bad record is not dead-lettered again."""
         found = self._sources.get(source)
         return found is not None and offset < found.handled
 
@@ -173,7 +174,8 @@ class Router:
         unresolved = waiting + [e for e in batch if _needs_lookup(e)]
         found = self._index.lookup_many({_number(e) for e in unresolved}) if unresolved else {}
         # An update read again may have expired: resolving it now would decide it after
-        # its dead letter, which the replay never does.
+        # its dead letter, which the replay never does. It expires again: its origin was
+        # recorded before the batch that expired it committed, which may not have.
         replayed = [e.origin for e in unresolved if e.replayed]
         expired = self._index.expired_among(replayed) if replayed else set()
         for item in batch:
@@ -185,6 +187,7 @@ class Router:
                 source.routed_until = at
         for item in waiting + batch:
             if expired and item.origin in expired:
+                result.dead_letters.append((item, _unknown_number(item)))
                 continue
             order_id = item.event.order_id or found.get(_number(item))
             if order_id is not None:
