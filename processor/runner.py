@@ -212,8 +212,8 @@ class Checkpoint:
     1. stages every touched task's state in Redis with the offsets and batch marker this
        transaction will commit (write-ahead; refused if another instance claimed the task);
     2. sends the consumed offsets into the transaction, each with its metadata (a task's
-       batch marker, a router's watermark), and with the consumer group's metadata, so a
-       member that lost its partitions cannot commit them;
+       batch marker, a router's watermark and handled mark), and with the consumer
+       group's metadata, so a member that lost its partitions cannot commit them;
     3. commits the transaction: outputs, offsets and metadata become visible together, and
        the batch counts in the metrics (`tally`) and the log;
     4. applies the staged state in Redis (`apply()`, which may be retried).
