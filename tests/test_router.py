@@ -1,12 +1,19 @@
 """The router: tracking updates resolved through the index, pending ones held and
-expired, and records read again behind a held offset handled once."""
+expired, and records read again behind a held offset handled once.
+
+Each test runs with the Redis index the live processor uses and with one in a dict."""
 
 import json
+import uuid
 from collections.abc import Iterable, Mapping
+
+import pytest
+import redis
 
 from processor.config import load_policy
 from processor.events import Event, parse_event_json, to_millis
-from processor.router import Inbound, Router
+from processor.router import Inbound, Router, TrackingIndex
+from processor.runner import RedisTrackingIndex
 from tests.factories import T0, at, scan, shipped
 
 SOURCE = "tracking:0"
@@ -14,7 +21,7 @@ DAY_MS = 86_400_000
 
 
 class MemoryIndex:
-    """The tracking index in a dict: the router's Redis one keeps the same facts."""
+    """The tracking index in a dict and a set."""
 
     def __init__(self) -> None:
         self.links: dict[str, str] = {}
@@ -33,6 +40,14 @@ class MemoryIndex:
         return self.expired.intersection(origins)
 
 
+@pytest.fixture(params=["redis", "memory"])
+def index(request: pytest.FixtureRequest) -> TrackingIndex:
+    if request.param == "memory":
+        return MemoryIndex()
+    client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    return RedisTrackingIndex(client, f"router-test-{uuid.uuid4().hex[:8]}")
+
+
 def inbound(offset: int, event: dict[str, object], *, replayed: bool = False) -> Inbound:
     parsed: Event = parse_event_json(json.dumps(event))
     origin = f"tracking/0/{offset}"
@@ -48,8 +63,9 @@ def far_past_ttl() -> int:
     return to_millis(T0) + 10_000 * DAY_MS
 
 
-def test_an_update_nobody_ships_expires_once_and_its_origin_is_recorded() -> None:
-    index = MemoryIndex()
+def test_an_update_nobody_ships_expires_once_and_its_origin_is_recorded(
+    index: TrackingIndex,
+) -> None:
     router = Router(index, load_policy())
 
     held = router.route([unresolved(4)], 0.0, progress=None)
@@ -57,12 +73,12 @@ def test_an_update_nobody_ships_expires_once_and_its_origin_is_recorded() -> Non
 
     expired = router.route([], 1.0, progress=far_past_ttl())
     assert [dead.reason for _, dead in expired.dead_letters] == ["unknown_tracking_number"]
-    assert index.expired == {"tracking/0/4"}
+    assert index.expired_among(["tracking/0/4", "tracking/0/5"]) == {"tracking/0/4"}
     assert router.pending() == 0
 
 
-def test_records_read_again_below_the_handled_mark_are_replayed() -> None:
-    router = Router(MemoryIndex(), load_policy())
+def test_records_read_again_below_the_handled_mark_are_replayed(index: TrackingIndex) -> None:
+    router = Router(index, load_policy())
     router.assign(SOURCE, 0.0, committed=3, watermark=None, handled=7)
 
     assert [router.replaying(SOURCE, offset) for offset in (3, 6, 7)] == [True, True, False]
@@ -71,8 +87,10 @@ def test_records_read_again_below_the_handled_mark_are_replayed() -> None:
     assert (commit.offset, commit.handled) == (3, 7), "the mark stays until read past"
 
 
-def test_the_handled_mark_passes_a_pending_update_that_holds_the_offset() -> None:
-    router = Router(MemoryIndex(), load_policy())
+def test_the_handled_mark_passes_a_pending_update_that_holds_the_offset(
+    index: TrackingIndex,
+) -> None:
+    router = Router(index, load_policy())
     router.route([unresolved(3), inbound(4, shipped("p2"))], 0.0, progress=None)
     router.skip(SOURCE, 5, 0.0)  # dead-lettered undecodable
 
@@ -80,10 +98,11 @@ def test_the_handled_mark_passes_a_pending_update_that_holds_the_offset() -> Non
     assert (commit.offset, commit.handled) == (3, 6)
 
 
-def test_an_update_read_again_after_it_expired_expires_again_though_it_resolves_now() -> None:
+def test_an_update_read_again_after_it_expired_expires_again_though_it_resolves_now(
+    index: TrackingIndex,
+) -> None:
     """Again, not dropped: the batch that expired it may have been aborted."""
-    index = MemoryIndex()
-    index.expired.add("tracking/0/4")
+    index.expire_many(["tracking/0/4"])
     router = Router(index, load_policy())
     router.assign(SOURCE, 0.0, committed=4, watermark=None, handled=9)
     router.route([inbound(2, shipped("p1"))], 0.0, progress=None)  # links TN-p1 now
@@ -97,9 +116,9 @@ def test_an_update_read_again_after_it_expired_expires_again_though_it_resolves_
     assert router.pending() == 0
 
 
-def test_an_update_read_again_that_resolved_before_is_routed_again() -> None:
+def test_an_update_read_again_that_resolved_before_is_routed_again(index: TrackingIndex) -> None:
     """Its task may not have decided it: it goes there again (a no-op if it had)."""
-    router = Router(MemoryIndex(), load_policy())
+    router = Router(index, load_policy())
     router.route([inbound(1, shipped("p1"))], 0.0, progress=None)
     assert [r.order_id for r in router.route([unresolved(4)], 0.0, None).routed] == ["o1"]
 
