@@ -75,10 +75,16 @@ SIZES = [
 ]
 
 
-def _history(live: LiveHarness, orders: int, seed: int) -> set[RefundKey]:
+def _generated(orders: int, seed: int) -> tuple[list[str], set[RefundKey]]:
+    """A history and the refunds the replay issues for it: enough for a fault to matter."""
     lines = generate_history(orders, seed=seed)
     expected = expected_refunds(lines)
     assert len(expected) > 20
+    return lines, expected
+
+
+def _history(live: LiveHarness, orders: int, seed: int) -> set[RefundKey]:
+    lines, expected = _generated(orders, seed)
     live.publish(lines)
     return expected
 
@@ -89,8 +95,7 @@ def _history_with_bad_records(
     """The history in chunks, each followed by an undecodable record on every input: bad
     records all along every partition, where an offset held behind undecided events reads
     them again after a rewind."""
-    lines = generate_history(orders, seed=seed)
-    expected = expected_refunds(lines)
+    lines, expected = _generated(orders, seed)
     producer = Producer(live.settings.kafka.producer_config())
     bad: set[bytes] = set()
     chunk = len(lines) // BAD_RECORD_CHUNKS + 1
