@@ -7,7 +7,7 @@ topics. Both run here, in the same process and run, so the ratio survives a nois
 better than the absolute figure.
 
     uv run python bench/live_bench.py [--orders 20000] [--seed 1] [--partitions 6]
-        [--idle-wait-ms 2000] [--max-batch-records 40000] [--baseline-runs 3]
+        [--idle-wait-ms 2000] [--max-batch-records 40000] [--baseline-runs 3] [--runs 3]
         [--profile [--profile-out FILE]]
 
 Setup: a real Kafka broker and redis-server (`LocalKafka` / `LocalRedis`, or the ones
@@ -46,16 +46,19 @@ its first retention check (30 s after start, then every 5 min) deletes them mid-
       routed record has been decided, the final watermark applied and its timers fired.
    After that nothing the processor writes can change any more: this is the "refund
    commands stop growing" point, by construction rather than by waiting for silence.
-   Two tails are inherent and included: after its last record an input partition counts
-   as idle only after `idle_partition_wait_ms` (2 s by default, `--idle-wait-ms`), and
-   criterion c can lag by a batch or two, because B_p usually points just past a
-   transaction marker that only the next watermark record's commit gets past. The rate
-   up to a ("routed") is printed as well. Rate = input events / those seconds.
+   Two tails are inherent and included: after its last record an input partition
+   counts as idle only after `idle_partition_wait_ms` (2 s by default,
+   `--idle-wait-ms`), and criterion c can lag by a batch or two, because B_p usually
+   points just past a transaction marker that only the next watermark record's commit
+   gets past. The rate up to a ("routed") is printed as well. Rate = input events /
+   those seconds. `--runs` passes, each a new group with its own internal and output
+   topics and Redis keys, on the same inputs; the result is their median (a pass of
+   about ten seconds is as easily skewed by a neighbour as a baseline run).
 
 3. The counts of refund commands, reships, decisions and dead letters (by reason) the
    processor committed, read back read_committed.
 
-`--profile` runs a second, separate processor pass (new group, internal topic, output
+`--profile` runs one more, separate processor pass (new group, internal topic, output
 topics and Redis keys; same inputs) under cProfile, so the figures above stay free of
 profiler overhead. cProfile's clock is wall time and it sees the main thread only: time
 blocked in librdkafka (consume, commit_transaction) or on a Redis reply counts where the
@@ -480,6 +483,7 @@ def main() -> None:
     parser.add_argument("--profile-rows", type=int, default=15)
     parser.add_argument("--profile-out", help="also save the profile (pstats file) here")
     parser.add_argument("--baseline-runs", type=int, default=3, help="median of this many")
+    parser.add_argument("--runs", type=int, default=3, help="processor passes, median of them")
     args = parser.parse_args()
     # The runner's warnings as JSON on stderr, as `run` logs them; its info lines (a line
     # per refund) would bury the report on stdout.
@@ -541,19 +545,24 @@ def measure(
         f"{', '.join(f'{s:.2f}' for s in runs)} s; new group each)"
     )
 
-    live = make_settings(where, f"{run}-live", inputs, args)
-    created += [live.by_order_topic, *(getattr(live.topics, r) for r in OUTPUT_ROLES)]
-    print(
-        f"processor: 1 instance, in-process; max_batch_records {live.max_batch_records}, "
-        f"commit_interval_ms {live.commit_interval_ms}, "
-        f"idle_partition_wait_ms {live.idle_partition_wait_ms}; {load()}"
-    )
-    result = run_processor(live, input_ends, args.timeout)
-    rate = total / result.seconds
-    report(result, total)
+    rates: list[float] = []
+    for n in range(args.runs):
+        live = make_settings(where, f"{run}-live-{n}", inputs, args)
+        created += [live.by_order_topic, *(getattr(live.topics, r) for r in OUTPUT_ROLES)]
+        print(
+            f"\nprocessor pass {n + 1} of {args.runs}: 1 instance, in-process; "
+            f"max_batch_records {live.max_batch_records}, "
+            f"commit_interval_ms {live.commit_interval_ms}, "
+            f"idle_partition_wait_ms {live.idle_partition_wait_ms}; {load()}"
+        )
+        result = run_processor(live, input_ends, args.timeout)
+        report(result, total)
+        rates.append(total / result.seconds)
+    rate = statistics.median(rates)
 
     print(
-        f"\nRESULT: processor {rate:,.0f} events/s (target {TARGET_RATE:,}: "
+        f"\nRESULT: processor {rate:,.0f} events/s (median of "
+        f"{', '.join(f'{r:,.0f}' for r in rates)}; target {TARGET_RATE:,}: "
         f"{'met' if rate >= TARGET_RATE else 'NOT met'}); baseline {baseline_rate:,.0f} "
         f"events/s; ratio {rate / baseline_rate:.2f} (target {TARGET_RATIO}: "
         f"{'met' if rate / baseline_rate >= TARGET_RATIO else 'NOT met'})"
