@@ -166,6 +166,12 @@ TIMERS_PENDING: Final = Gauge(
     "Event-time timers waiting, over this instance's tasks",
     registry=REGISTRY,
 )
+# Input events this instance's order tasks hold in memory until the watermark passes them.
+EVENTS_BUFFERED: Final = Gauge(
+    "refunds_events_buffered",
+    "Input events held by this instance's tasks until every input's watermark passes them",
+    registry=REGISTRY,
+)
 # Timers fired in committed batches.
 TIMERS_FIRED: Final = Counter("refunds_timers_fired_total", "Timers fired", registry=REGISTRY)
 # Tracking updates the routers hold for an unknown tracking number, plus the orders (and

@@ -147,6 +147,11 @@ class OrderTask:
         self._engine.advance_clock(limit - self._lateness_ms, outputs)
         return outputs
 
+    def buffered(self) -> int:
+        """Events received and not decided yet: held in memory until the watermark passes
+        them, so this is what a catch-up on inputs far apart in event time costs."""
+        return len(self._buffer) + len(self._ready)
+
     def commit_offset(self) -> int | None:
         """The offset of the internal topic to commit: never past a record not decided yet."""
         first = _first_undecided(self._undecided)

@@ -434,6 +434,7 @@ class Runner:
         self._partition_gauges = metrics.PartitionGauges()
         self._timers_pending = metrics.GaugeShare(metrics.TIMERS_PENDING)
         self._orphans_waiting = metrics.GaugeShare(metrics.ORPHANS_WAITING)
+        self._events_buffered = metrics.GaugeShare(metrics.EVENTS_BUFFERED)
         self._tally = metrics.BatchTally()  # the batch in progress: its checkpoint's
         self._admin = AdminClient(settings.kafka.admin_config(), logger=_rdkafka_log)
         self._by_order_partitions = self._ensure_topics()
@@ -496,6 +497,7 @@ class Runner:
         self._partition_gauges.clear()
         self._timers_pending.set(0)
         self._orphans_waiting.set(0)
+        self._events_buffered.set(0)
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self.running = False
@@ -536,6 +538,7 @@ class Runner:
             self._orphans_waiting.set(
                 self._router.pending() + sum(slot.store.holders for slot in slots)
             )
+            self._events_buffered.set(sum(slot.task.buffered() for slot in slots))
 
     def _recover(self, checkpoint: Checkpoint, exc: Exception) -> None:
         """After a failed batch: finish it if Kafka committed it, else abort and rewind."""

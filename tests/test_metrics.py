@@ -32,6 +32,7 @@ from processor.metrics import (
 from processor.outputs import DeadLetter, Decision, RefundCommand, ReshipCommand
 from processor.replay import replay
 from processor.settings import MetricsSettings
+from tests.factories import at, order_placed
 from tests.live import LiveHarness, await_condition
 
 #: METRICS.md: name -> (type, label names).
@@ -57,6 +58,7 @@ AGREED: dict[str, tuple[str, frozenset[str]]] = {
     "refunds_timers_pending": ("gauge", frozenset()),
     "refunds_timers_fired_total": ("counter", frozenset()),
     "refunds_orphans_waiting": ("gauge", frozenset()),
+    "refunds_events_buffered": ("gauge", frozenset()),
     "refunds_rebalances_total": ("counter", frozenset({"kind"})),
     "refunds_assigned_partitions": ("gauge", frozenset({"topic"})),
 }
@@ -313,6 +315,7 @@ def test_a_running_processor_serves_every_metric_and_logs_json(live: LiveHarness
             and _total(scraped["refunds_events_consumed_total"]) == len(lines) + 2
             # Decided: the last ones once every input is idle (docs/live.md).
             and _total(scraped[latency], "_count") == len(lines)
+            and _total(scraped["refunds_events_buffered"]) == 0
         )
 
     latency = "refunds_end_to_end_latency_seconds"
@@ -379,3 +382,19 @@ def test_a_running_processor_serves_every_metric_and_logs_json(live: LiveHarness
     assert all(isinstance(d["offset"], int) for d in dead)
     claimed = [line for line in log if line["event"] == "task claimed"]
     assert {(c["topic"], c["partition"]) for c in claimed} == {(by_order, p) for p in range(3)}
+
+
+def test_events_no_watermark_has_passed_are_counted_as_buffered(live: LiveHarness) -> None:
+    """The tracking topic stays empty and, within the test, never idle: its watermark
+    holds every order task's clock back, so every order event stays in memory."""
+    live.configure(env={"REFUND_IDLE_PARTITION_WAIT_MS": "600000"})
+    lines = [json.dumps(order_placed(f"o{n}", when=at(n))) for n in range(5)]
+    live.publish(lines)
+    url = live.start().metrics_url()
+
+    def all_buffered() -> bool:
+        live.assert_none_failed()
+        return _total(_scrape(url)["refunds_events_buffered"]) == len(lines)
+
+    await_condition(all_buffered, 120, "every order event held back by the empty input")
+    live.stop_all()

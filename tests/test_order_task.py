@@ -39,12 +39,15 @@ def test_a_record_is_committed_past_only_once_all_its_events_are_decided() -> No
     task.receive(5, [placed("o1", 1), placed("o2", 3)])
     task.receive(6, [placed("o3", 2)])
     assert task.commit_offset() == 5
+    assert task.buffered() == 3
 
     assert decide_up_to(task, 7, 2) == ["o1", "o3"], "in event time, across records"
     assert task.commit_offset() == 5, "o2 of record 5 is still buffered"
+    assert task.buffered() == 1
 
     assert decide_up_to(task, 8, 4) == ["o2"]
     assert task.commit_offset() == 9, "everything decided: past the last watermark"
+    assert task.buffered() == 0
 
 
 def test_events_of_one_time_are_decided_in_the_order_they_were_routed() -> None:
@@ -155,4 +158,5 @@ def test_a_direct_input_is_never_committed_past_an_undecided_event(
         for order_id in decide_direct_up_to(task, watermark):
             del undecided[order_id]
         assert task.direct_commit_offset(SOURCE) == min(undecided.values(), default=None)
+        assert task.buffered() == len(undecided)
     assert not undecided, "the last step passes every event"
