@@ -91,6 +91,7 @@ from processor.deadletter import ERROR_CLASS
 from processor.generate import generate_history
 from processor.localstack.kafka import KafkaAdmin, LocalKafka
 from processor.localstack.redis import LocalRedis
+from processor.metrics import REGISTRY
 from processor.publish import publish_lines
 from processor.runner import Runner
 from processor.serde import DecodeError
@@ -277,6 +278,7 @@ class ProcessorRun:
     cpu_s: float = 0.0  # CPU seconds of this process (all threads, librdkafka's too)
     batches: int = 0
     check_s: float = 0.0  # spent checking the criteria (inside `seconds`)
+    most_buffered: int = 0  # refunds_events_buffered after a batch, at its highest
     outputs: Counter[str] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)
 
@@ -312,6 +314,8 @@ def run_processor(
                 profiler.disable()
             result.batches += 1
             now = time.perf_counter()
+            buffered = REGISTRY.get_sample_value("refunds_events_buffered") or 0
+            result.most_buffered = max(result.most_buffered, int(buffered))
             caught_up = watcher.done(now)
             result.check_s += time.perf_counter() - now
             if caught_up:
@@ -591,7 +595,8 @@ def report(result: ProcessorRun, total: int) -> None:
     print(
         f"           all input routed at {result.routed_s:.2f} s "
         f"= {total / result.routed_s:,.0f} events/s; inputs idle at {result.idle_s:.2f} s; "
-        f"tail after routing {tail:.2f} s"
+        f"tail after routing {tail:.2f} s; at most {result.most_buffered:,} events "
+        f"buffered after a batch"
     )
     outputs = ", ".join(f"{count} {name}" for name, count in result.outputs.items())
     reasons = ", ".join(f"{reason} {n}" for reason, n in result.dead_letters.most_common())
