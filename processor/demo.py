@@ -601,9 +601,9 @@ def _stalled(last: Observation | None, ends: Mapping[tuple[str, int], int], wait
     at = "not started" if slowest is None else _when(slowest)
     return (
         f"no progress for {waited:.0f} s: {last.routed(ends):,} of {sum(ends.values()):,} "
-        f"input records routed, the slowest order task's clock at {at} (a router holds back "
-        "a tracking update whose package_shipped it has not seen until orphan_ttl of event "
-        "time has passed)"
+        f"input records routed, the slowest order task's clock at {at} (a tracking update "
+        "whose package_shipped no router has seen holds every clock until each input is "
+        "routed allowed_lateness past it, or drained)"
     )
 
 

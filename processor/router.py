@@ -237,6 +237,7 @@ class Router:
         now: float,
         idle_after_s: float,
         caught_up: Mapping[str, bool],
+        progress: int | None,
         all_inputs_drained: bool,
     ) -> list[tuple[str, Progress]]:
         """What to report for every source this router owns.
@@ -245,19 +246,27 @@ class Router:
         `idle_after_s`: a source that is merely slow (or paused by a rebalance) must
         hold the watermark back, or order tasks would run ahead of its backlog.
 
-        A pending update holds its source's watermark (`_held_back`) unless
-        `all_inputs_drained`: then its package_shipped is not in any backlog, and
-        holding would stop every task's clock until the update expires (or for good,
-        if no input ever moves `orphan_ttl` past it). A shipment published later is
-        late data, decided as the replay decides it when appended to the file.
+        A pending update holds its source's watermark just below itself while its
+        package_shipped may still be in some router's backlog: until `progress` (how far
+        every input has been routed, `expiry_progress`, read before this batch's lookups)
+        less allowed_lateness, the replay's clock, passes it. Past that, a shipment still
+        to come is late data (SPEC section 6), decided as the replay decides it when
+        appended to the file; holding on would stop every task's clock, and buffer every
+        event in memory, until the update expires `orphan_ttl` later. Nor does it hold
+        once `all_inputs_drained`: no backlog is left at all.
         """
         reports: list[tuple[str, Progress]] = []
+        clock = None if progress is None else progress - self._lateness_ms
         for name, source in sorted(self._sources.items()):
             routed = source.routed_until or 0
             quiet = caught_up.get(name, False) and now - source.quiet_since >= idle_after_s
-            hold = bool(source.pending) and not all_inputs_drained
-            watermark = _held_back(source) if hold else routed
-            reports.append((name, Progress(watermark, quiet and not hold, routed, quiet)))
+            holds = [
+                item.event.at
+                for item in source.pending
+                if not all_inputs_drained and (clock is None or clock <= item.event.at)
+            ]
+            watermark = min(routed, min(holds) - 1) if holds else routed
+            reports.append((name, Progress(watermark, quiet and not holds, routed, quiet)))
         return reports
 
 
@@ -287,11 +296,12 @@ def all_drained(sources: Iterable[str], reported: Mapping[str, Progress]) -> boo
 
 
 def _held_back(source: _Source) -> int:
-    """A pending update holds its source's watermark just below itself.
+    """The watermark to commit with a source's offset: just below every pending update.
 
-    Its package_shipped may be routed by another instance any moment; until this update
-    is forwarded, no order task may move its clock past it (a delivered scan still
-    pending here must not let the lost deadline fire).
+    Whoever owns the source next reports it until it has read those updates again (the
+    offset is held at the oldest), and cannot tell yet which of them `watermarks` would
+    still hold: one whose package_shipped may be in some router's backlog must not let
+    a task's clock pass it (a delivered scan must not let the lost deadline fire).
     """
     routed = source.routed_until or 0
     if source.pending:

@@ -844,9 +844,10 @@ class Runner:
 
     def _publish_watermarks(self, now: float) -> None:
         drained = all_drained(self._sources, self._router_progress)
+        progress = expiry_progress(self._sources, self._router_progress)
         caught_up = self._caught_up()
         self._pace()
-        reports = self._router.watermarks(now, self._idle_s, caught_up, drained)
+        reports = self._router.watermarks(now, self._idle_s, caught_up, progress, drained)
         self._router_progress = self._index.share_progress(reports)
         for source, report in reports:
             value = self._watermark_record(source, report.watermark, report.idle)

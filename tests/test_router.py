@@ -77,6 +77,32 @@ def test_an_update_nobody_ships_expires_once_and_its_origin_is_recorded(
     assert router.pending() == 0
 
 
+def test_a_pending_update_holds_its_watermark_until_the_replays_clock_passes_it(
+    index: TrackingIndex,
+) -> None:
+    """Until every input has been routed allowed_lateness past it, its shipment may be in
+    a backlog; after that, holding would stop every clock until the update expires."""
+    policy = load_policy()
+    router = Router(index, policy)
+    update = unresolved(4, days=1)
+    later = inbound(5, scan("in_transit", "TN-p9", order_id="o9", when=at(2)))
+    router.route([update, later], 0.0, progress=None)
+    scanned, routed = update.event.at, later.event.at
+    lateness = policy.allowed_lateness_ms
+
+    def report(progress: int | None, *, drained: bool = False) -> tuple[int, int]:
+        ((_, progress_report),) = router.watermarks(0.0, 1.0, {}, progress, drained)
+        return progress_report.watermark, progress_report.routed
+
+    assert report(None) == (scanned - 1, routed)
+    assert report(scanned + lateness) == (scanned - 1, routed)
+    assert report(scanned + lateness + 1) == (routed, routed)
+    assert report(None, drained=True) == (routed, routed)
+    assert router.pending() == 1, "still pending: it expires orphan_ttl past it"
+    (commit,) = router.commit_offsets().values()
+    assert (commit.offset, commit.watermark) == (4, scanned - 1), "a next owner holds it"
+
+
 def test_records_read_again_below_the_handled_mark_are_replayed(index: TrackingIndex) -> None:
     router = Router(index, load_policy())
     router.assign(SOURCE, 0.0, committed=3, watermark=None, handled=7)

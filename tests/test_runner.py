@@ -5,6 +5,8 @@ subprocesses (one or several in one consumer group) and reads the wallet topic w
 read_committed consumer until the refunds match the offline replay's, or a deadline.
 """
 
+import itertools
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -21,6 +23,7 @@ from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 from processor.events import Event, parse_event
 from processor.generate import generate_history
 from processor.localstack.kafka import KafkaAdmin
+from processor.partitioner import default_partition
 from processor.router import Commit, Routed
 from processor.runner import (
     ROUTED_RECORD_BYTES,
@@ -32,6 +35,7 @@ from processor.runner import (
     topic_partitions,
 )
 from processor.serde import Serde
+from tests.factories import at, cancellation_requested, order_cancelled, order_placed, scan
 from tests.live import LiveHarness, await_condition, expected_refunds
 
 
@@ -102,9 +106,9 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_processing_goes_on(
 def test_a_tracking_number_nobody_ships_expires_and_holds_no_deadline_back(
     live: LiveHarness,
 ) -> None:
-    """A scan whose package is never shipped holds its input's watermark (its shipment
-    might still be routed by another router), but only until every input has routed
-    `orphan_ttl` past it: then it is dead-lettered and the deadlines behind it fire."""
+    """A scan whose package is never shipped becomes a dead letter once every input has
+    been routed `orphan_ttl` past it, and meanwhile the deadlines behind it fire as in the
+    replay (it holds the watermark only while its shipment may be in a backlog)."""
     orphan = (
         '{"type":"tracking_update","event_id":"evt-orphan","occurred_at":"2026-03-01T12:00:00Z",'
         '"tracking_number":"TN-NEVER-SHIPPED","carrier":"dhl","status":"in_transit",'
@@ -123,6 +127,47 @@ def test_a_tracking_number_nobody_ships_expires_and_holds_no_deadline_back(
     assert [(reason, source) for reason, source, _ in dead] == [
         ("unknown_tracking_number", live.topics["tracking"].encode())
     ]
+
+
+def test_a_tracking_number_nobody_ships_holds_the_clock_only_until_every_input_passes_it(
+    live: LiveHarness,
+) -> None:
+    """While the inputs keep flowing (never idle here), such a scan must not hold every
+    task's clock until it expires, `orphan_ttl` later: once every input has been routed
+    more than `allowed_lateness` past it, its shipment is in no backlog (beyond that it
+    is late data, SPEC section 6). The cancellation behind it is refunded meanwhile."""
+    live.configure(env={"REFUND_IDLE_PARTITION_WAIT_MS": "600000"})
+    lines = [
+        order_placed("o1", when=at(0)),
+        scan("in_transit", "TN-NEVER-SHIPPED", order_id=None, when=at(0, 0.5)),
+        cancellation_requested("o1", when=at(0, 1)),
+        order_cancelled("o1", when=at(0, 2)),
+    ]
+    # A day later, an event in every partition of both inputs: no input lags behind.
+    counts = {name: len(live.partitions(live.topics[name])) for name in ("orders", "tracking")}
+    uncovered = {(name, p) for name, n in counts.items() for p in range(n)}
+    for n in itertools.count():
+        key = f"later-{n}"
+        for topic, event in (
+            ("orders", order_placed(key, when=at(1))),
+            ("tracking", scan("in_transit", f"TN-{key}", order_id=key, when=at(1))),
+        ):
+            partition = default_partition(key.encode(), counts[topic])
+            if (topic, partition) in uncovered:
+                uncovered.discard((topic, partition))
+                lines.append(event)
+        if not uncovered:
+            break
+    history = [json.dumps(event) for event in lines]
+    expected = expected_refunds(history)
+    assert {order_id for _, order_id, *_ in expected} == {"o1"}
+    live.publish(history)
+
+    live.start()
+    seen = live.read_refunds_until(expected, timeout_s=60)
+    live.stop_all()
+
+    assert sorted(seen) == sorted(expected)
 
 
 def test_an_input_arrives_at_its_log_append_time_else_when_it_was_received() -> None:
