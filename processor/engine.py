@@ -117,7 +117,7 @@ class Engine:
         bucket = self.store.load_orphans(key)
         if bucket is None:
             return
-        bucket.held, dead = expire_orphans(bucket.held, timer.deadline, self.config)
+        bucket.held, dead = expire_orphans(bucket.held, timer.deadline, self.config, key)
         outputs.extend(dead)
         if bucket.held:
             self.store.save_orphans(bucket)

@@ -4,8 +4,9 @@ An `Explanation` is what the processor knows about one order: its timeline in ev
 time, its ledger, the timers still pending and every decision, each line saying where it
 came from. This module is pure (no Kafka, no Redis): `explain_history` replays a file
 offline, with the same engine as `replay`, and sees the order's events; the live shell
-(processor/explain_live.py) reads the state from Redis and the decisions from the
-decision topic, where only the facts the state keeps are left of the events. Both end in
+(processor/explain_live.py) reads the state from Redis, the decisions from the decision
+topic and the dead letters from the dead-letter topic, where only the facts the state
+keeps, and the events it refused, are left of the events. Both end in
 `explain_state`. `to_json` is the stable machine shape (docs/explain.md), `render_text`
 the human one.
 """
@@ -72,6 +73,15 @@ class SourcedDecision:
 
 
 @dataclass(frozen=True, slots=True)
+class SourcedDeadLetter:
+    """A dead letter under the order's key: an event the order refused or that waited in
+    vain for a missing piece (its input coordinates are `dead.origin`)."""
+
+    dead: DeadLetter
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class SourcedEvent:
     """One of the order's events as read from a file; `note` says what became of it."""
 
@@ -91,6 +101,7 @@ class Explanation:
     timers: tuple[tuple[int, str], ...]
     decisions: tuple[SourcedDecision, ...]
     untimed_event_ids: tuple[str, ...]
+    dead_letters: tuple[SourcedDeadLetter, ...] = ()
 
 
 def explain_state(
@@ -103,22 +114,25 @@ def explain_state(
     origin: str,
     clock: int | None,
     events: Sequence[SourcedEvent] | None = None,
+    dead_letters: Sequence[SourcedDeadLetter] = (),
 ) -> Explanation:
-    """Puts an order's state, decisions and (from a file) events together.
+    """Puts an order's state, decisions, dead letters and (from a file) events together.
 
-    Without `events` the timeline is rebuilt from the facts the state keeps; the ids of
-    events it saw (applied or dead-lettered) but keeps nothing else of are listed as
-    `untimed_event_ids`.
+    Without `events` the timeline is rebuilt from the facts the state keeps and the
+    events of the dead letters; the ids of events the state saw (applied or
+    dead-lettered) but keeps nothing else of are listed as `untimed_event_ids`.
     """
-    if state is None and not decisions and not events:
+    if state is None and not decisions and not events and not dead_letters:
         raise UnknownOrderError(
-            f"order {order_id!r} is unknown: {origin} has no event, state or decision for it"
+            f"order {order_id!r} is unknown: {origin} has no event, state, decision or "
+            "dead letter for it"
         )
     entries: list[TimelineEntry] = []
     if events is None:
         if state is not None:
             entries.extend(_facts(state))
             entries.extend(_held_entries(state))
+        entries.extend(_dead_entries(dead_letters, state))
     else:
         held = _held_waits(state)
         entries.extend(_event_entry(item, state, held) for item in events)
@@ -140,6 +154,7 @@ def explain_state(
         timers=tuple(sorted((deadline, name) for name, deadline in pending.items())),
         decisions=tuple(decisions),
         untimed_event_ids=untimed,
+        dead_letters=tuple(dead_letters),
     )
 
 
@@ -156,12 +171,15 @@ def explain_history(
     store = InMemoryStore()
     decisions: list[SourcedDecision] = []
     dead: dict[str, list[DeadLetter]] = {}
+    dead_letters: list[SourcedDeadLetter] = []
     for output in replay(lines, source, config, now=now, store=store):
         if isinstance(output, Decision):
             if output.order_id == order_id:
                 decisions.append(SourcedDecision(output, REPLAY_SOURCE))
         elif isinstance(output, DeadLetter):
             dead.setdefault(output.origin, []).append(output)
+            if output.key == order_id:
+                dead_letters.append(SourcedDeadLetter(output, REPLAY_SOURCE))
     state = store.load_order(order_id)
     return explain_state(
         order_id,
@@ -172,6 +190,7 @@ def explain_history(
         origin=source,
         clock=store.get_clock(),
         events=_order_events(lines, source, order_id, state, dead),
+        dead_letters=dead_letters,
     )
 
 
@@ -321,6 +340,20 @@ def _held_entries(state: OrderState) -> Iterable[TimelineEntry]:
         event = parse_event_json(item.event_json)
         detail = f"{describe_event(event, state)} [{_waiting(item.waits_for)}]"
         yield TimelineEntry(event.at, "event", event.type, event.event_id, detail, item.origin)
+
+
+def _dead_entries(
+    dead_letters: Sequence[SourcedDeadLetter], state: OrderState | None
+) -> Iterable[TimelineEntry]:
+    """The events of the dead letters that carry one (the policy's; an input that could not
+    be decoded or validated has no event to show, only its entry under dead letters)."""
+    for item in dead_letters:
+        try:
+            event = parse_event_json(item.dead.payload)
+        except InvalidEventError:
+            continue
+        detail = f"{describe_event(event, state)} [dead-lettered, {item.dead.reason}]"
+        yield TimelineEntry(event.at, "event", event.type, event.event_id, detail, item.dead.origin)
 
 
 def _facts(state: OrderState) -> Iterable[TimelineEntry]:
@@ -544,6 +577,15 @@ def to_json(explanation: Explanation) -> dict[str, Any]:
             for item in explanation.decisions
         ],
         "untimed_event_ids": list(explanation.untimed_event_ids),
+        "dead_letters": [
+            {
+                "origin": item.dead.origin,
+                "reason": item.dead.reason,
+                "message": item.dead.message,
+                "source": item.source,
+            }
+            for item in explanation.dead_letters
+        ],
     }
 
 
@@ -648,6 +690,14 @@ def render_text(explanation: Explanation) -> str:
                 for c in data["claims"]
             ]
         )
+
+    out += ["", "Dead letters"]
+    out += _table(
+        [
+            [d["origin"], f"{d['reason']}: {d['message']}  <{d['source']}>"]
+            for d in data["dead_letters"]
+        ]
+    ) or ["  none"]
 
     out += ["", "Pending timers"]
     out += _table([[t["deadline"], t["name"], t["meaning"]] for t in data["timers"]]) or ["  none"]

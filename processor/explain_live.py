@@ -1,26 +1,36 @@
 """The live side of `refund-processor explain`: an order's state from Redis, its decisions
-from the decision topic. A thin shell around processor/explain.py.
+from the decision topic, its dead letters from the dead-letter topic. A thin shell around
+processor/explain.py.
 
 It only reads, and never claims a task: a claim bumps the task's epoch and would fence
 the instance that owns it. The order's task is the partition of `<app>-by-order` its
-key lands on, and its decisions are in the one partition of the decision topic its key
-lands on: every producer of the processor partitions by murmur2 (processor/partitioner.py).
-That partition is read `read_committed` from its beginning up to the end offset captured
-at the start, since a running processor keeps appending and what it appends later is not
-part of this answer.
+key lands on, and its decisions and dead letters are in the one partition of each topic
+its key lands on: every producer of the processor partitions by murmur2
+(processor/partitioner.py), and a dead letter the policy writes is keyed by the order it
+was held under. Each partition is read `read_committed` from its beginning up to the end
+offset captured at the start, since a running processor keeps appending and what it
+appends later is not part of this answer.
 """
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Final
 
 import redis
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import ValidationError
 
 from processor.config import PolicyConfig
-from processor.explain import Explanation, SourcedDecision, explain_state
-from processor.outputs import decision_from_dict
+from processor.deadletter import (
+    ERROR_CLASS,
+    ERROR_MESSAGE,
+    SOURCE_OFFSET,
+    SOURCE_PARTITION,
+    SOURCE_TOPIC,
+)
+from processor.explain import Explanation, SourcedDeadLetter, SourcedDecision, explain_state
+from processor.outputs import DeadLetter, decision_from_dict
 from processor.partitioner import default_partition
 from processor.redis_store import RedisTaskStore
 from processor.serde import DecodeError, Serde
@@ -62,18 +72,21 @@ def explain_live(
     try:
         by_order = settings.by_order_topic
         task = f"{by_order}:{_partition_of(consumer, settings, by_order, key, timeout_s)}"
-        topic = settings.topics.decisions
+        topic, dlq = settings.topics.decisions, settings.topics.dlq
         partition = TopicPartition(topic, _partition_of(consumer, settings, topic, key, timeout_s))
+        dead_partition = TopicPartition(dlq, _partition_of(consumer, settings, dlq, key, timeout_s))
         state, clock = _read_state(settings, task, order_id)
         low, high = consumer.get_watermark_offsets(partition, timeout=timeout_s)
+        dead_offsets = consumer.get_watermark_offsets(dead_partition, timeout=timeout_s)
         decisions = _read_decisions(
-            consumer,
+            _read_keyed(consumer, partition, (low, high), key, timeout_s),
             make_serde(settings),
-            partition,
-            (low, high),
-            order_id=order_id,
-            timeout_s=timeout_s,
+            order_id,
         )
+        dead_letters = [
+            _dead_letter(message)
+            for message in _read_keyed(consumer, dead_partition, dead_offsets, key, timeout_s)
+        ]
     except KafkaException as exc:
         raise ExplainError(
             f"cannot read Kafka at {settings.kafka.bootstrap_servers}: {exc.args[0].str()}"
@@ -86,10 +99,15 @@ def explain_live(
         decisions,
         config,
         mode="live",
-        origin=f"Redis task {task} and {topic} partition {partition.partition}"
-        + (f" (its records below offset {low} are deleted, e.g. by retention)" if low > 0 else ""),
+        origin=f"Redis task {task}, {topic} partition {partition.partition}{_trimmed(low)} "
+        f"and {dlq} partition {dead_partition.partition}{_trimmed(dead_offsets[0])}",
         clock=clock,
+        dead_letters=dead_letters,
     )
+
+
+def _trimmed(low: int) -> str:
+    return f" (its records below offset {low} are deleted, e.g. by retention)" if low > 0 else ""
 
 
 def _read_state(
@@ -126,16 +144,14 @@ def _partition_of(
     return default_partition(key, len(found.partitions))
 
 
-def _read_decisions(
+def _read_keyed(
     consumer: Consumer,
-    serde: Serde,
     partition: TopicPartition,
     offsets: tuple[int, int],
-    *,
-    order_id: str,
+    key: bytes,
     timeout_s: float,
-) -> list[SourcedDecision]:
-    """The order's decisions in log order, between the partition's `offsets` (start, end)
+) -> Iterator[Message]:
+    """The records with `key` in log order, between the partition's `offsets` (start, end)
     captured when we started.
 
     With read_committed the end may be a transaction still open (then the partition-EOF
@@ -144,10 +160,8 @@ def _read_decisions(
     """
     topic, number = partition.topic, partition.partition
     low, high = offsets
-    decisions: list[SourcedDecision] = []
     if high <= low:
-        return decisions
-    key = order_id.encode()
+        return
     consumer.assign([TopicPartition(topic, number, low)])
     position = low
     progressed = time.monotonic()
@@ -162,23 +176,50 @@ def _read_decisions(
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
-                    return decisions
+                    return
                 raise KafkaException(error)
             offset = message.offset()
             assert offset is not None
             if offset >= high:
-                return decisions
+                return
             position = offset + 1
-            if message.key() != key:
-                continue
-            try:
-                record = serde.decode(message.value() or b"", topic)
-            except DecodeError as exc:
-                raise ExplainError(
-                    f"decision of order {order_id!r} at {topic}/{number}/{offset} cannot be "
-                    f"decoded: {exc}"
-                ) from exc
-            if record["type"] == "decision" and record["order_id"] == order_id:
-                source = f"{topic}/{number}/{offset}"
-                decisions.append(SourcedDecision(decision_from_dict(record), source))
+            if message.key() == key:
+                yield message
+
+
+def _read_decisions(
+    messages: Iterator[Message], serde: Serde, order_id: str
+) -> list[SourcedDecision]:
+    decisions: list[SourcedDecision] = []
+    for message in messages:
+        source = f"{message.topic()}/{message.partition()}/{message.offset()}"
+        try:
+            record = serde.decode(message.value() or b"", message.topic() or "")
+        except DecodeError as exc:
+            raise ExplainError(
+                f"decision of order {order_id!r} at {source} cannot be decoded: {exc}"
+            ) from exc
+        if record["type"] == "decision" and record["order_id"] == order_id:
+            decisions.append(SourcedDecision(decision_from_dict(record), source))
     return decisions
+
+
+def _dead_letter(message: Message) -> SourcedDeadLetter:
+    """A dead-letter record as the policy's `DeadLetter`: its headers say where it came
+    from and why; its value is the event's JSON when the policy wrote it (an input that
+    could not be decoded keeps its original bytes, which `explain` does not show)."""
+    headers = dict(message.headers() or [])
+
+    def header(name: str) -> str:
+        value = headers.get(name) or b""
+        return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+    where = [header(SOURCE_TOPIC), header(SOURCE_PARTITION), header(SOURCE_OFFSET)]
+    dead = DeadLetter(
+        origin="/".join(where) if all(where) else "unknown",
+        reason=header(ERROR_CLASS),
+        message=header(ERROR_MESSAGE),
+        payload=(message.value() or b"").decode(errors="replace"),
+        key=(message.key() or b"").decode(errors="replace"),
+    )
+    return SourcedDeadLetter(dead, f"{message.topic()}/{message.partition()}/{message.offset()}")

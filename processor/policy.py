@@ -275,20 +275,21 @@ def _awaits_deadline(package: Package) -> bool:
 
 
 def expire_orphans(
-    held: list[Held], now: int, config: PolicyConfig
+    held: list[Held], now: int, config: PolicyConfig, key: str
 ) -> tuple[list[Held], list[Output]]:
-    """Splits held events into those still waiting and dead letters for those past orphan_ttl."""
+    """Splits held events into those still waiting and dead letters for those past
+    orphan_ttl, keyed by `key` (what they were held under: an order or tracking number)."""
     keep: list[Held] = []
     dead: list[Output] = []
     for item in held:
         if item.at + config.orphan_ttl_ms <= now:
-            dead.append(_dead_letter(item))
+            dead.append(_dead_letter(item, key))
         else:
             keep.append(item)
     return keep, dead
 
 
-def _dead_letter(item: Held) -> DeadLetter:
+def _dead_letter(item: Held, key: str) -> DeadLetter:
     kind, _, missing = item.waits_for.partition(":")
     reason = _DEAD_LETTER_REASON[kind]
     what = f"{kind} {missing!r}" if missing else kind
@@ -297,6 +298,7 @@ def _dead_letter(item: Held) -> DeadLetter:
         reason=reason,
         message=f"no {what} arrived within orphan_ttl of this event",
         payload=item.event_json,
+        key=key,
     )
 
 
@@ -315,7 +317,8 @@ def _set_claim(step: _Step, claim: Claim, **changes: Any) -> Claim:
 
 
 def _expire_held(step: _Step, now: int) -> None:
-    step.state.held, dead = expire_orphans(step.state.held, now, step.config)
+    state = step.state
+    state.held, dead = expire_orphans(state.held, now, step.config, state.order_id)
     step.result.outputs.extend(dead)
     step.result.timers_stale = True
 
@@ -330,7 +333,13 @@ def _reject(step: _Step, event: Event, origin: str, reason: str, message: str) -
     so the same event again (a duplicate, or read again after a rewind) is a no-op."""
     step.state.seen.add(event.event_id)
     step.emit(
-        DeadLetter(origin=origin, reason=reason, message=message, payload=event_to_json(event))
+        DeadLetter(
+            origin=origin,
+            reason=reason,
+            message=message,
+            payload=event_to_json(event),
+            key=step.state.order_id,
+        )
     )
 
 

@@ -324,4 +324,5 @@ def _unknown_number(item: Inbound) -> DeadLetter:
         reason="unknown_tracking_number",
         message=f"no package shipped with tracking number {_number(item)!r} within orphan_ttl",
         payload="",
+        key=_number(item),
     )

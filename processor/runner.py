@@ -111,6 +111,12 @@ def _with_order_id(item: Routed) -> Event:
     )
 
 
+def _key(dead: DeadLetter) -> bytes | None:
+    """A dead letter's record key: the order (or tracking number) it was held under, so
+    `explain` finds it in the partition that key lands on."""
+    return None if dead.key is None else dead.key.encode()
+
+
 def routed_chunks(items: list[Routed]) -> Iterator[list[Routed]]:
     """The items in order, one Routed record's worth at a time (`ROUTED_RECORD_BYTES`)."""
     chunk: list[Routed] = []
@@ -696,7 +702,7 @@ class Runner:
             self._router.skip(source, offset, now)
         self._send_routed(routed.routed, received_ms)
         for pending, dead in routed.dead_letters:
-            self._dead_letter(None, pending.payload, dead.origin, dead.reason, dead.message)
+            self._dead_letter(_key(dead), pending.payload, dead.origin, dead.reason, dead.message)
         self._publish_watermarks(now)
 
         for partition in sorted(self._tasks):
@@ -904,7 +910,7 @@ class Runner:
         topics = self.settings.topics
         if isinstance(output, DeadLetter):
             self._dead_letter(
-                None, output.payload.encode(), output.origin, output.reason, output.message
+                _key(output), output.payload.encode(), output.origin, output.reason, output.message
             )
             return
         self._tally.outputs.append(output)

@@ -12,8 +12,9 @@ from tests.factories import (
 )
 
 
-def _dead(driver: TestDriver) -> list[tuple[str, str]]:
-    return [(d.reason, d.origin) for d in driver.dead_letters()]
+def _dead(driver: TestDriver) -> list[tuple[str, str, str | None]]:
+    """(reason, origin, key): the key is what the event was held under, order or number."""
+    return [(d.reason, d.origin, d.key) for d in driver.dead_letters()]
 
 
 def test_tracking_without_order_id_waits_for_its_package_then_is_decided() -> None:
@@ -44,7 +45,7 @@ def test_an_unclaimed_tracking_number_becomes_a_dead_letter_after_orphan_ttl() -
 
     driver.advance_to(at(8))
 
-    assert _dead(driver) == [("unknown_tracking_number", "test:1")]
+    assert _dead(driver) == [("unknown_tracking_number", "test:1", "TN-NOBODY")]
 
 
 def test_events_of_an_order_that_never_arrives_become_dead_letters() -> None:
@@ -52,10 +53,13 @@ def test_events_of_an_order_that_never_arrives_become_dead_letters() -> None:
     driver.pipe(shipped(order_id="ghost", when=at(1)))
     driver.pipe(claim_filed("damaged", order_id="ghost", when=at(2)))
     driver.advance_to(at(8))
-    assert _dead(driver) == [("unknown_order", "test:1")]
+    assert _dead(driver) == [("unknown_order", "test:1", "ghost")]
 
     driver.advance_to(at(9))
-    assert _dead(driver) == [("unknown_order", "test:1"), ("unknown_order", "test:2")]
+    assert _dead(driver) == [
+        ("unknown_order", "test:1", "ghost"),
+        ("unknown_order", "test:2", "ghost"),
+    ]
     assert driver.order("ghost").held == []  # type: ignore[union-attr]
 
 
@@ -99,7 +103,7 @@ def test_a_package_line_with_an_sku_the_order_lacks_is_a_dead_letter() -> None:
     driver.pipe(shipped(lines={"Z": 1}))
 
     (dead,) = driver.dead_letters()
-    assert dead.reason == "unknown_sku"
+    assert (dead.reason, dead.key) == ("unknown_sku", "o1")
     assert "Z" in dead.message
     assert driver.order("o1").packages == {}  # type: ignore[union-attr]
 

@@ -198,7 +198,8 @@ def test_the_timeline_is_in_event_time_and_names_each_line(history: Path) -> Non
 
 
 def test_without_events_the_timeline_is_rebuilt_from_the_state(history: Path) -> None:
-    """What a live explanation sees: the state's facts, and the ids of the rest."""
+    """What a live explanation sees: the state's facts, the events of its dead letters,
+    and the ids of the rest."""
     config = load_policy()
     from_file = explain_history(_lines(history), "history.jsonl", "o1", config)
 
@@ -210,6 +211,7 @@ def test_without_events_the_timeline_is_rebuilt_from_the_state(history: Path) ->
         mode="live",
         origin="Redis task t and decisions partition 0",
         clock=from_file.clock,
+        dead_letters=from_file.dead_letters,
     )
 
     assert [(e.kind, e.what, e.event_id) for e in live.timeline] == [
@@ -219,9 +221,12 @@ def test_without_events_the_timeline_is_rebuilt_from_the_state(history: Path) ->
         ("fact", "package_shipped", "o1-ship-p2"),
         ("decision", "refunded", None),
         ("event", "claim_reviewed", "o1-review-c7"),  # held, kept whole in the state
+        ("event", "package_shipped", "o1-ship-unknown-sku"),  # from its dead letter
     ]
     assert {e.source for e in live.timeline if e.kind == "fact"} == {"state"}
-    assert live.untimed_event_ids == ("o1-rto", "o1-ship-unknown-sku", "o1-transit")
+    assert live.timeline[-1].source == "history.jsonl:13"
+    assert "dead-lettered, unknown_sku" in live.timeline[-1].detail
+    assert live.untimed_event_ids == ("o1-rto", "o1-transit")
     assert to_json(live)["ledger"] == to_json(from_file)["ledger"]
     assert live.timers == from_file.timers
 
@@ -274,7 +279,11 @@ def test_cli_json_has_the_documented_shape(history: Path) -> None:
         "timeline",
         "decisions",
         "untimed_event_ids",
+        "dead_letters",
     }
+    assert [(d["origin"], d["reason"], d["source"]) for d in data["dead_letters"]] == [
+        (f"{history}:13", "unknown_sku", "replay")
+    ]
     assert (data["format"], data["order_id"], data["mode"], data["origin"]) == (
         1,
         "o1",

@@ -19,10 +19,11 @@ from processor.generate import generate_history
 from processor.outputs import Decision
 from processor.replay import replay
 from tests.console import run_cli
-from tests.factories import T0, at, order_placed, shipped
+from tests.factories import T0, at, claim_filed, order_placed, shipped
 from tests.live import LiveHarness, await_condition, expected_refunds
 
 DAY_MS = 86_400_000
+GHOST = "o-ghost"
 
 
 def _cli(live: LiveHarness, *args: str) -> subprocess.CompletedProcess[str]:
@@ -30,7 +31,8 @@ def _cli(live: LiveHarness, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _history() -> tuple[list[str], str, str, str]:
-    """A generated history plus one order whose package is still on its way at the end;
+    """A generated history plus one order whose package is still on its way at the end,
+    and a claim for an order never placed (`GHOST`, dead-lettered `orphan_ttl` later);
     returns the lines and three orders: refunded, denied, with a pending deadline.
 
     The refunded and denied orders are settled long before the history ends, and their
@@ -44,6 +46,7 @@ def _history() -> tuple[list[str], str, str, str]:
         json.dumps(order_placed("o-pending", when=at(days - 2), event_id="o-pending-placed")),
         json.dumps(shipped("p-pending", order_id="o-pending", when=at(days - 1))),
     ]
+    lines.insert(0, json.dumps(claim_filed("damaged", "c", order_id=GHOST, event_id=GHOST)))
     decisions: dict[str, list[Decision]] = defaultdict(list)
     for output in replay(lines, "history.jsonl", load_policy()):
         if isinstance(output, Decision):
@@ -76,6 +79,7 @@ def test_a_live_explanation_says_what_the_replay_says(live: LiveHarness) -> None
         o: explain_history(lines, "history.jsonl", o, config) for o in (refunded, denied, pending)
     }
     assert offline[pending].timers, "the pending order's deadline is still ahead at the end"
+    offline_ghost = explain_history(lines, "history.jsonl", GHOST, config)
     live.publish(lines)
     live.start()
     live.read_refunds_until(expected_refunds(lines), timeout_s=180)
@@ -130,6 +134,25 @@ def test_a_live_explanation_says_what_the_replay_says(live: LiveHarness) -> None
     trimmed = explain_live(live.settings, refunded, config)
     assert f"records below offset {int(offset) + 1} are deleted" in trimmed.origin
     assert trimmed.decisions == kept.decisions[1:]
+
+    # An event the policy dead-lettered is read back from the dead-letter topic.
+    def ghost_dead_lettered() -> bool:
+        try:
+            return bool(explain_live(live.settings, GHOST, config).dead_letters)
+        except UnknownOrderError:
+            return False
+
+    await_condition(ghost_dead_lettered, 60, f"the claim for {GHOST} is dead-lettered")
+    ghost = explain_live(live.settings, GHOST, config)
+    (dead,) = ghost.dead_letters
+    assert (dead.dead.reason, dead.dead.key) == ("unknown_order", GHOST)
+    assert dead.source.startswith(f"{live.topics['dlq']}/")
+    assert dead.dead.origin.startswith(f"{live.topics['orders']}/")
+    assert [(e.what, e.event_id, e.source) for e in ghost.timeline if e.kind == "event"] == [
+        ("claim_filed", GHOST, dead.dead.origin)
+    ]
+    assert [d.dead.reason for d in offline_ghost.dead_letters] == ["unknown_order"]
+    assert "unknown_order: no order arrived within orphan_ttl" in _cli(live, GHOST).stdout
 
     unknown = _cli(live, "o-never-placed")
     assert unknown.returncode == 2

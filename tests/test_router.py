@@ -72,7 +72,9 @@ def test_an_update_nobody_ships_expires_once_and_its_origin_is_recorded(
     assert (held.routed, held.dead_letters, router.pending()) == ([], [], 1)
 
     expired = router.route([], 1.0, progress=far_past_ttl())
-    assert [dead.reason for _, dead in expired.dead_letters] == ["unknown_tracking_number"]
+    assert [(dead.reason, dead.key) for _, dead in expired.dead_letters] == [
+        ("unknown_tracking_number", "TN-p1")
+    ]
     assert index.expired_among(["tracking/0/4", "tracking/0/5"]) == {"tracking/0/4"}
     assert router.pending() == 0
 
