@@ -168,6 +168,7 @@ def test_a_tracking_number_nobody_ships_holds_the_clock_only_until_every_input_p
     live.stop_all()
 
     assert sorted(seen) == sorted(expected)
+    live.assert_none_failed()
 
 
 def test_an_input_arrives_at_its_log_append_time_else_when_it_was_received() -> None:
