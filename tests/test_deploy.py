@@ -285,6 +285,7 @@ def test_the_agreed_alerts_exist() -> None:
     assert "refunds_transactions_committed_total" in alerts["RefundNoTransactionCommits"]
     assert "amount_minor" in alerts["RefundAmountSpikeByReason"]
     assert "merchant" in alerts["RefundAmountSpikeByMerchant"]
+    assert "refunds_events_buffered" in alerts["RefundEventsBufferedHigh"]
 
 
 def test_every_metric_the_rules_name_is_exported_or_recorded_from_one() -> None:
