@@ -173,6 +173,8 @@ def _read_keyed(
             )
         for message in consumer.consume(1000, timeout=0.5):
             progressed = time.monotonic()
+            if (message.topic(), message.partition()) != (topic, number):
+                continue  # left over from the partition read before this one
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
