@@ -4,6 +4,7 @@ Headers follow the names Kafka Connect uses for its dead-letter queues, so exist
 tooling can read them.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 SOURCE_TOPIC = "__dlq.source.topic"
@@ -31,6 +32,16 @@ class Origin:
         if not topic or not partition.isdigit() or not rest.isdigit():
             return None
         return cls(topic, int(partition), int(rest))
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str | bytes | None]) -> "Origin | None":
+        """Where a dead-letter record came from, from the headers `dead_letter_record`
+        wrote (None if it has none)."""
+        values = [headers.get(name) for name in (SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET)]
+        texts = [v.decode(errors="replace") if isinstance(v, bytes) else v for v in values]
+        if any(text is None for text in texts):
+            return None
+        return cls.parse("/".join(text for text in texts if text is not None))
 
 
 @dataclass(frozen=True, slots=True)

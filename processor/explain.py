@@ -331,15 +331,20 @@ def _event_entry(
     notes = [item.note] if item.note else []
     if event.event_id in held and item.note is None:
         notes.append(_waiting(held[event.event_id]))
+    return _whole_event(event, state, notes, item.origin)
+
+
+def _whole_event(
+    event: Event, state: OrderState | None, notes: Sequence[str], source: str
+) -> TimelineEntry:
     detail = describe_event(event, state) + "".join(f" [{note}]" for note in notes)
-    return TimelineEntry(event.at, "event", event.type, event.event_id, detail, item.origin)
+    return TimelineEntry(event.at, "event", event.type, event.event_id, detail, source)
 
 
 def _held_entries(state: OrderState) -> Iterable[TimelineEntry]:
     for item in state.held:
         event = parse_event_json(item.event_json)
-        detail = f"{describe_event(event, state)} [{_waiting(item.waits_for)}]"
-        yield TimelineEntry(event.at, "event", event.type, event.event_id, detail, item.origin)
+        yield _whole_event(event, state, [_waiting(item.waits_for)], item.origin)
 
 
 def _dead_entries(
@@ -352,8 +357,7 @@ def _dead_entries(
             event = parse_event_json(item.dead.payload)
         except InvalidEventError:
             continue
-        detail = f"{describe_event(event, state)} [dead-lettered, {item.dead.reason}]"
-        yield TimelineEntry(event.at, "event", event.type, event.event_id, detail, item.dead.origin)
+        yield _whole_event(event, state, [f"dead-lettered, {item.dead.reason}"], item.dead.origin)
 
 
 def _facts(state: OrderState) -> Iterable[TimelineEntry]:

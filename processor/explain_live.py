@@ -22,13 +22,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from pydantic import ValidationError
 
 from processor.config import PolicyConfig
-from processor.deadletter import (
-    ERROR_CLASS,
-    ERROR_MESSAGE,
-    SOURCE_OFFSET,
-    SOURCE_PARTITION,
-    SOURCE_TOPIC,
-)
+from processor.deadletter import ERROR_CLASS, ERROR_MESSAGE, Origin
 from processor.explain import Explanation, SourcedDeadLetter, SourcedDecision, explain_state
 from processor.outputs import DeadLetter, decision_from_dict
 from processor.partitioner import default_partition
@@ -216,9 +210,9 @@ def _dead_letter(message: Message) -> SourcedDeadLetter:
         value = headers.get(name) or b""
         return value.decode(errors="replace") if isinstance(value, bytes) else value
 
-    where = [header(SOURCE_TOPIC), header(SOURCE_PARTITION), header(SOURCE_OFFSET)]
+    where = Origin.from_headers(headers)
     dead = DeadLetter(
-        origin="/".join(where) if all(where) else "unknown",
+        origin="unknown" if where is None else str(where),
         reason=header(ERROR_CLASS),
         message=header(ERROR_MESSAGE),
         payload=(message.value() or b"").decode(errors="replace"),

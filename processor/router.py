@@ -229,7 +229,7 @@ class Router:
             offset = min((item.offset for item in source.pending), default=source.next_offset)
             # Handled: everything read. A pending update read again is retried as before.
             handled = max(source.next_offset, source.handled)
-            offsets[name] = Commit(offset, _held_back(source), handled)
+            offsets[name] = Commit(offset, _held_back(source, source.pending), handled)
         return offsets
 
     def watermarks(
@@ -260,13 +260,13 @@ class Router:
         for name, source in sorted(self._sources.items()):
             routed = source.routed_until or 0
             quiet = caught_up.get(name, False) and now - source.quiet_since >= idle_after_s
-            holds = [
-                item.event.at
-                for item in source.pending
-                if not all_inputs_drained and (clock is None or clock <= item.event.at)
-            ]
-            watermark = min(routed, min(holds) - 1) if holds else routed
-            reports.append((name, Progress(watermark, quiet and not holds, routed, quiet)))
+            holding = (
+                []
+                if all_inputs_drained
+                else [i for i in source.pending if clock is None or clock <= i.event.at]
+            )
+            watermark = _held_back(source, holding)
+            reports.append((name, Progress(watermark, quiet and not holding, routed, quiet)))
         return reports
 
 
@@ -295,17 +295,18 @@ def all_drained(sources: Iterable[str], reported: Mapping[str, Progress]) -> boo
     return all(source in reported and reported[source].drained for source in sources)
 
 
-def _held_back(source: _Source) -> int:
-    """The watermark to commit with a source's offset: just below every pending update.
+def _held_back(source: _Source, holding: list[Inbound]) -> int:
+    """The source's watermark held just below the pending updates in `holding`: those
+    whose package_shipped may be in some router's backlog, which must not let a task's
+    clock pass them (a delivered scan must not let the lost deadline fire).
 
-    Whoever owns the source next reports it until it has read those updates again (the
-    offset is held at the oldest), and cannot tell yet which of them `watermarks` would
-    still hold: one whose package_shipped may be in some router's backlog must not let
-    a task's clock pass it (a delivered scan must not let the lost deadline fire).
+    The watermark committed with the offset is held below every pending update: whoever
+    owns the source next reports it until it has read them again (the offset is held at
+    the oldest), and cannot tell yet which of them `watermarks` would still hold.
     """
     routed = source.routed_until or 0
-    if source.pending:
-        return min(routed, min(item.event.at for item in source.pending) - 1)
+    if holding:
+        return min(routed, min(item.event.at for item in holding) - 1)
     return routed
 
 

@@ -695,15 +695,16 @@ class Runner:
             (item.source, item.event.type) for item in inbound if not item.replayed
         )
 
-        routed = self._router.route(
-            inbound, now, expiry_progress(self._sources, self._router_progress)
-        )
+        # Read once, before the lookups: the holds (`_publish_watermarks`) rely on
+        # every index entry it covers being visible to this batch's lookups.
+        progress = expiry_progress(self._sources, self._router_progress)
+        routed = self._router.route(inbound, now, progress)
         for source, offset in rejected:
             self._router.skip(source, offset, now)
         self._send_routed(routed.routed, received_ms)
         for pending, dead in routed.dead_letters:
             self._dead_letter(_key(dead), pending.payload, dead.origin, dead.reason, dead.message)
-        self._publish_watermarks(now)
+        self._publish_watermarks(now, progress)
 
         for partition in sorted(self._tasks):
             slot = self._tasks[partition]
@@ -848,9 +849,8 @@ class Runner:
                 self._partition_gauges.lag(tp.topic, tp.partition, behind)
         return caught_up
 
-    def _publish_watermarks(self, now: float) -> None:
+    def _publish_watermarks(self, now: float, progress: int | None) -> None:
         drained = all_drained(self._sources, self._router_progress)
-        progress = expiry_progress(self._sources, self._router_progress)
         caught_up = self._caught_up()
         self._pace()
         reports = self._router.watermarks(now, self._idle_s, caught_up, progress, drained)
