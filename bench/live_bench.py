@@ -58,6 +58,12 @@ its first retention check (30 s after start, then every 5 min) deletes them mid-
 3. The counts of refund commands, reships, decisions and dead letters (by reason) the
    processor committed, read back read_committed.
 
+4. In-process stages (`bench/stages.py`): the processor's CPU work per event on the same
+   events, with no Kafka and no Redis, after the passes (its hundreds of megabytes of
+   parsed events would slow the passes' garbage collection). The baseline's time plus
+   the stages after decode is the least time per event the processor can take, so the
+   baseline's time over it bounds the ratio.
+
 `--profile` runs one more, separate processor pass (new group, internal topic, output
 topics and Redis keys; same inputs) under cProfile, so the figures above stay free of
 profiler overhead. cProfile's clock is wall time and it sees the main thread only: time
@@ -84,6 +90,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import stages
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from processor import logs
@@ -517,13 +524,11 @@ def measure(
     generate_s = time.perf_counter() - began
     print(f"generate: {args.orders} orders, {len(lines)} lines in {generate_s:.1f} s")
     publisher = make_settings(where, f"{run}-publish", inputs, args)
+    serde = make_serde(publisher)
     summary = publish_lines(
-        (line.encode() for line in lines),
-        "history.jsonl",
-        publisher,
-        make_serde(publisher),
-        errors=io.StringIO(),
+        (line.encode() for line in lines), "history.jsonl", publisher, serde, errors=io.StringIO()
     )
+    records = stages.encoded(lines, serde)
     del lines
     total = summary.total
     print(f"publish:  {summary.line()}")
@@ -570,6 +575,20 @@ def measure(
         f"{'met' if rate >= TARGET_RATE else 'NOT met'}); baseline {baseline_rate:,.0f} "
         f"events/s; ratio {rate / baseline_rate:.2f} (target {TARGET_RATIO}: "
         f"{'met' if rate / baseline_rate >= TARGET_RATIO else 'NOT met'})"
+    )
+
+    print(f"\nin-process stages over the same {len(records)} events, per event; {load()}")
+    floor = stages.measure(records, serde, args.max_batch_records)
+    del records
+    stages.report(floor)
+    # The processor consumes and decodes as the baseline does, then does the other stages.
+    baseline_us = 1e6 / baseline_rate
+    least_us = baseline_us + (sum(floor.values()) - floor["decode"]) * 1e6
+    print(
+        f"CEILING: the baseline's {baseline_us:.2f} us plus the stages after decode is "
+        f"{least_us:.2f} us per event, before any routing, buffering, Redis or "
+        f"transaction: the ratio cannot exceed {baseline_us / least_us:.2f}; the processor "
+        f"spent {1e6 / rate:.2f} us"
     )
 
     if args.profile:

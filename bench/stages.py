@@ -1,0 +1,162 @@
+"""The live processor's work per event, stage by stage, in one process (a benchmark, not a test).
+
+Why: `live_bench.py` measures the whole processor against a consumer that only reads and
+Avro-decodes, but a live pass swings by a quarter from run to run and mixes Kafka's and
+Redis's costs into one figure. This runs the CPU work the processor does per event with
+no Kafka and no Redis, each stage timed on its own over a generated history, so the
+share of each is stable and the gap to the baseline's decode can be read off directly
+(`live_bench.py` runs it too, on the history it published, to bound the ratio in the
+same run):
+
+1. decode: `Serde.decode` of each input record (the baseline does this and no more, besides
+   consuming);
+2. validate: `parse_event` of the decoded record (pydantic);
+3. decide: the engine over an in-memory store, every event in event-time order, in batches
+   of `--batch` events (the live default of `max_batch_records`), its clock moved after
+   each event as the live task's is;
+4. state: the JSON of each order a batch touched, once per batch, as `RedisStore.stage`
+   writes it;
+5. outputs: `Serde.encode` of every refund, reship and decision.
+
+Not here: consuming, routing, buffering, the Redis round trips and the Kafka
+transaction. The sum is a floor for the processor's time per event on this machine;
+against the live baseline's time per event (`live_bench.py`) it bounds the ratio the live
+processor can reach.
+
+    uv run python bench/stages.py [--orders 20000] [--seed 1] [--batch 40000]
+"""
+
+import argparse
+import gc
+import io
+import time
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from processor.config import load_policy
+from processor.engine import Engine
+from processor.events import Event, InvalidEventError, TrackingUpdate, parse_event, parse_event_json
+from processor.generate import write_history
+from processor.outputs import DeadLetter, Output, output_to_dict
+from processor.runner import GC_THRESHOLDS
+from processor.serde import Serde
+from processor.state import ORDER_STATE_ADAPTER, OrderState
+from processor.store import InMemoryStore, StateStore
+
+_T = TypeVar("_T")
+
+#: Per event: seconds of each stage, by name, in the order they run.
+Stages = dict[str, float]
+
+
+def encoded(lines: Iterable[str], serde: Serde) -> list[tuple[str, bytes]]:
+    """(topic, Avro value) of each valid event line, as `publish` writes them."""
+    records: list[tuple[str, bytes]] = []
+    for line in lines:
+        try:
+            event = parse_event_json(line)
+        except InvalidEventError:
+            continue  # the generator's deliberately malformed lines: dead letters live
+        topic = "tracking" if isinstance(event, TrackingUpdate) else "orders"
+        records.append((topic, serde.encode(event.type, event.model_dump(), topic)))
+    return records
+
+
+class _Clock:
+    """Seconds spent per stage, added up over the batches."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+
+    def run(self, stage: str, work: Callable[[], _T]) -> _T:
+        began = time.perf_counter()
+        result = work()
+        self.spent[stage] = self.spent.get(stage, 0.0) + time.perf_counter() - began
+        return result
+
+
+def measure(records: list[tuple[str, bytes]], serde: Serde, batch: int) -> Stages:
+    """Runs the stages over `records`, `batch` at a time as the processor reads them (so
+    only a batch's events are alive at once, as in the processor); the seconds per event
+    of each stage. Within a batch the engine decides in event-time order."""
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()  # what the caller holds is not the processor's to collect
+    gc.set_threshold(*GC_THRESHOLDS)  # as `run` sets them
+    try:
+        clock = _Clock()
+        engine = Engine(InMemoryStore(), load_policy())
+        for start in range(0, len(records), batch):
+            _batch(clock, engine, serde, records[start : start + batch], start)
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+    return {stage: seconds / len(records) for stage, seconds in clock.spent.items()}
+
+
+def _batch(
+    clock: _Clock, engine: Engine, serde: Serde, records: list[tuple[str, bytes]], first: int
+) -> None:
+    decoded = clock.run("decode", lambda: [serde.decode(value, topic) for topic, value in records])
+    events = clock.run("validate", lambda: [parse_event(record) for record in decoded])
+    ordered = sorted(enumerate(events, first), key=lambda numbered: numbered[1].at)
+
+    def decide() -> list[Output]:
+        outputs: list[Output] = []
+        for number, event in ordered:
+            outputs += engine.process(event, f"stages/{number}")
+        return outputs
+
+    outputs = clock.run("decide", decide)
+    states = _touched(engine.store, events)
+    clock.run("state", lambda: [ORDER_STATE_ADAPTER.dump_json(state) for state in states])
+    emitted = [output for output in outputs if not isinstance(output, DeadLetter)]
+    clock.run(
+        "outputs",
+        lambda: [
+            serde.encode(output.type, output_to_dict(output, iso_times=False), "outputs")
+            for output in emitted
+        ],
+    )
+
+
+def _touched(store: StateStore, events: list[Event]) -> list[OrderState]:
+    """The states of the orders a batch changed, which `RedisStore.stage` writes once each."""
+    order_ids = {
+        event.order_id or store.order_for_tracking(event.tracking_number)
+        if isinstance(event, TrackingUpdate)
+        else event.order_id
+        for event in events
+    }
+    return [state for order_id in order_ids if order_id and (state := store.load_order(order_id))]
+
+
+def report(stages: Stages) -> None:
+    decode = stages["decode"]
+    for name, seconds in stages.items():
+        print(f"  {name:9} {seconds * 1e6:6.2f} us  {seconds / decode:5.2f} x decode")
+    total = sum(stages.values())
+    print(
+        f"  {'all':9} {total * 1e6:6.2f} us  {total / decode:5.2f} x decode "
+        f"= {1 / total:,.0f} events/s with no Kafka and no Redis"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=40_000)
+    args = parser.parse_args()
+
+    serde = Serde.single_object()
+    history = io.StringIO()
+    write_history(history, orders=args.orders, seed=args.seed)
+    records = encoded(history.getvalue().splitlines(), serde)
+    del history
+    print(f"{args.orders} orders, {len(records)} events; per event:")
+    report(measure(records, serde, args.batch))
+
+
+if __name__ == "__main__":
+    main()
