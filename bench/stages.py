@@ -18,6 +18,9 @@ same run):
    writes it;
 5. outputs: `Serde.encode` of every refund, reship and decision.
 
+Alone, it also prints what an event waiting in an order task's buffer costs in memory
+(docs/live.md, "Memory").
+
 Not here: consuming, routing, buffering, the Redis round trips and the Kafka
 transaction. The sum is a floor for the processor's time per event on this machine;
 against the live baseline's time per event (`live_bench.py`) it bounds the ratio the live
@@ -30,13 +33,22 @@ import argparse
 import gc
 import io
 import time
+import tracemalloc
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from processor.config import load_policy
 from processor.engine import Engine
-from processor.events import Event, InvalidEventError, TrackingUpdate, parse_event, parse_event_json
+from processor.events import (
+    Event,
+    InvalidEventError,
+    TrackingUpdate,
+    event_to_dict,
+    parse_event,
+    parse_event_json,
+)
 from processor.generate import write_history
+from processor.order_task import OrderTask
 from processor.outputs import DeadLetter, Output, output_to_dict
 from processor.runner import GC_THRESHOLDS
 from processor.serde import Serde
@@ -44,6 +56,8 @@ from processor.state import ORDER_STATE_ADAPTER, OrderState
 from processor.store import InMemoryStore, StateStore
 
 _T = TypeVar("_T")
+#: The one input partition `buffered_bytes` hands events over from.
+SOURCE = "tracking:0"
 
 #: Per event: seconds of each stage, by name, in the order they run.
 Stages = dict[str, float]
@@ -58,7 +72,7 @@ def encoded(lines: Iterable[str], serde: Serde) -> list[tuple[str, bytes]]:
         except InvalidEventError:
             continue  # the generator's deliberately malformed lines: dead letters live
         topic = "tracking" if isinstance(event, TrackingUpdate) else "orders"
-        records.append((topic, serde.encode(event.type, event.model_dump(), topic)))
+        records.append((topic, serde.encode(event.type, event_to_dict(event), topic)))
     return records
 
 
@@ -156,6 +170,29 @@ def main() -> None:
     del history
     print(f"{args.orders} orders, {len(records)} events; per event:")
     report(measure(records, serde, args.batch))
+    print(f"memory: {buffered_bytes(records, serde):,.0f} bytes per event an order task buffers")
+
+
+def buffered_bytes(records: list[tuple[str, bytes]], serde: Serde) -> float:
+    """What an event waiting in an order task's buffer costs: the parsed event, its origin
+    and the task's bookkeeping, as `Runner` hands events over (tracemalloc)."""
+    task = OrderTask(InMemoryStore(), load_policy(), frozenset({SOURCE}), frozenset({SOURCE}))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        task.receive_direct(
+            SOURCE,
+            [
+                (offset, parse_event(serde.decode(value, topic)), f"{topic}/0/{offset}", 0)
+                for offset, (topic, value) in enumerate(records)
+            ],
+        )
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    return held / task.buffered()
 
 
 if __name__ == "__main__":

@@ -4,21 +4,23 @@ Every way an event can be wrong maps to one stable reason code (`InvalidEventErr
 because a dead letter is only useful if an operator can count and fix it by reason.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Final, Generic, Literal, TypeVar, cast
+from typing import Annotated, Any, Final, Literal, TypeVar, cast
 
 from pydantic import (
     AfterValidator,
     AwareDatetime,
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     StringConstraints,
     TypeAdapter,
     ValidationError,
 )
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_core import PydanticCustomError
 
 MAX_AMOUNT_MINOR: Final = 10**12
@@ -70,41 +72,29 @@ def _currency(value: str) -> str:
     return value
 
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-Quantity = Annotated[int, AfterValidator(_quantity)]
-AmountMinor = Annotated[int, AfterValidator(_amount)]
-Currency = Annotated[str, AfterValidator(_currency)]
+# Strict per field, not per model: a strict pydantic dataclass accepts only instances of
+# itself, not the dicts an event is validated from.
+Id = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=128)]
+Quantity = Annotated[int, Strict(), AfterValidator(_quantity)]
+AmountMinor = Annotated[int, Strict(), AfterValidator(_amount)]
+Currency = Annotated[str, Strict(), AfterValidator(_currency)]
+Text = Annotated[str, Strict(), StringConstraints(max_length=256)]
+
+# Events are slotted, frozen pydantic dataclasses rather than BaseModels: validated as
+# strictly and as fast, with no per-instance __dict__ or set of the fields given, so an
+# event an order task buffers costs 0.9 KB instead of 2.1 (docs/live.md, "Memory").
+_CONFIG: Final = ConfigDict(extra="ignore")
 
 
-_T = TypeVar("_T")
-
-
-class _computed_once(Generic[_T]):  # noqa: N801 - used like the decorator it is
-    """`functools.cached_property` without its per-access lock (Python 3.11 holds one)."""
-
-    def __init__(self, compute: Callable[[Any], _T]) -> None:
-        self._compute = compute
-        self._name = compute.__name__
-
-    def __get__(self, instance: Any, owner: type | None = None) -> _T:
-        value = self._compute(instance)
-        instance.__dict__[self._name] = value
-        return value
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        strict=True, frozen=True, extra="ignore", ignored_types=(_computed_once,)
-    )
-
-
-class OrderLine(_Model):
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_CONFIG)
+class OrderLine:
     sku: Id
     quantity: Quantity
     unit_price_minor: AmountMinor
 
 
-class ItemLine(_Model):
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_CONFIG)
+class ItemLine:
     """Units of one SKU in a package or a claim (no price: the order holds it)."""
 
     sku: Id
@@ -125,16 +115,19 @@ def _unique_skus(lines: list[_L]) -> list[_L]:
     return lines
 
 
-class _Event(_Model):
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_CONFIG)
+class _Event:
     event_id: Id
-    occurred_at: AwareDatetime
+    occurred_at: Annotated[AwareDatetime, Strict()]
+    #: Event time in epoch milliseconds, the unit the policy core computes in: derived
+    #: once, neither given nor serialized.
+    at: int = field(init=False, repr=False, compare=False)
 
-    @_computed_once
-    def at(self) -> int:
-        """Event time in epoch milliseconds, the unit the policy core computes in."""
-        return to_millis(self.occurred_at)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "at", to_millis(self.occurred_at))
 
 
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_CONFIG)
 class OrderPlaced(_Event):
     type: Literal["order_placed"]
     order_id: Id
@@ -144,6 +137,7 @@ class OrderPlaced(_Event):
     shipping_fee_minor: AmountMinor
 
 
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_CONFIG)
 class PackageShipped(_Event):
     type: Literal["package_shipped"]
     order_id: Id
@@ -153,12 +147,14 @@ class PackageShipped(_Event):
     lines: Annotated[list[ItemLine], Field(min_length=1), AfterValidator(_unique_skus)]
 
 
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_CONFIG)
 class CancellationRequested(_Event):
     type: Literal["cancellation_requested"]
     order_id: Id
     request_id: Id
 
 
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_CONFIG)
 class OrderCancelled(_Event):
     type: Literal["order_cancelled"]
     order_id: Id
@@ -174,6 +170,7 @@ def _null_as_empty(value: object) -> object:
     return [] if value is None else value
 
 
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_CONFIG)
 class ClaimFiled(_Event):
     type: Literal["claim_filed"]
     order_id: Id
@@ -185,14 +182,16 @@ class ClaimFiled(_Event):
     ] = Field(default_factory=list)
 
 
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_CONFIG)
 class ClaimReviewed(_Event):
     type: Literal["claim_reviewed"]
     order_id: Id
     claim_id: Id
-    proof_accepted: bool
+    proof_accepted: Annotated[bool, Strict()]
     resolution: Literal["refund", "reship"] | None = None
 
 
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_CONFIG)
 class ReturnReceived(_Event):
     type: Literal["return_received"]
     order_id: Id
@@ -216,14 +215,15 @@ TrackingStatus = Literal[
 ]
 
 
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_CONFIG)
 class TrackingUpdate(_Event):
     type: Literal["tracking_update"]
     tracking_number: Id
     carrier: Id
     order_id: Id | None = None
     status: TrackingStatus
-    carrier_status: str = Field(max_length=256)
-    location: str | None = Field(default=None, max_length=256)
+    carrier_status: Text
+    location: Text | None = None
 
 
 OrderEvent = (
@@ -305,4 +305,14 @@ def parse_event(value: Mapping[str, Any]) -> Event:
 
 
 def event_to_json(event: Event) -> str:
-    return event.model_dump_json()
+    return _EVENT_ADAPTER.dump_json(event).decode()
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """The event as plain data, timestamps as datetimes: what its Avro record holds."""
+    return cast(dict[str, Any], _EVENT_ADAPTER.dump_python(event))
+
+
+def with_order_id(event: TrackingUpdate, order_id: str) -> TrackingUpdate:
+    """A tracking update with the order id a router resolved for it."""
+    return replace(event, order_id=order_id)

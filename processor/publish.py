@@ -20,7 +20,7 @@ from typing import Any, Final, TextIO
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from processor.events import InvalidEventError, TrackingUpdate, parse_event_json
+from processor.events import InvalidEventError, TrackingUpdate, event_to_dict, parse_event_json
 from processor.serde import EncodeError, Serde
 from processor.settings import Settings
 
@@ -148,7 +148,7 @@ def publish_lines(
             )
             continue
         try:
-            value = serde.encode(event.type, event.model_dump(), topic)
+            value = serde.encode(event.type, event_to_dict(event), topic)
         except EncodeError as exc:
             invalid += 1
             print(f"{origin}:{number}: unencodable: {exc}", file=errors)

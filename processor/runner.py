@@ -39,9 +39,11 @@ from processor.deadletter import Origin, dead_letter_record
 from processor.events import (
     Event,
     InvalidEventError,
+    TrackingUpdate,
     from_millis,
     parse_event,
     to_millis,
+    with_order_id,
 )
 from processor.order_task import DirectEvent, OrderTask, RoutedEvent
 from processor.outputs import (
@@ -104,11 +106,9 @@ def _order_partition(order_id: str, partitions: int) -> int:
 def _with_order_id(item: Routed) -> Event:
     """The event as its task decodes it: a tracking update gets the order id resolved."""
     event = item.event
-    return (
-        event
-        if event.order_id is not None
-        else event.model_copy(update={"order_id": item.order_id})
-    )
+    if isinstance(event, TrackingUpdate) and event.order_id is None:
+        return with_order_id(event, item.order_id)
+    return event
 
 
 def _key(dead: DeadLetter) -> bytes | None:
