@@ -278,6 +278,28 @@ class CatchUp:
 
 
 @dataclass(slots=True)
+class GcTally:
+    """The collector's runs during a pass, per generation (`gc.callbacks`)."""
+
+    runs: Counter[int] = field(default_factory=Counter)
+    seconds: dict[int, float] = field(default_factory=dict)
+    _began: float = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        generation = info["generation"]
+        self.runs[generation] += 1
+        spent = time.perf_counter() - self._began
+        self.seconds[generation] = self.seconds.get(generation, 0.0) + spent
+
+    def describe(self) -> str:
+        runs = sorted(self.runs.items())
+        return ", ".join(f"generation {g} {n} times, {self.seconds[g]:.2f} s" for g, n in runs)
+
+
+@dataclass(slots=True)
 class ProcessorRun:
     seconds: float = 0.0  # first poll -> caught up (criteria a, b, c)
     routed_s: float = 0.0  # first poll -> criterion a
@@ -288,6 +310,7 @@ class ProcessorRun:
     most_buffered: int = 0  # refunds_events_buffered after a batch, at its highest
     outputs: Counter[str] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)
+    collector: GcTally = field(default_factory=GcTally)
 
 
 def run_processor(
@@ -307,8 +330,9 @@ def run_processor(
         admin.create_topic(topic, partitions, config=KEEP)
     runner = Runner(settings)  # inits transactions; the topics exist already
     watcher = CatchUp(settings, input_ends)
+    gc.collect()
+    gc.callbacks.append(result.collector)
     try:
-        gc.collect()
         cpu = time.process_time()
         started = time.perf_counter()
         deadline = started + timeout_s
@@ -343,6 +367,7 @@ def run_processor(
         result.routed_s = watcher.routed_at - started
         result.idle_s = watcher.idle_at - started
     finally:
+        gc.callbacks.remove(result.collector)
         if profiler is not None:
             profiler.disable()
         watcher.close()
@@ -617,6 +642,7 @@ def report(result: ProcessorRun, total: int) -> None:
         f"tail after routing {tail:.2f} s; at most {result.most_buffered:,} events "
         f"buffered after a batch"
     )
+    print(f"           garbage collector: {result.collector.describe() or 'did not run'}")
     outputs = ", ".join(f"{count} {name}" for name, count in result.outputs.items())
     reasons = ", ".join(f"{reason} {n}" for reason, n in result.dead_letters.most_common())
     print(f"           outputs: {outputs}" + (f" ({reasons})" if reasons else ""))

@@ -90,8 +90,10 @@ TRACKING_BUCKETS = 64
 #: Waits between attempts while Redis is unreachable (doubling from the first to the last).
 REDIS_BACKOFF_S = (0.5, 8.0)
 #: CPython's collector thresholds in a processor's process (`Runner.__init__`); the
-#: defaults are (700, 10, 10).
-GC_THRESHOLDS = (50_000, 20, 10)
+#: defaults are (700, 10, 10). Each young collection traverses every object the caches
+#: took in since the last, so the rarer the cheaper: at 50,000 a 20,000-order catch-up
+#: made thirty, at 500,000 one (docs/live.md, "Performance").
+GC_THRESHOLDS = (500_000, 20, 10)
 #: Input bytes per routed record at most (or one input record, if it alone is bigger):
 #: well under the broker's default message.max.bytes (1 MiB).
 ROUTED_RECORD_BYTES = 256 * 1024
