@@ -34,7 +34,7 @@ import gc
 import io
 import time
 import tracemalloc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from processor.config import load_policy
@@ -48,7 +48,7 @@ from processor.events import (
     parse_event_json,
 )
 from processor.generate import write_history
-from processor.order_task import OrderTask
+from processor.order_task import DirectEvent, OrderTask
 from processor.outputs import DeadLetter, Output, output_to_dict
 from processor.runner import GC_THRESHOLDS
 from processor.serde import Serde
@@ -181,18 +181,24 @@ def buffered_bytes(records: list[tuple[str, bytes]], serde: Serde) -> float:
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        task.receive_direct(
-            SOURCE,
-            [
-                (offset, parse_event(serde.decode(value, topic)), f"{topic}/0/{offset}", 0)
-                for offset, (topic, value) in enumerate(records)
-            ],
-        )
+        task.receive_direct(SOURCE, list(_handed(records, serde)))
         gc.collect()
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
     return held / task.buffered()
+
+
+def _handed(records: list[tuple[str, bytes]], serde: Serde) -> Iterator[DirectEvent]:
+    """The records as a router hands them to their task, each with the order it resolved:
+    for a tracking update that does not carry it, a string of its own, as from the index."""
+    for offset, (topic, value) in enumerate(records):
+        event = parse_event(serde.decode(value, topic))
+        resolved = event.order_id
+        if resolved is None:
+            assert isinstance(event, TrackingUpdate)
+            resolved = f"order-of-{event.tracking_number}"
+        yield offset, event, resolved, f"{topic}/0/{offset}", 0
 
 
 if __name__ == "__main__":

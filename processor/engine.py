@@ -44,11 +44,16 @@ class Engine:
         self._forward: Forward = forward or self._apply
         self._publish_link: PublishLink = publish_link or self.link
 
-    def process(self, event: Event, origin: str) -> list[Output]:
-        """Applies one event, then fires the timers its advance of the clock made due."""
+    def process(self, event: Event, origin: str, order_id: str | None = None) -> list[Output]:
+        """Applies one event, then fires the timers its advance of the clock made due.
+
+        `order_id`: the order a router resolved the event to (live), for a tracking update
+        that does not carry it; without one, the store's link resolves it (replay).
+        """
         outputs: list[Output] = []
-        if event.order_id is not None:
-            self._apply(event.order_id, event, origin, outputs)
+        order_id = order_id or event.order_id
+        if order_id is not None:
+            self._apply(order_id, event, origin, outputs)
         else:
             assert isinstance(event, TrackingUpdate)
             order_id = self.store.order_for_tracking(event.tracking_number)

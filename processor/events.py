@@ -5,7 +5,7 @@ because a dead letter is only useful if an operator can count and fix it by reas
 """
 
 from collections.abc import Mapping
-from dataclasses import field, replace
+from dataclasses import field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal, TypeVar, cast
 
@@ -311,8 +311,3 @@ def event_to_json(event: Event) -> str:
 def event_to_dict(event: Event) -> dict[str, Any]:
     """The event as plain data, timestamps as datetimes: what its Avro record holds."""
     return cast(dict[str, Any], _EVENT_ADAPTER.dump_python(event))
-
-
-def with_order_id(event: TrackingUpdate, order_id: str) -> TrackingUpdate:
-    """A tracking update with the order id a router resolved for it."""
-    return replace(event, order_id=order_id)

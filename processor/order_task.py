@@ -25,18 +25,20 @@ from processor.outputs import Output
 from processor.router import combined_watermark
 from processor.store import StateStore
 
-#: An event of a routed record: (event, origin, arrived). `arrived`: epoch millis its
-#: input arrived, for the latency metric.
-RoutedEvent = tuple[Event, str, int]
-#: An event handed over directly: (input offset, event, origin, arrived).
-DirectEvent = tuple[int, Event, str, int]
+#: An event of a routed record: (event, order id, origin, arrived). The order id is the
+#: one its router resolved (a tracking update may not carry it); `arrived`: epoch millis
+#: its input arrived, for the latency metric.
+RoutedEvent = tuple[Event, str, str, int]
+#: An event handed over directly: (input offset, event, order id, origin, arrived).
+DirectEvent = tuple[int, Event, str, str, int]
 #: How many events of one record (of the internal topic, or of a direct input) are still
 #: to decide: shared by its buffered events, counted down as each is decided.
 _Undecided = list[int]
-#: A buffered event: (occurred_at, seq, event, origin, arrived, undecided). `seq` is the
-#: order it was received in, unique, so tuples compare on the first two fields only (in
-#: C, unlike a class), and events of one time are decided in the order they came.
-_Buffered = tuple[int, int, Event, str, int, _Undecided]
+#: A buffered event: (occurred_at, seq, event, order id, origin, arrived, undecided).
+#: `seq` is the order it was received in, unique, so tuples compare on the first two
+#: fields only (in C, unlike a class), and events of one time are decided in the order
+#: they came.
+_Buffered = tuple[int, int, Event, str, str, int, _Undecided]
 _OFFSET = itemgetter(0)
 
 
@@ -77,8 +79,10 @@ class OrderTask:
         """A record of the internal topic: the events one router batch sent here."""
         buffer, seq = self._buffer, self._seq
         undecided = [len(events)]
-        for event, origin, arrived in events:
-            heapq.heappush(buffer, (event.at, next(seq), event, origin, arrived, undecided))
+        for event, order_id, origin, arrived in events:
+            heapq.heappush(
+                buffer, (event.at, next(seq), event, order_id, origin, arrived, undecided)
+            )
         if events:
             self._undecided.append((offset, undecided))
         self._next_offset = offset + 1
@@ -88,9 +92,11 @@ class OrderTask:
         but for tracking updates that were pending in the router."""
         buffer, seq = self._buffer, self._seq
         records = self._direct_undecided[source]
-        for offset, event, origin, arrived in events:
+        for offset, event, order_id, origin, arrived in events:
             undecided = [1]
-            heapq.heappush(buffer, (event.at, next(seq), event, origin, arrived, undecided))
+            heapq.heappush(
+                buffer, (event.at, next(seq), event, order_id, origin, arrived, undecided)
+            )
             if records and offset < records[-1][0]:
                 bisect.insort(records, (offset, undecided), key=_OFFSET)
             else:
@@ -129,7 +135,7 @@ class OrderTask:
         buffer, ready = self._buffer, self._ready
         while buffer and buffer[0][0] <= limit:
             ready.append(heapq.heappop(buffer))
-        return [item[2].order_id or "" for item in ready]
+        return [item[3] for item in ready]
 
     def release(self) -> list[Output]:
         """Decides the records `take_ready` took, oldest first, then moves the clock."""
@@ -139,8 +145,8 @@ class OrderTask:
         if limit is None:
             return outputs
         process, arrivals = self._engine.process, self.released_arrivals
-        for _, _, event, origin, arrived, undecided in self._ready:
-            outputs.extend(process(event, origin))
+        for _, _, event, order_id, origin, arrived, undecided in self._ready:
+            outputs.extend(process(event, origin, order_id))
             undecided[0] -= 1
             arrivals.append(arrived)
         self._ready = []

@@ -37,13 +37,10 @@ from processor import metrics
 from processor.config import PolicyConfig, load_policy
 from processor.deadletter import Origin, dead_letter_record
 from processor.events import (
-    Event,
     InvalidEventError,
-    TrackingUpdate,
     from_millis,
     parse_event,
     to_millis,
-    with_order_id,
 )
 from processor.order_task import DirectEvent, OrderTask, RoutedEvent
 from processor.outputs import (
@@ -103,14 +100,6 @@ ROUTED_RECORD_BYTES = 256 * 1024
 def _order_partition(order_id: str, partitions: int) -> int:
     """The internal topic's partition of an order: cached, since murmur2 is pure Python."""
     return default_partition(order_id.encode(), partitions)
-
-
-def _with_order_id(item: Routed) -> Event:
-    """The event as its task decodes it: a tracking update gets the order id resolved."""
-    event = item.event
-    if isinstance(event, TrackingUpdate) and event.order_id is None:
-        return with_order_id(event, item.order_id)
-    return event
 
 
 def _key(dead: DeadLetter) -> bytes | None:
@@ -763,7 +752,7 @@ class Runner:
             slot = tasks.get(partition)
             if slot is not None and item.source in slot.task.direct:
                 direct.setdefault((partition, item.source), []).append(
-                    (item.offset, _with_order_id(item), item.origin, item.arrived)
+                    (item.offset, item.event, item.order_id, item.origin, item.arrived)
                 )
             else:
                 by_task.setdefault(partition, []).append(item)
@@ -820,9 +809,7 @@ class Runner:
 
     def _routed_event(self, item: dict[str, Any]) -> RoutedEvent:
         record = self._serde.decode(item["payload"], self._by_order)
-        if record.get("order_id") is None:  # a tracking update the router resolved
-            record["order_id"] = item["order_id"]
-        return parse_event(record), item["origin"], item["arrived"]
+        return parse_event(record), item["order_id"], item["origin"], item["arrived"]
 
     def _caught_up(self) -> dict[str, bool]:
         """Per input partition: has the consumer read everything the broker holds? Also

@@ -16,7 +16,7 @@ SOURCE = "orders:0"
 
 def placed(order_id: str, days: float) -> RoutedEvent:
     event: Event = parse_event_json(json.dumps(order_placed(order_id, when=at(days))))
-    return event, f"orders/0/{order_id}", 0
+    return event, order_id, f"orders/0/{order_id}", 0
 
 
 def day(days: float) -> int:
@@ -76,8 +76,8 @@ def make_direct_task() -> OrderTask:
 
 
 def handed(offset: int, order_id: str, days: float) -> DirectEvent:
-    event, origin, arrived = placed(order_id, days)
-    return offset, event, origin, arrived
+    event, resolved, origin, arrived = placed(order_id, days)
+    return offset, event, resolved, origin, arrived
 
 
 def decide_direct_up_to(task: OrderTask, days: float) -> list[str]:
