@@ -59,10 +59,10 @@ its first retention check (30 s after start, then every 5 min) deletes them mid-
    processor committed, read back read_committed.
 
 4. In-process stages (`bench/stages.py`): the processor's CPU work per event on the same
-   events, with no Kafka and no Redis, after the passes (its hundreds of megabytes of
-   parsed events would slow the passes' garbage collection). The baseline's time plus
-   the stages after decode is the least time per event the processor can take, so the
-   baseline's time over it bounds the ratio.
+   events, with no Kafka and no Redis, after the passes, so that those run as they did
+   before it existed. The baseline's time plus the stages after decode is the least
+   time per event the processor can take, so the baseline's time over it bounds the
+   ratio.
 
 `--profile` runs one more, separate processor pass (new group, internal topic, output
 topics and Redis keys; same inputs) under cProfile, so the figures above stay free of

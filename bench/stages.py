@@ -11,9 +11,9 @@ same run):
 1. decode: `Serde.decode` of each input record (the baseline does this and no more, besides
    consuming);
 2. validate: `parse_event` of the decoded record (pydantic);
-3. decide: the engine over an in-memory store, every event in event-time order, in batches
-   of `--batch` events (the live default of `max_batch_records`), its clock moved after
-   each event as the live task's is;
+3. decide: the engine over an in-memory store, `--batch` events at a time (the live
+   default of `max_batch_records`), each batch in event-time order, its clock moved
+   after each event as the live task's is;
 4. state: the JSON of each order a batch touched, once per batch, as `RedisStore.stage`
    writes it;
 5. outputs: `Serde.encode` of every refund, reship and decision.
