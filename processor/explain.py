@@ -120,7 +120,8 @@ def explain_state(
 
     Without `events` the timeline is rebuilt from the facts the state keeps and the
     events of the dead letters; the ids of events the state saw (applied or
-    dead-lettered) but keeps nothing else of are listed as `untimed_event_ids`.
+    dead-lettered) but keeps nothing else of are listed as `untimed_event_ids`. A courier
+    scan that changed nothing (`policy.changes_nothing`) leaves no id to list.
     """
     if state is None and not decisions and not events and not dead_letters:
         raise UnknownOrderError(

@@ -53,6 +53,8 @@ from processor.state import (
 
 # Scans that prove the courier has the package (R4: cancellation too late): all but a label.
 _IN_COURIER_HANDS: Final = frozenset(get_args(TrackingStatus)) - {"info_received"}
+# Scans the rules act on; any other scan only tells when the courier first had the package.
+_DECISIVE_SCANS: Final = frozenset({"delivered", "lost", "rto_delivered"})
 _FULL_REFUND_CLAIMS: Final = frozenset({"damaged", "defective", "wrong_item"})
 _PARTIAL_CLAIMS: Final = frozenset({"wrong_quantity", "missing_item"})
 DEADLINE_TIMER_PREFIX: Final = "deadline:"
@@ -200,27 +202,60 @@ def apply_event(
 ) -> Result:
     """Applies one event to its order; `origin` says where it came from, for dead letters.
 
-    An event id seen before is a no-op. The order's own timers whose deadline is earlier
-    than the event fire first, so an order's events and deadlines are decided in
-    event-time order whatever the stream's clock did (docs/policy.md, "Time"). An event
-    whose order, package, claim or tracking number is not known yet is held and applied
-    when the missing piece arrives.
+    An event id seen before is a no-op, and so is a courier scan the rules read nothing
+    from (`changes_nothing`). The order's own timers whose deadline is earlier than the
+    event fire first, so an order's events and deadlines are decided in event-time order
+    whatever the stream's clock did (docs/policy.md, "Time"). An event whose order,
+    package, claim or tracking number is not known yet is held and applied when the
+    missing piece arrives.
     """
-    if state is not None and event.event_id in state.seen:
+    if state is None:
+        return apply_in_full(OrderState(order_id), event, origin, config, {})
+    if event.event_id in state.seen:
         return Result(state, None)
-    new_state = state.clone() if state is not None else OrderState(order_id)
-    before = timers(new_state, config)
-    result = Result(new_state, before)
+    due = timers(state, config)
+    if changes_nothing(state, event, due):
+        return Result(state, None)
+    return apply_in_full(state.clone(), event, origin, config, due)
+
+
+def apply_in_full(
+    state: OrderState, event: Event, origin: str, config: PolicyConfig, due: dict[str, int]
+) -> Result:
+    """`apply_event` without its shortcuts, on a state of the caller's own that needs the
+    timers `due`: what `changes_nothing` must agree with (tests/test_properties.py)."""
+    result = Result(state, due)
     at = event.at
-    if before and min(before.values()) < at:  # rare: the stream clock fires most timers
-        overdue = [(deadline, name) for name, deadline in before.items() if deadline < at]
+    if due and min(due.values()) < at:  # rare: the stream clock fires most timers
+        overdue = [(deadline, name) for name, deadline in due.items() if deadline < at]
         overdue.sort()
         for deadline, name in overdue:
-            _fire(_Step(new_state, config, f"timer:{name}", deadline, result), name, event)
-    step = _Step(new_state, config, event.event_id, at, result)
+            _fire(_Step(state, config, f"timer:{name}", deadline, result), name, event)
+    step = _Step(state, config, event.event_id, at, result)
     _apply(step, event, origin)
     _revisit_pending_claims(step)
     return result
+
+
+def changes_nothing(state: OrderState, event: Event, due: Mapping[str, int]) -> bool:
+    """Whether `event` is a courier scan the rules read nothing from: not one they act on
+    (delivered, lost, back at origin), of a known package, no earlier than its first scan
+    in courier hands, with none of the order's timers (`due`) due before it. About half of
+    all events are such scans.
+
+    `apply_event` skips them, so they are not recorded as seen either: applied again they
+    change nothing again, and every event id a state keeps is read and written with it.
+    """
+    if not isinstance(event, TrackingUpdate) or event.status in _DECISIVE_SCANS:
+        return False
+    if state.order is None or (due and min(due.values()) < event.at):
+        return False
+    package = state.package_for_tracking(event.tracking_number)
+    if package is None:
+        return False
+    if event.status not in _IN_COURIER_HANDS:
+        return True
+    return package.picked_up_at is not None and package.picked_up_at <= event.at
 
 
 def fire_timer(state: OrderState, name: str, deadline: int, config: PolicyConfig) -> Result:

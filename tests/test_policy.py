@@ -3,6 +3,10 @@
 Default order: 2 x A at 1000 + 1 x B at 2500 + shipping 500 = 5000.
 """
 
+import copy
+from datetime import datetime
+
+from processor.events import to_millis
 from processor.outputs import Decision, RefundCommand, ReshipCommand, refund_command_id
 from processor.testing import TestDriver
 from tests.factories import (
@@ -410,3 +414,21 @@ def test_an_orders_deadline_fires_before_its_own_later_events_whatever_the_clock
 
     assert [(r.reason, r.amount_minor) for r in driver.refunds()] == [("lost", 5000)]
     assert _codes(driver.decisions())[-1] == ("denied", "already_refunded")
+
+
+def test_a_scan_after_the_first_in_courier_hands_changes_nothing_and_is_not_kept() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(scan("picked_up", when=at(0, 3)))
+    before = copy.deepcopy(driver.order("o1"))
+
+    driver.pipe(scan("in_transit", when=at(1), event_id="transit-1"))
+    driver.pipe(scan("info_received", when=at(0, 1), event_id="label-1"))
+    assert driver.order("o1") == before
+    assert driver.outputs() == []
+
+    driver.pipe(scan("in_transit", when=at(0, 2), event_id="transit-0"))  # before the pickup
+    state = driver.order("o1")
+    assert state is not None
+    assert state.packages["p1"].picked_up_at == to_millis(datetime.fromisoformat(at(0, 2)))
+    assert "transit-0" in state.seen

@@ -19,7 +19,7 @@ from processor.outputs import (
     ReshipCommand,
     output_to_dict,
 )
-from processor.policy import apply_event, fire_timer, timers
+from processor.policy import apply_event, apply_in_full, changes_nothing, fire_timer, timers
 from processor.state import OrderState
 from processor.testing import TestDriver
 from tests.strategies import histories, jittered, merged_by_time, order_history
@@ -169,6 +169,24 @@ def test_a_step_that_leaves_its_timers_fresh_needs_the_timers_it_started_with(
         result = fire_timer(state, name, deadline, POLICY)
         if not result.timers_stale:
             assert result.timers_before == timers(result.state, POLICY)
+
+
+@settings(max_examples=150, deadline=None)
+@given(order_history("o1"))
+def test_a_scan_apply_event_skips_would_change_nothing_but_the_ids_seen(
+    history: list[Any],
+) -> None:
+    state: OrderState | None = None
+    for _, raw in history:
+        event = parse_event_json(json.dumps(raw | {"order_id": "o1"}))
+        if state is not None and event.event_id not in state.seen:
+            due = timers(state, POLICY)
+            if changes_nothing(state, event, due):
+                full = apply_in_full(state.clone(), event, "test", POLICY, due)
+                expected = state.clone()
+                expected.seen.add(event.event_id)
+                assert (full.state, full.outputs) == (expected, [])
+        state = apply_event(state, "o1", event, "test", POLICY).state
 
 
 def _valid_events(lines: list[str]) -> list[dict[str, Any]]:
