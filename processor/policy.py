@@ -211,12 +211,9 @@ def apply_event(
     """
     if state is None:
         return apply_in_full(OrderState(order_id), event, origin, config, {})
-    if event.event_id in state.seen:
+    if event.event_id in state.seen or changes_nothing(state, event):
         return Result(state, None)
-    due = timers(state, config)
-    if changes_nothing(state, event, due):
-        return Result(state, None)
-    return apply_in_full(state.clone(), event, origin, config, due)
+    return apply_in_full(state.clone(), event, origin, config, timers(state, config))
 
 
 def apply_in_full(
@@ -237,18 +234,22 @@ def apply_in_full(
     return result
 
 
-def changes_nothing(state: OrderState, event: Event, due: Mapping[str, int]) -> bool:
+def changes_nothing(state: OrderState, event: Event) -> bool:
     """Whether `event` is a courier scan the rules read nothing from: not one they act on
-    (delivered, lost, back at origin), of a known package, no earlier than its first scan
-    in courier hands, with none of the order's timers (`due`) due before it. About half of
-    all events are such scans.
+    (delivered, lost, back at origin), of a known package, and no earlier than its first
+    scan in courier hands. About half of all events are such scans.
 
-    `apply_event` skips them, so they are not recorded as seen either: applied again they
-    change nothing again, and every event id a state keeps is read and written with it.
+    `apply_event` skips them, so they are not recorded as seen either: every event id a
+    state keeps is read and written with it. That is safe because what makes a scan one
+    of them never changes back (packages stay known, a pickup time only moves earlier):
+    read again, after a crash say, it is skipped again. Nor does a skipped scan fire the
+    order's timers due before it, as an applied event does first: it decides nothing
+    they could come before, and the clock, or the order's next event that does decide
+    something, fires them.
     """
     if not isinstance(event, TrackingUpdate) or event.status in _DECISIVE_SCANS:
         return False
-    if state.order is None or (due and min(due.values()) < event.at):
+    if state.order is None:
         return False
     package = state.package_for_tracking(event.tracking_number)
     if package is None:
