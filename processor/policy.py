@@ -203,11 +203,11 @@ def apply_event(
     """Applies one event to its order; `origin` says where it came from, for dead letters.
 
     An event id seen before is a no-op, and so is a courier scan the rules read nothing
-    from (`changes_nothing`). The order's own timers whose deadline is earlier than the
-    event fire first, so an order's events and deadlines are decided in event-time order
-    whatever the stream's clock did (docs/policy.md, "Time"). An event whose order,
-    package, claim or tracking number is not known yet is held and applied when the
-    missing piece arrives.
+    from (`changes_nothing`). Before any other event, the order's own timers whose
+    deadline is earlier than the event fire, so an order's decisions and deadlines come
+    in event-time order whatever the stream's clock did (docs/policy.md, "Time"). An
+    event whose order, package, claim or tracking number is not known yet is held and
+    applied when the missing piece arrives.
     """
     if state is None:
         return apply_in_full(OrderState(order_id), event, origin, config, {})
