@@ -4,10 +4,15 @@ Default order: 2 x A at 1000 + 1 x B at 2500 + shipping 500 = 5000.
 """
 
 import copy
+import json
 from datetime import datetime
+from typing import Any
 
-from processor.events import to_millis
+from processor.config import load_policy
+from processor.events import parse_event_json, to_millis
 from processor.outputs import Decision, RefundCommand, ReshipCommand, refund_command_id
+from processor.policy import Result, apply_event, timers
+from processor.state import OrderState
 from processor.testing import TestDriver
 from tests.factories import (
     at,
@@ -432,3 +437,31 @@ def test_a_scan_after_the_first_in_courier_hands_changes_nothing_and_is_not_kept
     assert state is not None
     assert state.packages["p1"].picked_up_at == to_millis(datetime.fromisoformat(at(0, 2)))
     assert "transit-0" in state.seen
+
+
+def test_a_skipped_scan_read_again_is_skipped_though_a_deadline_now_comes_before_it() -> None:
+    """After a crash a skipped scan is read again, against its order's state as committed
+    since, which a late package_shipped may have given a deadline before the scan. The
+    scan is skipped again, as the id it did not leave would have made it, and fires
+    nothing: that deadline is the clock's (docs/policy.md)."""
+    config = load_policy()
+    state: OrderState | None = None
+
+    def apply(raw: dict[str, Any]) -> Result:
+        nonlocal state
+        result = apply_event(state, "o1", parse_event_json(json.dumps(raw)), "test", config)
+        state = result.state
+        return result
+
+    apply(order_placed())
+    apply(shipped("p1", {"A": 2}, when=at(0, 2)))
+    apply(scan("picked_up", "TN-p1", when=at(0, 3)))
+    apply(scan("delivered", "TN-p1", when=at(3)))
+    stray = scan("in_transit", "TN-p1", when=at(22), event_id="stray")
+    assert apply(stray).timers_before is None  # skipped
+    apply(shipped("p2", {"B": 1}, when=at(0, 12)))  # late: its deadline is day 20.5
+    assert state is not None
+    assert min(timers(state, config).values()) < to_millis(datetime.fromisoformat(at(22)))
+
+    again = apply(stray)
+    assert (again.timers_before, again.outputs) == (None, [])
