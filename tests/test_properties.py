@@ -135,12 +135,17 @@ def test_interleaving_within_allowed_lateness_changes_no_refund(data: st.DataObj
     assert _refund_set(_run(shuffled)) == _refund_set(_run(in_order))
 
 
+def _events_of(history: list[Any]) -> list[Event]:
+    """One order's history (`order_history("o1")`) as events, each with the order id that
+    a tracking update may leave out, as the engine would resolve it."""
+    return [parse_event_json(json.dumps(raw | {"order_id": "o1"})) for _, raw in history]
+
+
 @settings(max_examples=150, deadline=None)
 @given(order_history("o1"))
 def test_the_policy_never_changes_the_state_it_is_given(history: list[Any]) -> None:
     state: OrderState | None = None
-    for _, raw in history:
-        event = parse_event_json(json.dumps(raw | {"order_id": "o1"}))
+    for event in _events_of(history):
         snapshot = copy.deepcopy(state)
         result = apply_event(state, "o1", event, "test", POLICY)
         assert state == snapshot
@@ -158,8 +163,7 @@ def test_a_step_that_leaves_its_timers_fresh_needs_the_timers_it_started_with(
     history: list[Any],
 ) -> None:
     state: OrderState | None = None
-    for _, raw in history:
-        event = parse_event_json(json.dumps(raw | {"order_id": "o1"}))
+    for event in _events_of(history):
         result = apply_event(state, "o1", event, "test", POLICY)
         if not result.timers_stale:
             assert result.timers_before in (None, timers(result.state, POLICY))
@@ -177,8 +181,7 @@ def test_a_scan_apply_event_skips_would_add_nothing_but_its_id(history: list[Any
     """Applied in full, each scan `changes_nothing` holds for would fire the order's
     timers due before it, as any event does first, and add nothing but its id."""
     state: OrderState | None = None
-    for _, raw in history:
-        event = parse_event_json(json.dumps(raw | {"order_id": "o1"}))
+    for event in _events_of(history):
         if state is not None and changes_nothing(state, event):
             due = timers(state, POLICY)
             full = apply_in_full(state.clone(), event, "test", POLICY, due)
@@ -201,8 +204,7 @@ def test_a_scan_apply_event_skips_is_skipped_in_every_later_state(data: st.DataO
     history = data.draw(st.permutations(data.draw(order_history("o1"))))
     state: OrderState | None = None
     skipped: list[Event] = []
-    for _, raw in history:
-        event = parse_event_json(json.dumps(raw | {"order_id": "o1"}))
+    for event in _events_of(history):
         if state is not None and changes_nothing(state, event):
             skipped.append(event)
         state = apply_event(state, "o1", event, "test", POLICY).state
