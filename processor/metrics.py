@@ -104,8 +104,26 @@ DEAD_LETTERS: Final = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+
+
+class BatchHistogram(Histogram):
+    """A histogram that takes equal observations at once: the events a batch decides
+    arrived at few distinct times (each consume stamps its records alike), so their
+    latencies cost one call per time rather than one per event."""
+
+    def observe_many(self, amount: float, count: int) -> None:
+        """`observe(amount)` done `count` times (what prometheus_client's `observe` does,
+        with `count` for its 1: a test holds the two equal)."""
+        self._raise_if_not_observable()  # type: ignore[no-untyped-call]
+        self._sum.inc(amount * count)
+        for bucket, bound in zip(self._buckets, self._upper_bounds, strict=True):
+            if amount <= bound:
+                bucket.inc(count)
+                break
+
+
 # Arrival of an input record (docs/live.md, "Metrics") -> commit of the batch deciding it.
-END_TO_END_LATENCY: Final = Histogram(
+END_TO_END_LATENCY: Final = BatchHistogram(
     "refunds_end_to_end_latency_seconds",
     "Arrival of an input record to the commit of the transaction carrying its outputs",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
@@ -243,8 +261,9 @@ class BatchTally:
     """Refund commands, reships and decisions (dead letters are in `dead_letters`)."""
     dead_letters: list[tuple[str, str, str]] = field(default_factory=list)
     """(origin, reason, message) of each dead letter."""
-    arrivals_ms: list[int] = field(default_factory=list)
-    """When each input record decided in the batch arrived (docs/live.md, "Metrics")."""
+    arrivals_ms: Tally[int] = field(default_factory=Tally)
+    """When the input records decided in the batch arrived (docs/live.md, "Metrics"),
+    epoch millis -> records."""
     timers_fired: int = 0
 
     def count(self, committed_at_ms: int) -> None:
@@ -280,10 +299,9 @@ class BatchTally:
             _dead_letters(reason).inc(n)
         if self.timers_fired:
             TIMERS_FIRED.inc(self.timers_fired)
-        observe = END_TO_END_LATENCY.observe
-        for arrived_ms in self.arrivals_ms:
+        for arrived_ms, records in self.arrivals_ms.items():
             # Clamped: LogAppendTime is the broker's clock, which may run ahead of ours.
-            observe(max(0, committed_at_ms - arrived_ms) / 1000)
+            END_TO_END_LATENCY.observe_many(max(0, committed_at_ms - arrived_ms) / 1000, records)
 
 
 class GaugeShare:

@@ -705,7 +705,7 @@ class Runner:
             slot.store.prefetch(ready, due_by=slot.task.clock_target())
             for output in slot.task.release():
                 self._emit(output)
-            tally.arrivals_ms += slot.task.released_arrivals
+            tally.arrivals_ms.update(slot.task.released_arrivals)
             offset = slot.task.commit_offset()
             if offset is None:
                 continue

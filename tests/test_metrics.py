@@ -15,6 +15,9 @@ from collections import Counter, defaultdict
 import prometheus_client
 import pytest
 from confluent_kafka import Producer
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -23,6 +26,7 @@ from processor.config import load_policy
 from processor.generate import generate_history
 from processor.metrics import (
     REGISTRY,
+    BatchHistogram,
     BatchTally,
     GaugeShare,
     MetricsServer,
@@ -127,7 +131,7 @@ def test_a_committed_batch_counts_its_inputs_and_outputs() -> None:
     tally = BatchTally(
         outputs=[o for o in outputs if not isinstance(o, DeadLetter)],
         dead_letters=[(o.origin, o.reason, o.message) for o in dead],
-        arrivals_ms=[1_000, 2_500],
+        arrivals_ms=Counter([1_000, 2_500, 2_500]),
         timers_fired=4,
     )
     tally.consumed.update({("orders-x:0", "order_placed"): 3, ("orders-x:1", "undecodable"): 1})
@@ -162,18 +166,43 @@ def test_a_committed_batch_counts_its_inputs_and_outputs() -> None:
     expected[_key(consumed, topic="orders-x", type="undecodable")] += 1
     expected[_key("refunds_timers_fired_total")] += 4
     expected[_key("refunds_transactions_committed_total")] += 1
-    # Latencies 2.0 s and 0.5 s.
+    # Latencies 2.0 s, and 0.5 s twice.
     latency = "refunds_end_to_end_latency_seconds"
-    expected[_key(f"{latency}_count")] += 2
-    expected[_key(f"{latency}_sum")] += 2.5
-    expected[_key(f"{latency}_bucket", le="0.5")] += 1
-    expected[_key(f"{latency}_bucket", le="1.0")] += 1
+    expected[_key(f"{latency}_count")] += 3
+    expected[_key(f"{latency}_sum")] += 3.0
+    expected[_key(f"{latency}_bucket", le="0.5")] += 2
+    expected[_key(f"{latency}_bucket", le="1.0")] += 2
     for bound in ("2.5", "5.0", "10.0", "30.0", "60.0", "120.0", "300.0", "600.0", "1800.0"):
-        expected[_key(f"{latency}_bucket", le=bound)] += 2
-    expected[_key(f"{latency}_bucket", le="+Inf")] += 2
+        expected[_key(f"{latency}_bucket", le=bound)] += 3
+    expected[_key(f"{latency}_bucket", le="+Inf")] += 3
 
     # approx: the histogram's sum is a float that earlier tests in this process added to.
     assert {key: value for key, value in change.items() if value} == pytest.approx(expected)
+
+
+@given(st.lists(st.tuples(st.sampled_from([0.0, 0.05, 0.07, 1.0, 2.5, 1e4]), st.integers(1, 5))))
+def test_observing_many_equal_latencies_at_once_counts_as_observing_each(
+    observations: list[tuple[float, int]],
+) -> None:
+    at_once, one_by_one = CollectorRegistry(), CollectorRegistry()
+    buckets = (0.05, 0.1, 2.5)
+    many = BatchHistogram("latency_seconds", "x", buckets=buckets, registry=at_once)
+    each = BatchHistogram("latency_seconds", "x", buckets=buckets, registry=one_by_one)
+
+    for amount, count in observations:
+        many.observe_many(amount, count)
+        for _ in range(count):
+            each.observe(amount)
+
+    def values(registry: CollectorRegistry) -> dict[SampleKey, float]:
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in registry.collect()
+            for s in family.samples
+        }
+
+    # approx: the sum adds amount * count once rather than the amount count times.
+    assert values(at_once) == pytest.approx(values(one_by_one))
 
 
 def test_gauge_shares_of_several_runners_add_up() -> None:
