@@ -193,7 +193,7 @@ def buffered_bytes(records: list[tuple[str, bytes]], serde: Serde) -> float:
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        task.receive_direct(SOURCE, list(_handed(records, serde)))
+        task.receive_direct(list(_handed(records, serde)))
         gc.collect()
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
@@ -210,7 +210,7 @@ def _handed(records: list[tuple[str, bytes]], serde: Serde) -> Iterator[DirectEv
         if resolved is None:
             assert isinstance(event, TrackingUpdate)
             resolved = f"order-of-{event.tracking_number}"
-        yield offset, event, resolved, f"{topic}/0/{offset}", 0
+        yield event.at, event, resolved, f"{topic}/0/{offset}", 0, SOURCE, offset
 
 
 if __name__ == "__main__":

@@ -13,9 +13,7 @@ has decided them (docs/live.md, "Direct delivery").
 """
 
 import bisect
-import heapq
 import itertools
-from collections import deque
 from operator import itemgetter
 
 from processor.config import PolicyConfig
@@ -29,17 +27,13 @@ from processor.store import StateStore
 #: one its router resolved (a tracking update may not carry it); `arrived`: epoch millis
 #: its input arrived, for the latency metric.
 RoutedEvent = tuple[Event, str, str, int]
-#: An event handed over directly: (input offset, event, order id, origin, arrived).
-DirectEvent = tuple[int, Event, str, str, int]
-#: How many events of one record (of the internal topic, or of a direct input) are still
-#: to decide: shared by its buffered events, counted down as each is decided.
-_Undecided = list[int]
-#: A buffered event: (occurred_at, seq, event, order id, origin, arrived, undecided).
-#: `seq` is the order it was received in, unique, so tuples compare on the first two
-#: fields only (in C, unlike a class), and events of one time are decided in the order
-#: they came.
-_Buffered = tuple[int, int, Event, str, str, int, _Undecided]
-_OFFSET = itemgetter(0)
+#: A buffered event: (occurred_at, event, order id, origin, arrived, input, offset).
+#: `input` is the direct input that handed it over, and `offset` its offset there; or
+#: None, and the offset of the internal topic's record it came in.
+Buffered = tuple[int, Event, str, str, int, str | None, int]
+#: An event handed over directly: buffered as it is, its `input` never None.
+DirectEvent = Buffered
+_AT = itemgetter(0)
 
 
 class OrderTask:
@@ -61,15 +55,15 @@ class OrderTask:
         self.synced = not direct
         self._watermarks: dict[str, tuple[int, bool]] = {}  # read from the internal topic
         self._local: dict[str, tuple[int, bool]] = {}  # the direct inputs', from the router
-        self._buffer: list[_Buffered] = []  # a heap: oldest event first
-        self._ready: list[_Buffered] = []  # taken off the heap, to be decided in this order
-        self._seq = itertools.count()
-        # Records of the internal topic, and per direct input its records, not decided yet,
-        # in offset order: the smallest undecided offset is the one to commit.
-        self._undecided: deque[tuple[int, _Undecided]] = deque()
-        self._direct_undecided: dict[str, deque[tuple[int, _Undecided]]] = {
-            source: deque() for source in direct
-        }
+        # Received, not decided yet. Sorted when taken from (`take_ready`): a stable sort
+        # keeps events of one time in the order they came, and costs little on what are
+        # mostly sorted runs already (the rest of the last sort, each input's events).
+        self._buffer: list[Buffered] = []
+        self._oldest: int | None = None  # the smallest occurred_at in `_buffer`
+        self._ready: list[Buffered] = []  # taken off the buffer, to be decided in this order
+        # The smallest offset not decided, per direct input and (None) of the internal
+        # topic: computed from the buffer when asked, and kept until it changes.
+        self._undecided: dict[str | None, int] | None = {}
         self._next_offset: int | None = None
         #: When the records the last `release` decided arrived (epoch millis), for the
         #: end-to-end latency metric.
@@ -77,30 +71,26 @@ class OrderTask:
 
     def receive(self, offset: int, events: list[RoutedEvent]) -> None:
         """A record of the internal topic: the events one router batch sent here."""
-        buffer, seq = self._buffer, self._seq
-        undecided = [len(events)]
-        for event, order_id, origin, arrived in events:
-            heapq.heappush(
-                buffer, (event.at, next(seq), event, order_id, origin, arrived, undecided)
-            )
-        if events:
-            self._undecided.append((offset, undecided))
+        self._take_in(
+            [
+                (event.at, event, order_id, origin, arrived, None, offset)
+                for event, order_id, origin, arrived in events
+            ]
+        )
         self._next_offset = offset + 1
 
-    def receive_direct(self, source: str, events: list[DirectEvent]) -> None:
-        """Events of the direct input `source`, one per input record: in offset order
-        but for tracking updates that were pending in the router."""
-        buffer, seq = self._buffer, self._seq
-        records = self._direct_undecided[source]
-        for offset, event, order_id, origin, arrived in events:
-            undecided = [1]
-            heapq.heappush(
-                buffer, (event.at, next(seq), event, order_id, origin, arrived, undecided)
-            )
-            if records and offset < records[-1][0]:
-                bisect.insort(records, (offset, undecided), key=_OFFSET)
-            else:
-                records.append((offset, undecided))
+    def receive_direct(self, events: list[DirectEvent]) -> None:
+        """Events of direct inputs, one per input record: in offset order but for tracking
+        updates that were pending in the router."""
+        self._take_in(events)
+
+    def _take_in(self, events: list[Buffered]) -> None:
+        if not events:
+            return
+        self._buffer += events
+        oldest = min(events, key=_AT)[0]
+        self._oldest = oldest if self._oldest is None else min(self._oldest, oldest)
+        self._undecided = None
 
     def receive_watermark(self, offset: int, source: str, at: int, idle: bool) -> None:
         self._watermarks[source] = (at, idle)
@@ -130,12 +120,16 @@ class OrderTask:
         """Takes the records the watermark has passed off the buffer, for `release` to
         decide; returns their order ids, to prefetch their state."""
         limit = self.watermark()
-        if limit is None:
+        buffer = self._buffer
+        if limit is None or self._oldest is None or self._oldest > limit:
             return []
-        buffer, ready = self._buffer, self._ready
-        while buffer and buffer[0][0] <= limit:
-            ready.append(heapq.heappop(buffer))
-        return [item[3] for item in ready]
+        buffer.sort(key=_AT)
+        taken = bisect.bisect_right(buffer, limit, key=_AT)
+        ready = buffer[:taken]
+        del buffer[:taken]
+        self._oldest = buffer[0][0] if buffer else None
+        self._ready += ready
+        return [item[2] for item in ready]
 
     def release(self) -> list[Output]:
         """Decides the records `take_ready` took, oldest first, then moves the clock."""
@@ -144,12 +138,13 @@ class OrderTask:
         self.released_arrivals = []
         if limit is None:
             return outputs
-        process, arrivals = self._engine.process, self.released_arrivals
-        for _, _, event, order_id, origin, arrived, undecided in self._ready:
-            outputs.extend(process(event, origin, order_id))
-            undecided[0] -= 1
-            arrivals.append(arrived)
-        self._ready = []
+        process, ready = self._engine.process, self._ready
+        for _, event, order_id, origin, _, _, _ in ready:
+            outputs += process(event, origin, order_id)
+        self.released_arrivals = [item[4] for item in ready]
+        if ready:
+            self._ready = []
+            self._undecided = None
         self._engine.advance_clock(limit - self._lateness_ms, outputs)
         return outputs
 
@@ -160,27 +155,32 @@ class OrderTask:
 
     def commit_offset(self) -> int | None:
         """The offset of the internal topic to commit: never past a record not decided yet."""
-        first = _first_undecided(self._undecided)
+        first = self._first_undecided().get(None)
         return first if first is not None else self._next_offset
 
     def direct_commit_offset(self, source: str) -> int | None:
         """How far the direct input `source` may be committed, if this task holds it back:
         never past an event of it not decided yet."""
-        return _first_undecided(self._direct_undecided[source])
+        return self._first_undecided().get(source)
+
+    def _first_undecided(self) -> dict[str | None, int]:
+        if self._undecided is None:
+            first: dict[str | None, int] = {}
+            for *_, source, offset in itertools.chain(self._ready, self._buffer):
+                if offset < first.get(source, offset + 1):
+                    first[source] = offset
+            self._undecided = first
+        return self._undecided
 
     def hold(self) -> int | None:
         """The watermark a direct input may report for this task's partition, if held:
         just below the oldest event not decided yet. Whoever takes the task over reads
         those reports before the input's events that were handed over and not decided,
         which its next router sends through the internal topic (docs/live.md)."""
-        oldest = [events[0][0] for events in (self._ready, self._buffer) if events]
+        oldest = [min(self._ready, key=_AT)[0]] if self._ready else []
+        if self._oldest is not None:
+            oldest.append(self._oldest)
         return min(oldest) - 1 if oldest else None
-
-
-def _first_undecided(records: deque[tuple[int, _Undecided]]) -> int | None:
-    while records and records[0][1][0] == 0:
-        records.popleft()
-    return records[0][0] if records else None
 
 
 def _links_are_routed_upstream(tracking_number: str, order_id: str, outputs: list[Output]) -> None:

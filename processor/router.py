@@ -47,14 +47,9 @@ class Inbound(NamedTuple):
     replayed: bool = False  # read again below its source's `Router.handled` mark
 
 
-class Routed(NamedTuple):
-    order_id: str  # resolved: a tracking update may carry none
-    event: Event
-    source: str
-    offset: int
-    origin: str
-    payload: bytes
-    arrived: int
+#: An inbound event and the order id the router resolved (a tracking update may carry
+#: none); a plain tuple, one per event.
+Routed = tuple[str, Inbound]
 
 
 class Commit(NamedTuple):
@@ -145,9 +140,15 @@ class Router:
         """A record of `source` that was dead-lettered before routing (undecodable or
         invalid): the offset to commit moves past it, or a restart would dead-letter it
         again and a partition ending with it would never read as fully committed."""
-        found = self._sources.setdefault(source, _Source())
+        found = self._source(source)
         found.next_offset = max(found.next_offset or 0, offset + 1)
         found.quiet_since = now
+
+    def _source(self, name: str) -> _Source:
+        found = self._sources.get(name)
+        if found is None:
+            found = self._sources[name] = _Source()
+        return found
 
     def revoke(self, source: str) -> None:
         self._sources.pop(source, None)
@@ -171,46 +172,40 @@ class Router:
         waiting = [item for source in self._sources.values() for item in source.pending]
         for source in self._sources.values():
             source.pending = []
-        unresolved = waiting + [e for e in batch if _needs_lookup(e)]
+        unresolved = waiting + [e for e in batch if e.event.order_id is None]
         found = self._index.lookup_many({_number(e) for e in unresolved}) if unresolved else {}
         # An update read again may have expired: resolving it now would decide it after
         # its dead letter, which the replay never does. It expires again: its origin was
         # recorded before the batch that expired it committed, which may not have.
         replayed = [e.origin for e in unresolved if e.replayed]
         expired = self._index.expired_among(replayed) if replayed else set()
+        newest: dict[str, int] = {}
         for item in batch:
-            source = self._sources.setdefault(item.source, _Source())
-            source.next_offset = item.offset + 1
-            source.quiet_since = now
             at = item.event.at
-            if source.routed_until is None or at > source.routed_until:
-                source.routed_until = at
+            if at > newest.get(item.source, at - 1):
+                newest[item.source] = at
+        for name, last in {item.source: item.offset for item in batch}.items():
+            source = self._source(name)
+            source.next_offset = last + 1
+            source.quiet_since = now
+            if source.routed_until is None or newest[name] > source.routed_until:
+                source.routed_until = newest[name]
+        routed = result.routed
         for item in waiting + batch:
             if expired and item.origin in expired:
                 result.dead_letters.append((item, _unknown_number(item)))
                 continue
             order_id = item.event.order_id or found.get(_number(item))
             if order_id is not None:
-                result.routed.append(
-                    Routed(
-                        order_id,
-                        item.event,
-                        item.source,
-                        item.offset,
-                        item.origin,
-                        item.payload,
-                        item.arrived,
-                    )
-                )
+                routed.append((order_id, item))
                 continue
-            source = self._sources[item.source]
             if (
                 progress is not None
                 and progress - self._lateness_ms >= item.event.at + self._orphan_ttl_ms
             ):
                 result.dead_letters.append((item, _unknown_number(item)))
             else:
-                source.pending.append(item)
+                self._sources[item.source].pending.append(item)
         if result.dead_letters:
             self._index.expire_many(item.origin for item, _ in result.dead_letters)
         return result
@@ -308,10 +303,6 @@ def _held_back(source: _Source, holding: list[Inbound]) -> int:
     if holding:
         return min(routed, min(item.event.at for item in holding) - 1)
     return routed
-
-
-def _needs_lookup(item: Inbound) -> bool:
-    return isinstance(item.event, TrackingUpdate) and item.event.order_id is None
 
 
 def _number(item: Inbound) -> str:

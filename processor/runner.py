@@ -113,11 +113,12 @@ def routed_chunks(items: list[Routed]) -> Iterator[list[Routed]]:
     chunk: list[Routed] = []
     size = 0
     for item in items:
-        if chunk and size + len(item.payload) > ROUTED_RECORD_BYTES:
+        payload = len(item[1].payload)
+        if chunk and size + payload > ROUTED_RECORD_BYTES:
             yield chunk
             chunk, size = [], 0
         chunk.append(item)
-        size += len(item.payload)
+        size += payload
     if chunk:
         yield chunk
 
@@ -744,20 +745,22 @@ class Runner:
         (`OrderTask.direct`), through the internal topic to the others', one record per
         task (and per `ROUTED_RECORD_BYTES`), each event with its input's bytes unchanged
         and the order id the router resolved, so nothing is encoded again."""
-        tasks = self._tasks
+        tasks, partitions = self._tasks, self._by_order_partitions
         by_task: dict[int, list[Routed]] = {}
-        direct: dict[tuple[int, str], list[DirectEvent]] = {}
-        for item in routed:
-            partition = _order_partition(item.order_id, self._by_order_partitions)
+        direct: dict[int, list[DirectEvent]] = {}
+        for routed_item in routed:
+            order_id, item = routed_item
+            partition = _order_partition(order_id, partitions)
             slot = tasks.get(partition)
             if slot is not None and item.source in slot.task.direct:
-                direct.setdefault((partition, item.source), []).append(
-                    (item.offset, item.event, item.order_id, item.origin, item.arrived)
+                event = item.event
+                direct.setdefault(partition, []).append(
+                    (event.at, event, order_id, item.origin, item.arrived, item.source, item.offset)
                 )
             else:
-                by_task.setdefault(partition, []).append(item)
-        for (partition, source), handed in direct.items():
-            tasks[partition].task.receive_direct(source, handed)
+                by_task.setdefault(partition, []).append(routed_item)
+        for partition, handed in direct.items():
+            tasks[partition].task.receive_direct(handed)
         for partition, items in by_task.items():
             for chunk in routed_chunks(items):
                 value = self._serde.encode(
@@ -766,11 +769,11 @@ class Runner:
                         "events": [
                             {
                                 "origin": i.origin,
-                                "order_id": i.order_id,
+                                "order_id": order_id,
                                 "arrived": i.arrived,
                                 "payload": i.payload,
                             }
-                            for i in chunk
+                            for order_id, i in chunk
                         ]
                     },
                     self._by_order,

@@ -77,7 +77,7 @@ def make_direct_task() -> OrderTask:
 
 def handed(offset: int, order_id: str, days: float) -> DirectEvent:
     event, resolved, origin, arrived = placed(order_id, days)
-    return offset, event, resolved, origin, arrived
+    return event.at, event, resolved, origin, arrived, SOURCE, offset
 
 
 def decide_direct_up_to(task: OrderTask, days: float) -> list[str]:
@@ -92,7 +92,7 @@ def decide_direct_up_to(task: OrderTask, days: float) -> list[str]:
 def test_a_direct_input_is_committed_only_up_to_its_oldest_undecided_event() -> None:
     task = make_direct_task()
     task.sync()
-    task.receive_direct(SOURCE, [handed(10, "o1", 1), handed(11, "o2", 3), handed(12, "o3", 2)])
+    task.receive_direct([handed(10, "o1", 1), handed(11, "o2", 3), handed(12, "o3", 2)])
     assert task.direct_commit_offset(SOURCE) == 10
     assert task.hold() == day(1) - 1
 
@@ -108,8 +108,8 @@ def test_a_direct_input_is_committed_only_up_to_its_oldest_undecided_event() -> 
 def test_an_update_handed_over_after_newer_ones_holds_its_older_offset() -> None:
     task = make_direct_task()
     task.sync()
-    task.receive_direct(SOURCE, [handed(20, "o1", 1)])
-    task.receive_direct(SOURCE, [handed(15, "o2", 2)])  # it was pending in the router
+    task.receive_direct([handed(20, "o1", 1)])
+    task.receive_direct([handed(15, "o2", 2)])  # it was pending in the router
     assert task.direct_commit_offset(SOURCE) == 15
 
     assert decide_direct_up_to(task, 1) == ["o1"]
@@ -118,7 +118,7 @@ def test_an_update_handed_over_after_newer_ones_holds_its_older_offset() -> None
 
 def test_local_watermarks_count_only_once_the_task_is_synced() -> None:
     task = make_direct_task()
-    task.receive_direct(SOURCE, [handed(1, "o1", 1)])
+    task.receive_direct([handed(1, "o1", 1)])
     task.receive_local_watermark(SOURCE, day(5), idle=False)
     task.receive_watermark(7, OTHER, day(5), idle=False)
     assert task.take_ready() == [], "records routed here before may still be unread"
@@ -151,7 +151,7 @@ def test_a_direct_input_is_never_committed_past_an_undecided_event(
     rest, watermark = events, 0
     for part, days in [*steps, (len(events), 10)]:
         handing, rest = rest[:part], rest[part:]
-        task.receive_direct(SOURCE, [handed(offset, f"o{offset}", at) for offset, at in handing])
+        task.receive_direct([handed(offset, f"o{offset}", at) for offset, at in handing])
         undecided |= {f"o{offset}": offset for offset, _ in handing}
         assert task.direct_commit_offset(SOURCE) == min(undecided.values(), default=None)
         watermark = max(watermark, days)
@@ -160,3 +160,31 @@ def test_a_direct_input_is_never_committed_past_an_undecided_event(
         assert task.direct_commit_offset(SOURCE) == min(undecided.values(), default=None)
         assert task.buffered() == len(undecided)
     assert not undecided, "the last step passes every event"
+
+
+@given(
+    st.lists(
+        st.tuples(st.lists(st.integers(0, 6), max_size=8), st.integers(0, 6)),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_events_are_decided_oldest_first_and_in_the_order_received_within_one_time(
+    steps: list[tuple[list[int], int]],
+) -> None:
+    """Records of events at any times, each step followed by a watermark that may or may
+    not pass them: every release takes what it passed, by time, then by arrival."""
+    task = make_task()
+    waiting: list[tuple[int, int, str]] = []  # (days, received as n-th, order id)
+    received, watermark = 0, 0
+    for offset, (days, step_watermark) in enumerate(steps):
+        record = [(at, received + n, f"o{received + n}") for n, at in enumerate(days)]
+        task.receive(offset, [placed(name, at) for at, _, name in record])
+        waiting += record
+        received += len(record)
+        watermark = max(watermark, step_watermark)
+        passed = sorted(item for item in waiting if item[0] <= watermark)
+        waiting = [item for item in waiting if item[0] > watermark]
+
+        assert decide_up_to(task, len(steps) + offset, watermark) == [name for *_, name in passed]
+        assert task.buffered() == len(waiting)

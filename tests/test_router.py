@@ -137,7 +137,7 @@ def test_an_update_read_again_after_it_expired_expires_again_though_it_resolves_
 
     result = router.route([unresolved(4, replayed=True), unresolved(5)], 0.0, progress=None)
 
-    assert [r.origin for r in result.routed] == ["tracking/0/5"]
+    assert [item.origin for _, item in result.routed] == ["tracking/0/5"]
     assert [(item.origin, dead.reason) for item, dead in result.dead_letters] == [
         ("tracking/0/4", "unknown_tracking_number")
     ]
@@ -148,8 +148,8 @@ def test_an_update_read_again_that_resolved_before_is_routed_again(index: Tracki
     """Its task may not have decided it: it goes there again (a no-op if it had)."""
     router = Router(index, load_policy())
     router.route([inbound(1, shipped("p1"))], 0.0, progress=None)
-    assert [r.order_id for r in router.route([unresolved(4)], 0.0, None).routed] == ["o1"]
+    assert [order_id for order_id, _ in router.route([unresolved(4)], 0.0, None).routed] == ["o1"]
 
     again = router.route([unresolved(4, replayed=True)], 0.0, progress=None)
 
-    assert [r.order_id for r in again.routed] == ["o1"]
+    assert [order_id for order_id, _ in again.routed] == ["o1"]

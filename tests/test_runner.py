@@ -24,7 +24,7 @@ from processor.events import Event, parse_event
 from processor.generate import generate_history
 from processor.localstack.kafka import KafkaAdmin
 from processor.partitioner import default_partition
-from processor.router import Commit, Routed
+from processor.router import Commit, Inbound, Routed
 from processor.runner import (
     ROUTED_RECORD_BYTES,
     arrival_ms,
@@ -233,7 +233,7 @@ def _shipped(event_id: str) -> Event:
 
 def test_routed_events_are_split_into_records_by_input_bytes_in_order() -> None:
     def item(n: int, size: int) -> Routed:
-        return Routed("o1", _shipped(f"e{n}"), "orders:0", n, f"orders/0/{n}", b"x" * size, 0)
+        return "o1", Inbound("orders:0", n, _shipped(f"e{n}"), f"orders/0/{n}", b"x" * size, 0)
 
     third = ROUTED_RECORD_BYTES // 3
     items = [item(n, third) for n in range(7)] + [item(7, 2 * ROUTED_RECORD_BYTES)]
