@@ -240,6 +240,11 @@ class _Lru(Generic[_V]):
     def __contains__(self, key: str) -> bool:
         return key in self._data
 
+    def missing(self, keys: Iterable[str]) -> list[str]:
+        """The keys not held, in order: one call for a batch's worth."""
+        data = self._data
+        return [key for key in keys if key not in data]
+
     def __len__(self) -> int:
         return len(self._data)
 
@@ -526,39 +531,34 @@ class RedisTaskStore:
                     orders[key] = None
                 elif kind == "tracking":
                     buckets[key] = None
-        wanted_orders = [o for o in orders if o not in self._dirty_orders and o not in self._orders]
-        wanted_buckets = [
-            t for t in buckets if t not in self._dirty_orphans and t not in self._orphans
-        ]
-        wanted_links = [t for t in links if t not in self._dirty_links and t not in self._links]
+        wanted_orders = self._orders.missing(o for o in orders if o not in self._dirty_orders)
+        wanted_buckets = self._orphans.missing(t for t in buckets if t not in self._dirty_orphans)
+        wanted_links = self._links.missing(t for t in links if t not in self._dirty_links)
         if not (wanted_orders or wanted_buckets or wanted_links):
             return
+        # One command per kind, not per key: redis-py's work is per command. The keys
+        # share the task's hash tag, so MGET is fine on Redis Cluster, where redis-py's
+        # pipeline blocks its `mget` (which may span slots) but not the command itself.
         pipe = self._client.pipeline(transaction=False)
-        for order_id in wanted_orders:
-            pipe.get(self._order_prefix + order_id)
-        for tracking_number in wanted_buckets:
-            pipe.get(self._orphans_prefix + tracking_number)
+        if wanted_orders:
+            pipe.execute_command("MGET", *[self._order_prefix + o for o in wanted_orders])
+        if wanted_buckets:
+            pipe.execute_command("MGET", *[self._orphans_prefix + t for t in wanted_buckets])
         if wanted_links:
             pipe.hmget(self.tracking_key, wanted_links)
         with REDIS_PREFETCH.time():
-            replies = pipe.execute()
-        position = 0
-        for order_id in wanted_orders:
-            raw = cast(bytes | None, replies[position])
-            position += 1
-            self._orders.put(
-                order_id, None if raw is None else ORDER_STATE_ADAPTER.validate_json(raw)
-            )
-        for tracking_number in wanted_buckets:
-            raw = cast(bytes | None, replies[position])
-            position += 1
-            self._orphans.put(
-                tracking_number, None if raw is None else ORPHAN_BUCKET_ADAPTER.validate_json(raw)
-            )
+            replies = iter(cast(list[list[bytes | None]], pipe.execute()))
+        if wanted_orders:
+            load_order = ORDER_STATE_ADAPTER.validate_json
+            for order_id, raw in zip(wanted_orders, next(replies), strict=True):
+                self._orders.put(order_id, None if raw is None else load_order(raw))
+        if wanted_buckets:
+            load_bucket = ORPHAN_BUCKET_ADAPTER.validate_json
+            for number, raw in zip(wanted_buckets, next(replies), strict=True):
+                self._orphans.put(number, None if raw is None else load_bucket(raw))
         if wanted_links:
-            found = cast(list[bytes | None], replies[position])
-            for tracking_number, linked in zip(wanted_links, found, strict=True):
-                self._links.put(tracking_number, None if linked is None else linked.decode())
+            for number, linked in zip(wanted_links, next(replies), strict=True):
+                self._links.put(number, None if linked is None else linked.decode())
 
     # The StateStore protocol.
 
