@@ -7,7 +7,7 @@ to the next. Running the two versions one after the other, round after round, pa
 each figure with one taken minutes apart: a change that is faster in every round is
 faster, whatever the hour did to both. (`docs/live.md` quotes such rounds.)
 
-    uv run python bench/ab.py --base REV [--rounds 3] [--bench live|replay|stages]
+    uv run python bench/ab.py --base REV [--rounds 3] [--bench live|live-cpu|replay|stages]
         [-- ARGS passed to the benchmark]
 
 The base is checked out into a temporary git worktree (removed at the end) and runs with
@@ -41,6 +41,13 @@ class Bench(NamedTuple):
 BENCHES = {
     "live": Bench(
         "bench/live_bench.py", re.compile(r"RESULT: processor ([\d,]+) events/s"), "events/s", True
+    ),
+    # The same runs, read for the processor's CPU: no figure of the broker's or Redis's.
+    "live-cpu": Bench(
+        "bench/live_bench.py",
+        re.compile(r"CPU: processor ([\d,]+) events per CPU s"),
+        "events per CPU s",
+        True,
     ),
     "replay": Bench(
         "bench/replay_bench.py", re.compile(r"replay: .* = ([\d,]+) events/s"), "events/s", True
