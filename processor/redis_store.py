@@ -212,19 +212,30 @@ _V = TypeVar("_V")
 
 
 class _Lru(Generic[_V]):
-    """A bounded map that forgets the least recently used entry first."""
+    """A bounded map that forgets the least recently used entry first, but never one the
+    current batch read or put (`unpin` ends the batch).
+
+    The bound is per task, and a batch of a big backlog can read more orders than it
+    holds: without the pins, entries its prefetch loaded were evicted before their events
+    were decided, each then read again with its own round trip.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._data: OrderedDict[str, _V] = OrderedDict()
+        self._pinned: dict[str, _V] = {}
 
     def get(self, key: str) -> _V | _Missing:
-        value = self._data.get(key, _MISSING)
-        if value is not _MISSING:
-            self._data.move_to_end(key)
+        value = self._pinned.get(key, _MISSING)
+        if value is _MISSING:
+            value = self._data.get(key, _MISSING)
+            if value is not _MISSING:
+                self._data.move_to_end(key)
+                self._pinned[key] = value
         return value
 
     def put(self, key: str, value: _V) -> None:
+        self._pinned[key] = value
         data = self._data
         data[key] = value
         data.move_to_end(key)
@@ -232,21 +243,31 @@ class _Lru(Generic[_V]):
             data.popitem(last=False)
 
     def pop(self, key: str) -> None:
+        self._pinned.pop(key, None)
         self._data.pop(key, None)
 
     def clear(self) -> None:
+        self._pinned.clear()
         self._data.clear()
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._data
+    def unpin(self) -> None:
+        """The batch is over: what it read may be evicted again."""
+        self._pinned = {}
 
     def missing(self, keys: Iterable[str]) -> list[str]:
-        """The keys not held, in order: one call for a batch's worth."""
-        data = self._data
-        return [key for key in keys if key not in data]
-
-    def __len__(self) -> int:
-        return len(self._data)
+        """The keys not held, in order; pins those held (a batch's worth in one call)."""
+        pinned, data = self._pinned, self._data
+        absent: list[str] = []
+        for key in keys:
+            if key in pinned:
+                continue
+            value = data.get(key, _MISSING)
+            if value is _MISSING:
+                absent.append(key)
+            else:
+                data.move_to_end(key)
+                pinned[key] = value
+        return absent
 
 
 class RedisTaskStore:
@@ -727,6 +748,9 @@ class RedisTaskStore:
             self.holders = self._holding
 
     def _clear_overlay(self) -> None:
+        """Ends the batch: its writes are applied or dropped, and its reads unpinned."""
+        for cache in (self._orders, self._orphans, self._links):
+            cache.unpin()
         self.timers_fired = 0
         self._dirty_orders = {}
         self._dirty_orphans = {}

@@ -695,7 +695,11 @@ def test_prefetch_loads_a_batch_in_one_round_trip(scratch: tuple[redis.Redis, st
         assert store.order_for_tracking("TN3") is None
 
 
-def test_the_cache_is_bounded(scratch: tuple[redis.Redis, str]) -> None:
+def test_a_batch_reads_each_order_once_and_the_cache_is_bounded_between_batches(
+    scratch: tuple[redis.Redis, str],
+) -> None:
+    """A batch of a big backlog reads more orders than the cache holds: what it prefetched
+    stays until it ends, and only then does the bound evict."""
     client, app = scratch
     seed = RedisTaskStore(client, app=app, task=TASK)
     seed.claim({})
@@ -709,10 +713,16 @@ def test_the_cache_is_bounded(scratch: tuple[redis.Redis, str]) -> None:
         store.claim({PARTITION: 1})
         with round_trips() as count:
             store.prefetch(["o0", "o1", "o2"])
+            for order_id in ("o0", "o1", "o2"):
+                assert store.load_order(order_id) == OrderState(order_id)
+            assert count() == 1, "one prefetch, though the cache holds two"
+            store.stage({PARTITION: 1})  # changes nothing, moves no offset: no round trip
+            store.apply()
+
             store.load_order("o2")
             store.load_order("o1")
             assert count() == 1
-            store.load_order("o0")  # evicted (least recently used)
+            store.load_order("o0")  # the least recently used of the last batch's loads
             assert count() == 2
 
 
