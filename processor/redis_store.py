@@ -275,10 +275,10 @@ class RedisTaskStore:
 
     Writes only change an in-memory overlay until `stage`; reads see the overlay, then a
     bounded cache of committed values (kept across batches: while our epoch holds we are
-    the task's only writer; what a batch read stays until it ends), then Redis. The task's timers live in a local heap loaded at
-    `claim`, so `pop_due_timer` never leaves the process. Order states are shared, not
-    copied: the policy core never changes a state it was given (it works on `clone()`).
-    Not thread-safe: one task, one thread.
+    the task's only writer; what a batch read stays until it ends), then Redis. The
+    task's timers live in a local heap loaded at `claim`, so `pop_due_timer` never leaves
+    the process. Order states are shared, not copied: the policy core never changes a
+    state it was given (it works on `clone()`). Not thread-safe: one task, one thread.
     """
 
     def __init__(
