@@ -8,16 +8,18 @@ the deciding, then `stage` (the states' JSON and the write-ahead script) and `ap
 (the script that makes them the state). The same deciding over the in-memory store, in
 alternate runs, tells what the store adds to the deciding itself. Tracking updates
 carry the order id the router would resolve, so no read leaves the batch's prefetch.
+The collector runs at the thresholds a `Runner` sets, as in a live pass.
 
     uv run python bench/store_bench.py [--orders 20000] [--seed 1] [--batch 40000]
         [--runs 2]
 
-Uses REDIS_URL if set (keys under a fresh `store-bench-<hex>` prefix, left behind),
-else a private `LocalRedis`.
+Uses REDIS_URL if set (keys under a fresh `store-bench-<hex>` prefix, deleted at the
+end), else a private `LocalRedis`.
 """
 
 import argparse
 import contextlib
+import gc
 import io
 import os
 import statistics
@@ -25,6 +27,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import redis
 from stages import Stages, encoded
 
 from processor.config import load_policy
@@ -34,9 +37,12 @@ from processor.generate import write_history
 from processor.localstack.redis import LocalRedis
 from processor.outputs import Output
 from processor.redis_store import RedisTaskStore
+from processor.runner import GC_THRESHOLDS
 from processor.serde import Serde
 from processor.store import InMemoryStore, StateStore
 
+#: This run's prefix of application ids, so its keys in a shared Redis can be found.
+RUN = f"store-bench-{uuid.uuid4().hex[:8]}"
 #: (input number, event, the order id a router resolves it to)
 Routed = tuple[int, Event, str]
 
@@ -58,13 +64,12 @@ def _no_links(tracking_number: str, order_id: str, outputs: list[Output]) -> Non
     """As in an order task: the router links tracking numbers."""
 
 
-def measure(events: list[Routed], batch: int, redis_url: str | None) -> Stages:
-    """Seconds per event of each step, over Redis (`redis_url`) or in memory (None)."""
+def measure(events: list[Routed], batch: int, redis_url: str | None, app: str = RUN) -> Stages:
+    """Seconds per event of each step, over Redis (`redis_url`, under `app`) or in memory
+    (None)."""
     redis_store = None
     if redis_url is not None:
-        redis_store = RedisTaskStore.from_url(
-            redis_url, f"store-bench-{uuid.uuid4().hex[:8]}", "by-order:0"
-        )
+        redis_store = RedisTaskStore.from_url(redis_url, app, "by-order:0")
         redis_store.claim({})
     store: StateStore = redis_store or InMemoryStore()
     engine = Engine(store, load_policy(), publish_link=_no_links)
@@ -93,7 +98,14 @@ def measure(events: list[Routed], batch: int, redis_url: str | None) -> Stages:
 def redis_server() -> Iterator[str]:
     url = os.environ.get("REDIS_URL")
     if url:
-        yield url
+        try:
+            yield url
+        finally:
+            client = redis.Redis.from_url(url)
+            keys = list(client.scan_iter(match="{" + RUN + "*", count=1000))
+            for start in range(0, len(keys), 1000):
+                client.unlink(*keys[start : start + 1000])
+            client.close()
         return
     with LocalRedis() as local:
         yield local.url
@@ -115,10 +127,13 @@ def main() -> None:
     del history
     print(f"{args.orders} orders, {len(events)} events, {args.batch} a batch; us per event:")
     runs: dict[str, list[Stages]] = {"memory": [], "redis": []}
+    gc.collect()
+    gc.freeze()  # the history is not the processor's to collect
+    gc.set_threshold(*GC_THRESHOLDS)  # as `Runner` sets them
     with redis_server() as url:
-        for _ in range(args.runs):
+        for n in range(args.runs):
             runs["memory"].append(measure(events, args.batch, None))
-            runs["redis"].append(measure(events, args.batch, url))
+            runs["redis"].append(measure(events, args.batch, url, f"{RUN}-{n}"))
     for store, figures in runs.items():
         steps = "  ".join(
             f"{step} {statistics.median(f[step] for f in figures) * 1e6:5.2f}"
