@@ -100,6 +100,7 @@ from processor.localstack.kafka import KafkaAdmin, LocalKafka
 from processor.localstack.redis import LocalRedis
 from processor.metrics import REGISTRY
 from processor.publish import publish_lines
+from processor.redis_store import delete_keys
 from processor.runner import Runner
 from processor.serde import DecodeError
 from processor.settings import Settings, make_serde
@@ -487,9 +488,7 @@ def clean_up(where: Stack, run: str, topics: list[str]) -> None:
     if where.external_redis:
         client = Settings(redis={"url": where.redis_url}).redis.client()
         try:
-            keys = list(client.scan_iter(match=f"{run}-*", count=1000))
-            for start in range(0, len(keys), 1000):
-                client.delete(*keys[start : start + 1000])
+            delete_keys(client, f"{run}-*")
         finally:
             client.close()
 

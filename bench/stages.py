@@ -30,6 +30,7 @@ processor can reach.
 """
 
 import argparse
+import contextlib
 import gc
 import io
 import time
@@ -88,23 +89,31 @@ class _Clock:
         return result
 
 
+@contextlib.contextmanager
+def runner_collector() -> Iterator[None]:
+    """The garbage collector as `Runner` sets it, for the block: what the caller holds is
+    frozen (it is not the processor's to collect), the thresholds are `GC_THRESHOLDS`."""
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
 def measure(records: list[tuple[str, bytes]], serde: Serde, batch: int) -> Stages:
     """Runs the stages over `records`, `batch` at a time as the processor reads them (so
     only a batch's events are alive at once, as in the processor); the seconds per event
     of each stage. Within a batch the engine decides in event-time order."""
-    thresholds = gc.get_threshold()
-    gc.collect()
-    gc.freeze()  # what the caller holds is not the processor's to collect
-    gc.set_threshold(*GC_THRESHOLDS)  # as `run` sets them
-    try:
+    with runner_collector():
         clock = _Clock()
         store = _SavedOrders()
         engine = Engine(store, load_policy())
         for start in range(0, len(records), batch):
             _batch(clock, engine, store, serde, records[start : start + batch], first=start)
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
     return {stage: seconds / len(records) for stage, seconds in clock.spent.items()}
 
 

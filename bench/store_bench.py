@@ -19,7 +19,6 @@ end), else a private `LocalRedis`.
 
 import argparse
 import contextlib
-import gc
 import io
 import os
 import statistics
@@ -28,7 +27,7 @@ import uuid
 from collections.abc import Iterator
 
 import redis
-from stages import Stages, encoded
+from stages import Stages, encoded, runner_collector
 
 from processor.config import load_policy
 from processor.engine import Engine
@@ -36,8 +35,7 @@ from processor.events import Event, PackageShipped, TrackingUpdate, parse_event
 from processor.generate import write_history
 from processor.localstack.redis import LocalRedis
 from processor.outputs import Output
-from processor.redis_store import RedisTaskStore
-from processor.runner import GC_THRESHOLDS
+from processor.redis_store import RedisTaskStore, delete_keys
 from processor.serde import Serde
 from processor.store import InMemoryStore, StateStore
 
@@ -64,11 +62,11 @@ def _no_links(tracking_number: str, order_id: str, outputs: list[Output]) -> Non
     """As in an order task: the router links tracking numbers."""
 
 
-def measure(events: list[Routed], batch: int, redis_url: str | None, app: str = RUN) -> Stages:
-    """Seconds per event of each step, over Redis (`redis_url`, under `app`) or in memory
-    (None)."""
+def measure(events: list[Routed], batch: int, redis_url: str | None) -> Stages:
+    """Seconds per event of each step, over Redis (`redis_url`) or in memory (None)."""
     redis_store = None
     if redis_url is not None:
+        app = f"{RUN}-{uuid.uuid4().hex[:8]}"  # each run's own keys, none read before
         redis_store = RedisTaskStore.from_url(redis_url, app, "by-order:0")
         redis_store.claim({})
     store: StateStore = redis_store or InMemoryStore()
@@ -102,10 +100,10 @@ def redis_server() -> Iterator[str]:
             yield url
         finally:
             client = redis.Redis.from_url(url)
-            keys = list(client.scan_iter(match="{" + RUN + "*", count=1000))
-            for start in range(0, len(keys), 1000):
-                client.unlink(*keys[start : start + 1000])
-            client.close()
+            try:
+                delete_keys(client, "{" + RUN + "*")
+            finally:
+                client.close()
         return
     with LocalRedis() as local:
         yield local.url
@@ -127,13 +125,10 @@ def main() -> None:
     del history
     print(f"{args.orders} orders, {len(events)} events, {args.batch} a batch; us per event:")
     runs: dict[str, list[Stages]] = {"memory": [], "redis": []}
-    gc.collect()
-    gc.freeze()  # the history is not the processor's to collect
-    gc.set_threshold(*GC_THRESHOLDS)  # as `Runner` sets them
-    with redis_server() as url:
-        for n in range(args.runs):
+    with runner_collector(), redis_server() as url:
+        for _ in range(args.runs):
             runs["memory"].append(measure(events, args.batch, None))
-            runs["redis"].append(measure(events, args.batch, url, f"{RUN}-{n}"))
+            runs["redis"].append(measure(events, args.batch, url))
     for store, figures in runs.items():
         steps = "  ".join(
             f"{step} {statistics.median(f[step] for f in figures) * 1e6:5.2f}"

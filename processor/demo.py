@@ -66,7 +66,7 @@ from processor.metrics import MetricsServer
 from processor.outputs import output_to_dict
 from processor.policy import DEADLINE_TIMER_PREFIX, EXPIRE_HELD_TIMER
 from processor.publish import PublishError, publish_lines
-from processor.redis_store import RedisTaskStore, parse_timer_member
+from processor.redis_store import RedisTaskStore, delete_keys, parse_timer_member
 from processor.replay import replay
 from processor.router import Progress as RouterProgress
 from processor.runner import RedisTrackingIndex, Runner, topic_partitions
@@ -659,9 +659,7 @@ def _remove_run(settings: Settings, topics: list[str], console: Console) -> None
         client = settings.redis.client()
         try:
             for pattern in (f"{app}:*", "{" + app + ":*"):
-                keys = list(client.scan_iter(match=pattern, count=1000))
-                for start in range(0, len(keys), 500):
-                    client.delete(*keys[start : start + 500])
+                delete_keys(client, pattern)
         finally:
             client.close()
     except Exception as exc:  # clean-up of a run that may have failed: report, go on

@@ -42,6 +42,7 @@ from processor.redis_store import (
     RedisTaskStore,
     StateAheadOfKafkaError,
     StateBehindKafkaError,
+    delete_keys,
     parse_timer_member,
     timer_member,
 )
@@ -66,8 +67,7 @@ def scratch_app(url: str) -> Iterator[tuple[redis.Redis, str]]:
     try:
         yield client, app
     finally:
-        for key in client.scan_iter(match="{" + app + ":*", count=1000):
-            client.delete(key)
+        delete_keys(client, "{" + app + ":*")
         client.close()
 
 
