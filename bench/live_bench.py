@@ -488,7 +488,7 @@ def clean_up(where: Stack, run: str, topics: list[str]) -> None:
     if where.external_redis:
         client = Settings(redis={"url": where.redis_url}).redis.client()
         try:
-            delete_keys(client, f"{run}-*")
+            delete_keys(client, f"{run}-")
         finally:
             client.close()
 

@@ -101,7 +101,7 @@ def redis_server() -> Iterator[str]:
         finally:
             client = redis.Redis.from_url(url)
             try:
-                delete_keys(client, "{" + RUN + "*")
+                delete_keys(client, RUN)
             finally:
                 client.close()
         return

@@ -658,8 +658,7 @@ def _remove_run(settings: Settings, topics: list[str], console: Console) -> None
                 future.result(timeout=60)
         client = settings.redis.client()
         try:
-            for pattern in (f"{app}:*", "{" + app + ":*"):
-                delete_keys(client, pattern)
+            delete_keys(client, f"{app}:")
         finally:
             client.close()
     except Exception as exc:  # clean-up of a run that may have failed: report, go on

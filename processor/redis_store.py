@@ -194,12 +194,14 @@ def encode_offsets(offsets: Mapping[str, int]) -> str:
     return json.dumps({key: int(offsets[key]) for key in sorted(offsets)}, separators=(",", ":"))
 
 
-def delete_keys(client: redis.Redis, pattern: str) -> None:
-    """Deletes the keys matching `pattern` (SCAN's glob), a thousand a command: what a run
-    left in a Redis that outlives it."""
-    keys = list(client.scan_iter(match=pattern, count=1000))
-    for start in range(0, len(keys), 1000):
-        client.delete(*keys[start : start + 1000])
+def delete_keys(client: redis.Redis, prefix: str) -> None:
+    """Deletes the keys that start with `prefix`, as they are or in a hash tag (`{prefix`,
+    as a task store's keys are), a thousand a command: what a run left in a Redis that
+    outlives it. `prefix` is taken as SCAN's glob."""
+    for pattern in (f"{prefix}*", "{" + prefix + "*"):
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
 
 
 def _decode_offsets(raw: bytes | None) -> dict[str, int]:

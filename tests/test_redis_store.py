@@ -67,7 +67,7 @@ def scratch_app(url: str) -> Iterator[tuple[redis.Redis, str]]:
     try:
         yield client, app
     finally:
-        delete_keys(client, "{" + app + ":*")
+        delete_keys(client, f"{app}:")
         client.close()
 
 
@@ -203,6 +203,29 @@ def _write_a_batch(store: StateStore) -> OrderState:
 
 def _task_keys(client: redis.Redis, store: RedisTaskStore) -> set[bytes]:
     return set(client.scan_iter(match=store.hash_tag + "*", count=1000))
+
+
+def test_delete_keys_removes_a_prefix_plain_and_hash_tagged_and_nothing_else(
+    scratch: tuple[redis.Redis, str],
+) -> None:
+    client, app = scratch
+    store = RedisTaskStore(client, app=app, task=TASK)
+    store.claim({})
+    _write_a_batch(store)
+    store.stage({"in": 1})
+    store.apply()
+    client.set(f"{app}:plain", b"1")
+    kept = [f"other-{app}:x", f"{{other-{app}}}:x", f"{app}-sibling:x"]
+    for key in kept:
+        client.set(key, b"1")
+    assert _task_keys(client, store)
+
+    delete_keys(client, f"{app}:")
+
+    assert not _task_keys(client, store)
+    assert client.exists(f"{app}:plain") == 0
+    assert client.exists(*kept) == len(kept)
+    client.delete(*kept)
 
 
 # The commit protocol.
