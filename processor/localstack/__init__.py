@@ -4,8 +4,9 @@
 Maven fetches once; `processor.localstack.redis.LocalRedis` runs the distribution's
 `redis-server`. `python -m processor.localstack up|down|status` runs both in the background.
 
-This module holds the process plumbing both share. The classes live in the submodules (not
-re-exported here) so that importing the package stays cheap and free of import cycles.
+This module holds what both share: the process plumbing, and `LocalService`, their
+lifecycle. The classes live in the submodules (not re-exported here) so that importing the
+package stays cheap and free of import cycles.
 """
 
 from __future__ import annotations
@@ -18,10 +19,14 @@ import socket
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 __all__ = [
+    "LocalService",
     "ServiceStartError",
     "die_with_parent",
     "file_size",
@@ -162,3 +167,77 @@ def stop_pid(pid: int, workdir: Path, *, timeout: float = 30) -> bool:
             os.kill(pid, signal.SIGKILL)
         poll_until(lambda: not pid_alive(pid), 5)
     return True
+
+
+class LocalService(ABC):
+    """One service process with its own directory: what `LocalKafka` and `LocalRedis` share.
+
+    Use as a context manager, or `start()` ... `close()`. `stop()`, `start()` and
+    `restart()` keep the directory and the ports, for outage and restart tests. Without
+    `workdir` a temp dir is used and `close()` removes it; a given `workdir` is kept.
+    `detach=True` lets the process outlive this Python process (the CLI); otherwise it gets
+    SIGTERM when the process that started it dies (`die_with_parent`).
+    """
+
+    def __init__(self, workdir: Path | str | None, *, startup_timeout: float, detach: bool) -> None:
+        self._workdir = Path(workdir).resolve() if workdir is not None else None
+        self._owns_workdir = workdir is None
+        self._startup_timeout = startup_timeout
+        self._detach = detach
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @abstractmethod
+    def start(self) -> Self:
+        """Launches the process (on first start: a temp dir, free ports) and waits until it
+        answers; does nothing if it is running."""
+
+    @abstractmethod
+    def _forget(self) -> None:
+        """Drops what the removed temp dir held (ports, formatted storage)."""
+
+    @property
+    def workdir(self) -> Path:
+        if self._workdir is None:
+            raise RuntimeError(f"{type(self).__name__} is not started")
+        return self._workdir
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError(f"{type(self).__name__} is not running")
+        return self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, *, crash: bool = False) -> None:
+        """Stops the process (SIGTERM, or SIGKILL if `crash`); directory and ports are kept,
+        so a later `start()` brings the same service back."""
+        if self._proc is not None:
+            stop_process(self._proc, crash=crash)
+            self._proc = None
+
+    def restart(self, *, crash: bool = False) -> None:
+        """`stop(crash=crash)` then `start()`: same ports, same directory."""
+        self.stop(crash=crash)
+        self.start()
+
+    def close(self) -> None:
+        """Stops, and deletes the temp dir if we made it (what leaving the `with` block does)."""
+        self.stop()
+        if self._owns_workdir and self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+            self._forget()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -29,7 +29,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
 from confluent_kafka import KafkaException
 
@@ -37,6 +37,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from processor.localstack import (
+    LocalService,
     ServiceStartError,
     die_with_parent,
     file_size,
@@ -44,7 +45,6 @@ from processor.localstack import (
     poll_until,
     port_open,
     read_log,
-    stop_process,
     tail,
 )
 
@@ -168,16 +168,13 @@ class _PortTakenError(ServiceStartError):
     """The free port we picked was grabbed by someone else before the broker bound it."""
 
 
-class LocalKafka:
+class LocalKafka(LocalService):
     """One Kafka broker+controller process on loopback ports, with its data in `workdir`.
 
-    Use as a context manager, or `start()` ... `close()`. `stop()`/`start()`/`restart()` keep
-    data and ports, for broker outage and restart tests. Without `workdir` a temp dir is used
-    and `close()` removes it; a given `workdir` is kept (its `data/` is reformatted on the
-    first `start()`). A failed `start()` raises `ServiceStartError` quoting the broker log
-    and leaves the workdir for inspection. `detach=True` lets the broker outlive this Python
-    process (the CLI); otherwise it gets SIGTERM when the process that started it dies, so
-    killed test runs leave no JVMs behind.
+    Lifecycle as `LocalService`; a given `workdir` has its `data/` reformatted on the first
+    `start()`. A failed `start()` raises `ServiceStartError` quoting the broker log and
+    leaves the workdir for inspection. Unless detached, killed test runs leave no JVMs
+    behind.
     """
 
     def __init__(
@@ -190,14 +187,10 @@ class LocalKafka:
         detach: bool = False,
         cache: Path | None = None,
     ) -> None:
-        self._workdir = Path(workdir).resolve() if workdir is not None else None
-        self._owns_workdir = workdir is None
+        super().__init__(workdir, startup_timeout=startup_timeout, detach=detach)
         self._heap = heap
         self._overrides = dict(overrides or {})
-        self._startup_timeout = startup_timeout
-        self._detach = detach
         self._cache = cache
-        self._proc: subprocess.Popen[bytes] | None = None
         self._broker_port: int | None = None
         self._controller_port: int | None = None
         self._formatted = False
@@ -213,29 +206,13 @@ class LocalKafka:
         return f"127.0.0.1:{self._broker_port}"
 
     @property
-    def workdir(self) -> Path:
-        if self._workdir is None:
-            raise RuntimeError("LocalKafka is not started")
-        return self._workdir
-
-    @property
     def log_path(self) -> Path:
         """The broker's log4j log (what failures quote)."""
         return self.workdir / "logs" / "server.log"
 
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("LocalKafka is not running")
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     # -- lifecycle -----------------------------------------------------------------------
 
-    def start(self) -> LocalKafka:
+    def start(self) -> Self:
         """Fetch jars if needed, format storage on first start, launch, wait until ready."""
         if self.running:
             return self
@@ -264,37 +241,9 @@ class LocalKafka:
             return self
         raise ServiceStartError(f"Kafka could not bind free ports 3 times; see {self.log_path}")
 
-    def stop(self, *, crash: bool = False) -> None:
-        """Stop the broker (SIGTERM, or SIGKILL if `crash`); data and ports are kept, so a
-        later `start()` brings the same broker back (for outage tests). See `close()`."""
-        if self._proc is not None:
-            stop_process(self._proc, crash=crash)
-            self._proc = None
-
-    def restart(self, *, crash: bool = False) -> None:
-        """`stop(crash=crash)` then `start()`: same ports, same data."""
-        self.stop(crash=crash)
-        self.start()
-
-    def close(self) -> None:
-        """Stop and delete the temp dir if we made it (what leaving the `with` block does)."""
-        self.stop()
-        if self._owns_workdir and self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
-            self._formatted = False
-            self._broker_port = self._controller_port = None
-
-    def __enter__(self) -> LocalKafka:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _forget(self) -> None:
+        self._formatted = False
+        self._broker_port = self._controller_port = None
 
     # -- internals -----------------------------------------------------------------------
 

@@ -12,17 +12,17 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
 import redis as redis_py
 
 from processor.localstack import (
+    LocalService,
     ServiceStartError,
     die_with_parent,
     file_size,
     free_port,
     poll_until,
-    stop_process,
     tail,
 )
 
@@ -33,15 +33,13 @@ class _PortTakenError(ServiceStartError):
     """The free port we picked was grabbed before redis-server bound it."""
 
 
-class LocalRedis:
-    """One `redis-server` with its own port and directory.
+class LocalRedis(LocalService):
+    """One `redis-server` with its own port and directory (lifecycle as `LocalService`).
 
     `appendonly=True` turns on the AOF with `appendfsync always`, so every acknowledged write
     survives even `restart(crash=True)` (SIGKILL); without it nothing is persisted
     (`--save ''`), and a restart starts empty. `restart()` keeps port and directory, so
-    clients reconnect to the same URL. Without `workdir` a temp dir is used and removed by
-    `close()` (or leaving the `with` block). `detach=True` lets the server outlive this
-    Python process (the CLI).
+    clients reconnect to the same URL.
     """
 
     def __init__(
@@ -52,12 +50,8 @@ class LocalRedis:
         startup_timeout: float = 20.0,
         detach: bool = False,
     ) -> None:
+        super().__init__(workdir, startup_timeout=startup_timeout, detach=detach)
         self.appendonly = appendonly
-        self._workdir = Path(workdir).resolve() if workdir is not None else None
-        self._owns_workdir = workdir is None
-        self._startup_timeout = startup_timeout
-        self._detach = detach
-        self._proc: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
 
     @property
@@ -72,26 +66,10 @@ class LocalRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
-    def workdir(self) -> Path:
-        if self._workdir is None:
-            raise RuntimeError("LocalRedis is not started")
-        return self._workdir
-
-    @property
     def log_path(self) -> Path:
         return self.workdir / "redis.log"
 
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("LocalRedis is not running")
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(self) -> LocalRedis:
+    def start(self) -> Self:
         """Start on a fresh free port (first start) or the previous one; wait for PING."""
         if self.running:
             return self
@@ -118,35 +96,8 @@ class LocalRedis:
             f"redis-server could not bind a free port 3 times; see {self.log_path}"
         )
 
-    def stop(self, *, crash: bool = False) -> None:
-        """Stop (SIGTERM, or SIGKILL if `crash`); port and dir are kept for a later `start()`."""
-        if self._proc is not None:
-            stop_process(self._proc, crash=crash)
-            self._proc = None
-
-    def restart(self, *, crash: bool = False) -> None:
-        """`stop(crash=crash)` then `start()` on the same port and dir."""
-        self.stop(crash=crash)
-        self.start()
-
-    def close(self) -> None:
-        """Stop and delete the temp dir if we made it (what leaving the `with` block does)."""
-        self.stop()
-        if self._owns_workdir and self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
-            self._port = None
-
-    def __enter__(self) -> LocalRedis:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _forget(self) -> None:
+        self._port = None
 
     def _args(self, binary: str) -> list[str]:
         args = [

@@ -139,6 +139,25 @@ def test_redis_without_aof_starts_empty_after_restart() -> None:
         client.close()
 
 
+def test_leaving_the_with_block_removes_only_a_temp_dir_and_forgets_the_port(
+    tmp_path: Path,
+) -> None:
+    """A second start after `close()` must not reuse a port or a directory that is gone."""
+    with LocalRedis() as server:
+        temp_dir, pid = server.workdir, server.pid
+    assert not temp_dir.exists()
+    assert not server.running
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    for closed in (lambda: server.workdir, lambda: server.port, lambda: server.pid):
+        with pytest.raises(RuntimeError, match="LocalRedis is not"):
+            closed()
+
+    with LocalRedis(workdir=tmp_path) as server:
+        assert server.workdir == tmp_path.resolve()
+    assert (tmp_path / "redis.log").exists()
+
+
 def test_kafka_crash_restart_keeps_records_and_start_failure_quotes_log(
     unique_topic: Callable[[str], str],
 ) -> None:
