@@ -3,16 +3,26 @@
 A product feature, not a test double: it answers "what would the processor have
 refunded for this history?" without Kafka or Redis, and the live processor must agree
 with it (SPEC section 6 says where the two may differ).
+
+The file is read in its order and its events are decided in event-time order: each
+waits until the file has shown an event more than `allowed_lateness` newer, when no
+event dated before it can come any more within the disorder SPEC section 6 allows. The
+policy fires an order's deadline before the order's next event dated after it, which
+is only right if no event dated before that deadline is still to come: a package
+delivered on time, whose scan reaches the file after a claim dated just past its
+deadline, must not be refunded as lost. The live processor gets the same from merging
+its inputs in timestamp order (docs/live.md); `TestDriver` applies events as piped.
 """
 
 import gc
+import heapq
 import json
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
 from processor.config import PolicyConfig
 from processor.engine import Engine
-from processor.events import InvalidEventError, parse_event_json
+from processor.events import Event, InvalidEventError, parse_event_json
 from processor.outputs import DeadLetter, Output, output_to_dict
 from processor.store import InMemoryStore, StateStore
 
@@ -25,6 +35,14 @@ from processor.store import InMemoryStore, StateStore
 # a replay of 20,000 orders.
 
 
+def parse_line(line: str, origin: str) -> Event | DeadLetter:
+    """One JSON line as an event, or as the dead letter that says why it is not one."""
+    try:
+        return parse_event_json(line)
+    except InvalidEventError as exc:
+        return DeadLetter(origin=origin, reason=exc.reason, message=exc.message, payload=line)
+
+
 class OfflineProcessor:
     """Validates lines, feeds the engine, and turns bad lines into dead letters."""
 
@@ -33,11 +51,11 @@ class OfflineProcessor:
         self.engine = Engine(self.store, config)
 
     def feed(self, line: str, origin: str) -> list[Output]:
-        try:
-            event = parse_event_json(line)
-        except InvalidEventError as exc:
-            return [DeadLetter(origin=origin, reason=exc.reason, message=exc.message, payload=line)]
-        return self.engine.process(event, origin)
+        """Decides one line at once (what `TestDriver.pipe` does)."""
+        parsed = parse_line(line, origin)
+        if isinstance(parsed, DeadLetter):
+            return [parsed]
+        return self.engine.process(parsed, origin)
 
     def advance_to(self, clock: int) -> list[Output]:
         """Moves the clock to `clock` (no lateness subtracted) and fires what is due."""
@@ -56,17 +74,35 @@ def replay(
 ) -> Iterator[Output]:
     """Every output of a history, in the order the engine produced them.
 
-    Blank lines are skipped; every other line is either decided or dead-lettered with
-    `source:line` as its origin. Pass a `store` to look at the state afterwards.
+    Blank lines are skipped; every other line is either decided, in event-time order
+    (module docstring), or dead-lettered at once, with `source:line` as its origin. Pass
+    a `store` to look at the state afterwards.
     """
     processor = OfflineProcessor(config, store)
+    decide, lateness = processor.engine.process, config.allowed_lateness_ms
+    heappush, heappop = heapq.heappush, heapq.heappop
+    # (occurred_at, line number, event, origin): the line number keeps file order in ties.
+    waiting: list[tuple[int, int, Event, str]] = []
+    newest: int | None = None
     collecting = gc.isenabled()
     gc.disable()
     try:
         for number, line in enumerate(lines, start=1):
             text = line.rstrip("\r\n")
-            if text.strip():
-                yield from processor.feed(text, f"{source}:{number}")
+            if not text.strip():
+                continue
+            origin = f"{source}:{number}"
+            parsed = parse_line(text, origin)
+            if isinstance(parsed, DeadLetter):
+                yield parsed
+                continue
+            heappush(waiting, (parsed.at, number, parsed, origin))
+            if newest is None or parsed.at > newest:
+                newest = parsed.at
+                while waiting and waiting[0][0] < newest - lateness:
+                    yield from decide(*heappop(waiting)[2:])
+        while waiting:
+            yield from decide(*heappop(waiting)[2:])
         if now is not None:
             yield from processor.advance_to(now)
     finally:

@@ -2,7 +2,9 @@
 
 Pipe events (dicts or JSON lines), advance the event-time clock, read what came out,
 inspect an order's state. It runs the real engine over a real store: tests of the
-rules go through exactly the code the replay and the live processor use.
+rules go through exactly the code the replay and the live processor use. A piped event
+is decided at once, in the order piped, as one input partition's would be; the file
+replay (`processor.replay.replay`) first puts a file's events in event-time order.
 """
 
 import json

@@ -146,20 +146,29 @@ def merged_by_time(orders: list[list[Timed]]) -> list[dict[str, Any]]:
 
 @st.composite
 def jittered(
-    draw: st.DrawFn, orders: list[list[Timed]], max_minutes: int = 59
+    draw: st.DrawFn,
+    orders: list[list[Timed]],
+    max_minutes: int = 59,
+    *,
+    within_orders: bool = False,
 ) -> list[dict[str, Any]]:
     """Another interleaving of the same orders whose disorder stays under `max_minutes`.
 
     Each event's sort key is its time plus a jitter in [0, max_minutes], raised to its
     predecessor's key within the same order, so an order's own sequence is unchanged
     and an event never follows one that is `max_minutes` or more newer than itself.
+    `within_orders` raises it only to a predecessor of the same time, so an order's
+    events of different times may swap too (its order events and courier scans come
+    from different topics).
     """
     keyed: list[tuple[int, int, int, dict[str, Any]]] = []
     for n, order in enumerate(orders):
-        previous = -1
+        previous, previous_minutes = -1, None
         priority = draw(st.integers(0, 1_000))  # per order, so ties keep the order's sequence
         for i, (minutes, event) in enumerate(order):
-            key = max(previous, minutes + draw(st.integers(0, max_minutes)))
-            previous = key
+            key = minutes + draw(st.integers(0, max_minutes))
+            if not within_orders or minutes == previous_minutes:
+                key = max(previous, key)
+            previous, previous_minutes = key, minutes
             keyed.append((key, priority, n * 10_000 + i, event))
     return [event for *_, event in sorted(keyed, key=lambda t: (t[0], t[1], t[2]))]
