@@ -92,15 +92,20 @@ if staged then fields = redis.call('HKEYS', KEYS[2]) end
 return {epoch, applied, staged, fields}
 """
 
-# KEYS[1] meta, KEYS[2] pending; ARGV[1] our epoch, ARGV[2..] field, value, field, value...
-# Our own leftover (a discard whose DEL failed) is replaced; the client refuses to stage
-# over a batch it has not applied or discarded.
+# KEYS[1] meta, KEYS[2] pending; ARGV[1] our epoch, ARGV[2] the applied offsets as we last
+# applied or claimed them ('' for none), ARGV[3..] field, value, field, value...
+# Returns {1} staged, {0, epoch} fenced, {2, applied offsets} if Redis no longer stands
+# where we left it (it lost writes: a restart without fsync, a failover to a replica that
+# lagged). Our own leftover (a discard whose DEL failed) is replaced; the client refuses
+# to stage over a batch it has not applied or discarded.
 _STAGE_LUA: Final = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if epoch ~= ARGV[1] then return {0, epoch} end
+local applied = redis.call('HGET', KEYS[1], 'applied_offsets') or ''
+if applied ~= ARGV[2] then return {2, applied} end
 redis.call('DEL', KEYS[2])
 local n = #ARGV
-local i = 2
+local i = 3
 while i <= n do
   local j = math.min(i + 999, n)
   redis.call('HSET', KEYS[2], unpack(ARGV, i, j))
@@ -323,6 +328,7 @@ class RedisTaskStore:
 
         self._epoch: int | None = None
         self._applied: dict[str, int] = {}  # the offsets Redis stands at
+        self._applied_raw = ""  # the same as Redis holds them, to check it still does
         # Committed values (None: known to be absent).
         self._orders: _Lru[OrderState | None] = _Lru(cache_size)
         self._orphans: _Lru[OrphanBucket | None] = _Lru(cache_size)
@@ -390,6 +396,7 @@ class RedisTaskStore:
             reply = cast(list[Any], self._claim_script(keys=[self.meta_key, self.pending_key]))
         epoch = int(reply[0])
         applied = _decode_offsets(reply[1])
+        applied_raw = "" if reply[1] is None else cast(bytes, reply[1]).decode()
         staged_raw = cast(bytes | None, reply[2])
         fields = cast(list[bytes], reply[3])
         committed = {key: int(value) for key, value in committed_offsets.items()}
@@ -401,7 +408,7 @@ class RedisTaskStore:
                     status, current = self._run_apply(epoch, staged_raw.decode(), keys)
                 if status == 0:
                     raise self._fenced(epoch, "claim (applying the pending batch)", current)
-                applied = staged
+                applied, applied_raw = staged, staged_raw.decode()
             elif applied == committed:
                 dropped, current = self._run_drop(epoch)
                 if not dropped:
@@ -417,7 +424,7 @@ class RedisTaskStore:
         self._load_timers(members)
         self._count_committed_timers()
         self._clock = None if clock is None else int(clock)
-        self._applied = applied
+        self._applied, self._applied_raw = applied, applied_raw
         self._epoch = epoch
         return epoch
 
@@ -427,7 +434,9 @@ class RedisTaskStore:
         `offsets` are the offsets this batch's transaction commits for the task's input
         partitions; partitions left out keep theirs, as in Kafka. One script call; nothing
         visible changes. Raises `FencedError` (writing nothing) if another owner claimed
-        the task since our `claim`.
+        the task since our `claim`, and `StateBehindKafkaError` (writing nothing) if Redis
+        no longer stands at the offsets we last applied: it lost writes Kafka committed,
+        and deciding on would pay refunds twice or never.
 
         A batch that changes state must move an offset forward: `claim` tells a committed
         batch from an aborted one by its offsets alone (ValueError otherwise). A batch that
@@ -453,7 +462,7 @@ class RedisTaskStore:
                 )
             self._staged, self._staged_keys, self._staged_nothing = encoded, [], True
             return
-        args: list[str | bytes | int] = [epoch, "o", encoded, "e", epoch]
+        args: list[str | bytes | int] = [epoch, self._applied_raw, "o", encoded, "e", epoch]
         keys: list[str] = []
         dump_order = ORDER_STATE_ADAPTER.dump_json
         for order_id, state in self._dirty_orders.items():
@@ -481,9 +490,15 @@ class RedisTaskStore:
             reply = cast(
                 list[Any], self._stage_script(keys=[self.meta_key, self.pending_key], args=args)
             )
-        if reply[0] == 0:
+        if reply[0] != 1:
             self._maybe_pending = False  # the script wrote nothing
-            raise self._fenced(epoch, "stage", reply[1])
+            if reply[0] == 0:
+                raise self._fenced(epoch, "stage", reply[1])
+            # What we applied, Kafka committed: Redis standing elsewhere lost it. Nothing
+            # local is to be trusted any more, and only a claim may take the task again.
+            self._reset_local()
+            self._epoch = None
+            raise self._mismatch(_decode_offsets(reply[1] or None), applied, None)
         self._staged = encoded
         self._staged_keys = keys
         self._staged_nothing = False
@@ -504,6 +519,7 @@ class RedisTaskStore:
             if status == 0:
                 raise self._fenced(epoch, "apply", current)
             self._applied = _decode_offsets(self._staged.encode())
+            self._applied_raw = self._staged
         self._maybe_pending = False
         self._staged = None
         self._staged_keys = []
@@ -782,6 +798,7 @@ class RedisTaskStore:
         self._staged_nothing = False
         self._maybe_pending = False
         self._applied = {}
+        self._applied_raw = ""
 
     def _fenced(self, epoch: int, during: str, current: Any) -> FencedError:
         """Forgets all local state (a new owner has the task) and builds the error."""

@@ -438,6 +438,31 @@ def test_claim_refuses_state_behind_kafka(
         new_store().claim({PARTITION: 5})
 
 
+def test_the_owner_refuses_to_stage_on_redis_that_lost_what_it_applied(
+    client: redis.Redis, new_store: Callable[[], RedisTaskStore]
+) -> None:
+    """Redis came back from a snapshot older than the last batch (a restart without
+    fsync): the epoch is still ours, so only the applied offsets tell."""
+    store = new_store()
+    store.claim({})
+    store.stage({PARTITION: 5})
+    store.apply()
+    snapshot = {key: cast(bytes, client.dump(key)) for key in _task_keys(client, store)}
+    _write_a_batch(store)
+    store.stage({PARTITION: 6})
+    store.apply()
+    for key in _task_keys(client, store):
+        client.delete(key)
+    for key, value in snapshot.items():
+        client.restore(key, 0, value)
+
+    store.save_order(OrderState("o2"))
+    with pytest.raises(StateBehindKafkaError, match="Redis lost writes Kafka acknowledged"):
+        store.stage({PARTITION: 7})
+    assert not client.exists(store.pending_key)
+    assert store.epoch is None
+
+
 def test_claim_refuses_state_behind_kafka_even_with_a_pending_batch(
     client: redis.Redis, new_store: Callable[[], RedisTaskStore]
 ) -> None:
