@@ -79,11 +79,14 @@ class Engine:
             self._forward(order_id, event, held.origin, outputs)
 
     def advance_clock(self, clock: int, outputs: list[Output]) -> None:
-        """Moves the clock forward (never back) and fires due timers, oldest deadline first."""
+        """Moves the clock forward (never back) and fires due timers, oldest deadline first:
+        also those an event set behind a clock that did not move (a package reported after
+        its deadline had passed)."""
         current = self.store.get_clock()
         if current is not None and clock <= current:
-            return
-        self.store.set_clock(clock)
+            clock = current
+        else:
+            self.store.set_clock(clock)
         while (timer := self.store.pop_due_timer(clock)) is not None:
             self._fire(timer, outputs)
 

@@ -152,3 +152,15 @@ def test_the_clock_is_the_newest_event_minus_allowed_lateness_and_never_goes_bac
     assert first is not None
     assert driver.clock() == first
     assert first == driver.order("o1").order.placed_at - 3_600_000  # type: ignore[union-attr]
+
+
+def test_a_timer_set_behind_the_clock_fires_at_once() -> None:
+    """A package shipped on day 1, reported after the clock passed its day-21 deadline."""
+    driver = TestDriver()
+    driver.pipe(order_placed(when=at(0)))
+    driver.pipe(order_placed("o2", when=at(30)))
+
+    driver.pipe(shipped(when=at(1)))
+
+    assert [(r.package_id, r.reason) for r in driver.refunds()] == [("p1", "lost")]
+    assert driver.timers("o1") == {}
