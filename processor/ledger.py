@@ -3,7 +3,7 @@
 This is the one place that enforces the money invariants: a unit is refunded at most
 once, never more units than were ordered, and the shipping fee is added exactly once,
 by the refund that leaves every ordered unit refunded. So an order's refunds never add
-up to more than its total.
+up to more than its total. Nor is a unit reshipped once it is refunded.
 """
 
 from collections.abc import Mapping
@@ -29,22 +29,30 @@ class Settlement:
         return " + ".join(parts) + f" = {self.amount_minor}"
 
 
-def settle_refund(order: Order, ledger: Ledger, units: Mapping[str, int]) -> Settlement | None:
-    """Refunds what is left of `units`; None when nothing is (the caller denies it)."""
-    refunded = dict(ledger.refunded)
-    lines: list[RefundLine] = []
+def unrefunded(order: Order, ledger: Ledger, units: Mapping[str, int]) -> dict[str, int]:
+    """The part of `units` no refund has covered yet, by SKU (SKUs the order lacks left out):
+    what a refund may still pay for, and a reship may still send."""
+    left: dict[str, int] = {}
     for sku in sorted(units):
         priced = order.lines.get(sku)
         if priced is None:
             continue
-        already = refunded.get(sku, 0)
-        quantity = min(units[sku], priced.quantity - already)
-        if quantity <= 0:
-            continue
-        refunded[sku] = already + quantity
-        lines.append(RefundLine(sku, quantity, quantity * priced.unit_price_minor))
-    if not lines:
+        quantity = min(units[sku], priced.quantity - ledger.refunded.get(sku, 0))
+        if quantity > 0:
+            left[sku] = quantity
+    return left
+
+
+def settle_refund(order: Order, ledger: Ledger, units: Mapping[str, int]) -> Settlement | None:
+    """Refunds what is left of `units`; None when nothing is (the caller denies it)."""
+    left = unrefunded(order, ledger, units)
+    if not left:
         return None
+    refunded = dict(ledger.refunded)
+    lines: list[RefundLine] = []
+    for sku, quantity in left.items():
+        refunded[sku] = refunded.get(sku, 0) + quantity
+        lines.append(RefundLine(sku, quantity, quantity * order.lines[sku].unit_price_minor))
     everything_refunded = all(
         refunded.get(sku, 0) >= priced.quantity for sku, priced in order.lines.items()
     )

@@ -25,7 +25,7 @@ from processor.events import (
     event_to_json,
     parse_event_json,
 )
-from processor.ledger import settle_refund
+from processor.ledger import settle_refund, unrefunded
 from processor.outputs import (
     DeadLetter,
     Decision,
@@ -131,6 +131,27 @@ class _Step:
             )
         )
 
+    def deny_refunded(
+        self,
+        rule: str,
+        what: str,
+        evidence: tuple[str, ...],
+        *,
+        subject: str,
+        package_id: str | None = None,
+        claim_id: str | None = None,
+    ) -> None:
+        self.decide(
+            "denied",
+            "already_refunded",
+            rule,
+            f"{what}: every unit was already refunded",
+            evidence,
+            subject=subject,
+            package_id=package_id,
+            claim_id=claim_id,
+        )
+
     def refund(
         self,
         units: Mapping[str, int],
@@ -148,15 +169,8 @@ class _Step:
         assert order is not None, "refund rules run only once order_placed is known"
         settled = settle_refund(order, self.state.ledger, units)
         if settled is None:
-            self.decide(
-                "denied",
-                "already_refunded",
-                rule,
-                f"{what}: every unit was already refunded",
-                evidence,
-                subject=subject,
-                package_id=package_id,
-                claim_id=claim_id,
+            self.deny_refunded(
+                rule, what, evidence, subject=subject, package_id=package_id, claim_id=claim_id
             )
             return False
         self.state.ledger = settled.ledger
@@ -821,6 +835,7 @@ def _resolve_partial(step: _Step, claim: Claim, rule: str, evidence: tuple[str, 
     resolution = claim.review.resolution or step.config.default_partial_resolution
     claim = _set_claim(step, claim, status="settled")
     subject = f"claim:{claim.claim_id}"
+    what = f"{claim.claim_type} claim {claim.claim_id} with accepted proof"
     if resolution == "refund":
         step.refund(
             _claimed_units(state, claim),
@@ -829,10 +844,14 @@ def _resolve_partial(step: _Step, claim: Claim, rule: str, evidence: tuple[str, 
             subject=subject,
             evidence=evidence,
             claim_id=claim.claim_id,
-            what=f"{claim.claim_type} claim {claim.claim_id} with accepted proof",
+            what=what,
         )
         return
-    units = _claimed_units(state, claim)
+    # A unit refunded already (its package lost, say) is paid for: not sent again.
+    units = unrefunded(state.order, state.ledger, _claimed_units(state, claim))
+    if not units:
+        step.deny_refunded(rule, what, evidence, subject=subject, claim_id=claim.claim_id)
+        return
     command_id = reship_command_id(state.order_id, claim.claim_id)
     step.emit(
         ReshipCommand(

@@ -310,6 +310,30 @@ def test_r9_wrong_quantity_reship_emits_a_reship_and_no_refund() -> None:
     assert _codes(driver.decisions()) == [("reshipped", "wrong_quantity")]
 
 
+def test_a_reship_sends_no_unit_a_refund_already_paid_for() -> None:
+    """Package p2 (B) is lost and refunded; a missing-item claim for B and one A asks for a
+    reship: the merchant is paid for B, so only A goes out; asked again for B alone,
+    nothing does."""
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 2}))
+    driver.pipe(shipped("p2", {"B": 1}))
+    driver.pipe(scan("delivered", "TN-p1", when=at(3)))
+    driver.pipe(scan("lost", "TN-p2", when=at(4)))
+    driver.pipe(claim_filed("missing_item", "c1", lines={"A": 1, "B": 1}, when=at(5)))
+    driver.pipe(claim_reviewed("c1", resolution="reship", when=at(6)))
+    driver.pipe(claim_filed("missing_item", "c2", lines={"B": 1}, when=at(7)))
+    driver.pipe(claim_reviewed("c2", resolution="reship", when=at(8)))
+
+    assert [(r.package_id, r.reason) for r in driver.refunds()] == [("p2", "lost")]
+    (reship,) = driver.read(ReshipCommand)
+    assert (reship.claim_id, [(line.sku, line.quantity) for line in reship.lines]) == (
+        "c1",
+        [("A", 1)],
+    )
+    assert _codes(driver.decisions())[-1] == ("denied", "already_refunded")
+
+
 def test_r10_missing_item_waits_until_every_package_is_delivered() -> None:
     driver = TestDriver()
     driver.pipe(order_placed())

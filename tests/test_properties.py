@@ -77,6 +77,26 @@ def assert_money_invariants(events: list[dict[str, Any]], outputs: list[Output])
     assert len(command_ids) == len(set(command_ids)), "the same refund was issued twice"
     fees = [(r.order_id, r.shipping_fee_minor) for r in refunds if r.shipping_fee_minor]
     assert len(fees) == len({order_id for order_id, _ in fees}), "shipping fee refunded twice"
+    assert_no_reship_of_a_refunded_unit(orders, outputs)
+
+
+def assert_no_reship_of_a_refunded_unit(
+    orders: dict[str, dict[str, Any]], outputs: list[Output]
+) -> None:
+    """A reship sends no unit that the refunds emitted before it already paid for."""
+    refunded: dict[tuple[str, str], int] = defaultdict(int)
+    for output in outputs:
+        if isinstance(output, RefundCommand):
+            for line in output.lines:
+                refunded[(output.order_id, line.sku)] += line.quantity
+        elif isinstance(output, ReshipCommand):
+            ordered = {line["sku"]: line["quantity"] for line in orders[output.order_id]["lines"]}
+            for reshipped in output.lines:
+                already = refunded[(output.order_id, reshipped.sku)]
+                assert already + reshipped.quantity <= ordered[reshipped.sku], (
+                    f"{output.order_id}: reshipped {reshipped.quantity} x {reshipped.sku} "
+                    f"after refunding {already} of {ordered[reshipped.sku]}"
+                )
 
 
 def assert_every_command_has_its_decision(outputs: list[Output]) -> None:
