@@ -747,8 +747,28 @@ def _judge_not_received(
             subject=f"claim:{claim.claim_id}",
             claim_id=claim.claim_id,
         )
-    elif packages and all(p.settled_by is not None for p in packages):
+    elif packages and all(
+        p.settled_by is not None or p.delivered_event_id is not None for p in packages
+    ):
+        # Each package refunded (that part is paid, its decision says so) or delivered
+        # (that part is denied by tracking): nothing is left to wait for.
         claim = _set_claim(step, claim, status="settled")
+        if delivered:
+            refunded = [
+                f"{p.package_id} ({p.settled_by})" for p in packages if p.delivered_event_id is None
+            ]
+            step.decide(
+                "denied",
+                "tracking_shows_delivered",
+                "R6",
+                "courier tracking shows "
+                + ", ".join(f"{p.package_id} delivered" for p in delivered)
+                + "; refunded already: "
+                + ", ".join(refunded),
+                evidence + tuple(p.delivered_event_id or "" for p in delivered),
+                subject=f"claim:{claim.claim_id}",
+                claim_id=claim.claim_id,
+            )
     elif initial:
         claim = _set_claim(step, claim, status="pending")
         step.decide(

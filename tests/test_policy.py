@@ -242,6 +242,29 @@ def test_r6_not_received_waits_for_tracking_then_is_denied_on_delivery() -> None
     ]
 
 
+def test_r6_a_not_received_claim_on_a_split_order_settles_once_each_package_concludes() -> None:
+    """p1 delivered, p2 lost and refunded: the claim on the whole order is answered by
+    both, and no longer waits for a scan that will never come."""
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 2}))
+    driver.pipe(shipped("p2", {"B": 1}))
+    driver.pipe(scan("delivered", "TN-p1", when=at(3)))
+    driver.pipe(claim_filed("not_received", when=at(4)))
+    assert driver.order("o1").claims["c1"].status == "pending"  # type: ignore[union-attr]
+
+    driver.pipe(scan("lost", "TN-p2", when=at(5)))
+
+    assert [(r.package_id, r.reason) for r in driver.refunds()] == [("p2", "lost")]
+    assert driver.order("o1").claims["c1"].status == "settled"  # type: ignore[union-attr]
+    assert _codes(driver.decisions()) == [
+        ("pending", "awaiting_tracking"),
+        ("refunded", "lost"),
+        ("denied", "tracking_shows_delivered"),
+    ]
+    assert driver.decisions()[-1].detail.endswith("p1 delivered; refunded already: p2 (lost)")
+
+
 def test_r7_rejected_proof_is_denied() -> None:
     driver = TestDriver()
     _shipped_order(driver)
