@@ -35,7 +35,7 @@ from processor.store import InMemoryStore, StateStore
 # a replay of 20,000 orders.
 
 
-def parse_line(line: str, origin: str) -> Event | DeadLetter:
+def _parse_line(line: str, origin: str) -> Event | DeadLetter:
     """One JSON line as an event, or as the dead letter that says why it is not one."""
     try:
         return parse_event_json(line)
@@ -52,7 +52,7 @@ class OfflineProcessor:
 
     def feed(self, line: str, origin: str) -> list[Output]:
         """Decides one line at once (what `TestDriver.pipe` does)."""
-        parsed = parse_line(line, origin)
+        parsed = _parse_line(line, origin)
         if isinstance(parsed, DeadLetter):
             return [parsed]
         return self.engine.process(parsed, origin)
@@ -92,7 +92,7 @@ def replay(
             if not text.strip():
                 continue
             origin = f"{source}:{number}"
-            parsed = parse_line(text, origin)
+            parsed = _parse_line(text, origin)
             if isinstance(parsed, DeadLetter):
                 yield parsed
                 continue
