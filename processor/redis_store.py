@@ -82,14 +82,30 @@ _LINK: Final = "t:"
 _ADD_TIMER: Final = "a:"
 _REMOVE_TIMER: Final = "r:"
 
-# KEYS[1] meta, KEYS[2] pending.
+# KEYS[1] meta, KEYS[2] pending, KEYS[3] the set of batches set aside. A claim deletes
+# no staged batch: it cannot know whether the owner that staged it is still the current
+# one, whose transaction may yet commit (docs/state-store.md, "A zombie's claim"). It
+# sets the pending batch aside, named after the epoch that staged it, and reports every
+# batch set aside: {epoch, applied offsets, {{key, offsets, fields}, ...}}. Set-aside
+# keys share the task's hash tag, so they live on its Redis Cluster slot.
 _CLAIM_LUA: Final = """
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 local applied = redis.call('HGET', KEYS[1], 'applied_offsets')
-local staged = redis.call('HGET', KEYS[2], 'o')
-local fields = {}
-if staged then fields = redis.call('HKEYS', KEYS[2]) end
-return {epoch, applied, staged, fields}
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local aside = KEYS[2] .. '@' .. (redis.call('HGET', KEYS[2], 'e') or '?')
+  redis.call('RENAME', KEYS[2], aside)
+  redis.call('SADD', KEYS[3], aside)
+end
+local batches = {}
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  local offsets = redis.call('HGET', key, 'o')
+  if offsets then
+    batches[#batches + 1] = {key, offsets, redis.call('HKEYS', key)}
+  else
+    redis.call('SREM', KEYS[3], key)
+  end
+end
+return {epoch, applied, batches}
 """
 
 # KEYS[1] meta, KEYS[2] pending; ARGV[1] our epoch, ARGV[2] the applied offsets as we last
@@ -114,10 +130,13 @@ end
 return {1}
 """
 
-# KEYS[1] meta, KEYS[2] pending, KEYS[3] tracking, KEYS[4] timers, KEYS[5..] the state keys
-# the batch sets or deletes (declared for Redis Cluster; the pending hash is the truth).
-# ARGV[1] our epoch, ARGV[2] the batch's offsets as staged. Returns {1} applied,
-# {2} already applied (a retry whose first reply was lost), {0, epoch} fenced.
+# KEYS[1] meta, KEYS[2] the batch (pending, or set aside), KEYS[3] tracking, KEYS[4] timers,
+# KEYS[5] the set of batches set aside, KEYS[6..] the state keys the batch sets or deletes
+# (declared for Redis Cluster; the batch's hash is the truth). ARGV[1] our epoch, ARGV[2]
+# the batch's offsets as staged, ARGV[3] '1' to delete every batch set aside: only an
+# owner's apply after its own Kafka commit, which shows it is the current owner, so no
+# other batch can commit any more. Returns {1} applied, {2} already applied (a retry
+# whose first reply was lost), {0, epoch} fenced.
 _APPLY_LUA: Final = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if epoch ~= ARGV[1] then return {0, epoch} end
@@ -153,6 +172,11 @@ chunks(adds, 1000, function(...) redis.call('ZADD', KEYS[4], ...) end)
 chunks(removes, 500, function(...) redis.call('ZREM', KEYS[4], ...) end)
 redis.call('HSET', KEYS[1], unpack(meta))
 redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[5], KEYS[2])
+if ARGV[3] == '1' then
+  for _, key in ipairs(redis.call('SMEMBERS', KEYS[5])) do redis.call('DEL', key) end
+  redis.call('DEL', KEYS[5])
+end
 return {1}
 """
 
@@ -321,6 +345,7 @@ class RedisTaskStore:
         self.timers_key = f"{self.hash_tag}:timers"
         self.meta_key = f"{self.hash_tag}:meta"
         self.pending_key = f"{self.hash_tag}:pending"
+        self.aside_key = f"{self.hash_tag}:aside"
         self._claim_script: Script = client.register_script(_CLAIM_LUA)
         self._stage_script: Script = client.register_script(_STAGE_LUA)
         self._apply_script: Script = client.register_script(_APPLY_LUA)
@@ -386,36 +411,38 @@ class RedisTaskStore:
         `committed_offsets` are the consumer group's committed offsets of the task's input
         partitions (the next offset to read, as sent with the transaction), read after
         Kafka fenced the previous owner; partitions with no committed offset are left out.
-        A pending batch is applied if its offsets are exactly these (its transaction
-        committed) and dropped otherwise. Raises `StateBehindKafkaError` (or
-        `StateAheadOfKafkaError`) if Redis then does not stand at these offsets.
+        A staged batch is applied if its offsets are exactly these (its transaction
+        committed) and set aside otherwise, until this owner's first `apply` deletes it:
+        the claimer may itself be stale, and the batch's owner current. Raises
+        `StateBehindKafkaError` (or `StateAheadOfKafkaError`) if Redis then does not stand
+        at these offsets.
         """
         self._reset_local()
         self._epoch = None
         with REDIS_CLAIM.time():
-            reply = cast(list[Any], self._claim_script(keys=[self.meta_key, self.pending_key]))
+            reply = cast(
+                list[Any],
+                self._claim_script(keys=[self.meta_key, self.pending_key, self.aside_key]),
+            )
         epoch = int(reply[0])
         applied = _decode_offsets(reply[1])
         applied_raw = "" if reply[1] is None else cast(bytes, reply[1]).decode()
-        staged_raw = cast(bytes | None, reply[2])
-        fields = cast(list[bytes], reply[3])
         committed = {key: int(value) for key, value in committed_offsets.items()}
-        if staged_raw is not None:
-            staged = _decode_offsets(staged_raw)
-            if staged == committed:
-                keys = [f[2:].decode() for f in fields if f[:2] in (b"s:", b"d:")]
-                with REDIS_CLAIM.time():
-                    status, current = self._run_apply(epoch, staged_raw.decode(), keys)
-                if status == 0:
-                    raise self._fenced(epoch, "claim (applying the pending batch)", current)
-                applied, applied_raw = staged, staged_raw.decode()
-            elif applied == committed:
-                dropped, current = self._run_drop(epoch)
-                if not dropped:
-                    raise self._fenced(epoch, "claim (dropping the pending batch)", current)
-            # Else neither explains Kafka's offsets: keep the batch for inspection.
+        kept: list[bytes] = []
+        for batch, staged_raw, fields in cast(list[tuple[bytes, bytes, list[bytes]]], reply[2]):
+            if _decode_offsets(staged_raw) != committed:
+                kept.append(staged_raw)  # aborted, or its transaction may yet commit
+                continue
+            keys = [f[2:].decode() for f in fields if f[:2] in (b"s:", b"d:")]
+            with REDIS_CLAIM.time():
+                status, current = self._run_apply(
+                    epoch, staged_raw.decode(), keys, batch=batch.decode(), clear_aside=False
+                )
+            if status == 0:
+                raise self._fenced(epoch, "claim (applying a staged batch)", current)
+            applied, applied_raw = committed, staged_raw.decode()
         if applied != committed:
-            raise self._mismatch(applied, committed, staged_raw)
+            raise self._mismatch(applied, committed, kept)
         pipe = self._client.pipeline(transaction=False)
         pipe.zrange(self.timers_key, 0, -1)
         pipe.hget(self.meta_key, "clock")
@@ -498,7 +525,7 @@ class RedisTaskStore:
             # local is to be trusted any more, and only a claim may take the task again.
             self._reset_local()
             self._epoch = None
-            raise self._mismatch(_decode_offsets(reply[1] or None), applied, None)
+            raise self._mismatch(_decode_offsets(reply[1] or None), applied, ())
         self._staged = encoded
         self._staged_keys = keys
         self._staged_nothing = False
@@ -515,7 +542,9 @@ class RedisTaskStore:
             raise RuntimeError("nothing staged to apply")
         if not self._staged_nothing:
             with REDIS_APPLY.time():
-                status, current = self._run_apply(epoch, self._staged, self._staged_keys)
+                status, current = self._run_apply(
+                    epoch, self._staged, self._staged_keys, batch=self.pending_key, clear_aside=True
+                )
             if status == 0:
                 raise self._fenced(epoch, "apply", current)
             self._applied = _decode_offsets(self._staged.encode())
@@ -749,13 +778,22 @@ class RedisTaskStore:
                 yield timer
             todo.extend(child for child in (2 * index + 1, 2 * index + 2) if child < len(heap))
 
-    def _run_apply(self, epoch: int, offsets: str, keys: Sequence[str]) -> tuple[int, Any]:
+    def _run_apply(
+        self, epoch: int, offsets: str, keys: Sequence[str], *, batch: str, clear_aside: bool
+    ) -> tuple[int, Any]:
         """(1 applied | 2 applied before | 0 fenced, the current epoch when fenced)."""
         reply = cast(
             list[Any],
             self._apply_script(
-                keys=[self.meta_key, self.pending_key, self.tracking_key, self.timers_key, *keys],
-                args=[epoch, offsets],
+                keys=[
+                    self.meta_key,
+                    batch,
+                    self.tracking_key,
+                    self.timers_key,
+                    self.aside_key,
+                    *keys,
+                ],
+                args=[epoch, offsets, int(clear_aside)],
             ),
         )
         return int(reply[0]), reply[1] if len(reply) > 1 else None
@@ -811,9 +849,9 @@ class RedisTaskStore:
         )
 
     def _mismatch(
-        self, applied: dict[str, int], committed: dict[str, int], staged: bytes | None
+        self, applied: dict[str, int], committed: dict[str, int], staged: Sequence[bytes]
     ) -> StateMismatchError:
-        pending = "" if staged is None else f", and a pending batch at {staged.decode()} (kept)"
+        pending = "".join(f", and a pending batch at {raw.decode()} (kept)" for raw in staged)
         if any(applied.get(key, -1) < value for key, value in committed.items()):
             return StateBehindKafkaError(
                 f"task {self.task}: Redis state stands at offsets {applied}{pending} but Kafka "

@@ -261,8 +261,9 @@ class Checkpoint:
         """Applies the committed batch in Redis, store by store; safe to call again after a
         Redis error (`RedisTaskStore.apply` is idempotent).
 
-        A store fenced here lost its task after Kafka committed the batch: its new owner's
-        claim found the batch staged under Kafka's committed offsets and applied it.
+        A store fenced here lost its task after Kafka committed the batch: a claim after the
+        commit applied the batch, and one before it set the batch aside for the next claim,
+        which applies it (docs/state-store.md).
         """
         while self.applied < len(self.stores):
             store = self.stores[self.applied][0]
@@ -270,7 +271,7 @@ class Checkpoint:
                 store.apply()
             except FencedError as exc:
                 _log.warning(
-                    "task fenced after its batch committed: the new owner applied it",
+                    "task fenced after its batch committed: a claim applies it",
                     **_task_fields(store.task),
                     error=str(exc),
                 )
@@ -999,15 +1000,15 @@ class Runner:
         rebuild; it keeps its claim. It must not claim again: only a rebalance proves that
         Kafka fenced every other owner of the partition, and an instance that was stalled
         while its partitions moved still believes it owns them. Its claim would bump the
-        new owner's epoch and drop the batch that owner staged but has not committed yet;
-        that batch's transaction then commits, so Redis would lose state Kafka
-        acknowledged. Input partitions restart their router source from the committed
+        new owner's epoch and fence it until the next rebalance (the batch that owner
+        staged is set aside, not lost: a later claim applies it if Kafka committed it,
+        docs/state-store.md). Input partitions restart their router source from the committed
         offset and watermark, and tasks hand their direct inputs' events over again.
         """
         self._drop_fenced()
         for slot in self._tasks.values():
             # With Redis down, a staged copy left behind is replaced by our next stage, or
-            # dropped by the next owner's claim (docs/state-store.md).
+            # set aside by the next owner's claim (docs/state-store.md).
             with contextlib.suppress(*REDIS_DOWN):
                 slot.store.discard()
             slot.task = OrderTask(slot.store, self.policy, self._sources, slot.task.direct)

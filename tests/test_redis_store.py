@@ -366,15 +366,46 @@ def test_a_fenced_instance_cannot_apply_and_writes_nothing(
     _write_a_batch(zombie)
     zombie.stage({PARTITION: 1})
     owner = new_store()
-    owner.claim({})  # the zombie's transaction never committed: its batch is dropped
+    owner.claim({})  # the zombie's transaction never committed: its batch is set aside
 
     with pytest.raises(FencedError, match="fenced in apply"):
         zombie.apply()
 
-    assert _task_keys(client, zombie) == {zombie.meta_key.encode()}
     assert owner.load_order("o1") is None
     assert owner.get_clock() is None
     assert owner.pop_due_timer(1_000) is None
+    owner.save_order(OrderState("o2"))
+    owner.stage({PARTITION: 2})
+    owner.apply()  # after the owner's own commit: the zombie's batch can never commit
+    assert _task_keys(client, zombie) == {
+        zombie.meta_key.encode(),
+        zombie.order_key("o2").encode(),
+    }
+
+
+def test_a_stale_claim_leaves_the_current_owners_batch_for_the_next_claim(
+    client: redis.Redis, new_store: Callable[[], RedisTaskStore]
+) -> None:
+    """The zombie read Kafka's offsets (3) just before the owner's transaction committed
+    the batch it staged (7), and claims after: it must not drop that batch."""
+    owner = new_store()
+    owner.claim({})
+    owner.save_order(OrderState("o0"))
+    owner.stage({PARTITION: 3})
+    owner.apply()
+    state = _write_a_batch(owner)
+    owner.stage({PARTITION: 7})
+    new_store().claim({PARTITION: 3})
+    # ... the owner's transaction commits in Kafka: offset 7.
+    with pytest.raises(FencedError, match="fenced in apply"):
+        owner.apply()
+
+    next_owner = new_store()
+    next_owner.claim({PARTITION: 7})
+
+    assert next_owner.load_order("o1") == state
+    assert next_owner.get_clock() == 42
+    assert not client.exists(next_owner.aside_key)
 
 
 def test_claim_applies_a_pending_batch_whose_offsets_kafka_committed(
@@ -474,7 +505,9 @@ def test_claim_refuses_state_behind_kafka_even_with_a_pending_batch(
 
     with pytest.raises(StateBehindKafkaError, match="pending batch"):
         new_store().claim({PARTITION: 9})
-    assert client.exists(store.pending_key)  # kept for whoever investigates
+    assert client.smembers(store.aside_key) == {  # kept for whoever investigates
+        f"{store.pending_key}@{store.epoch}".encode()
+    }
 
 
 def test_claim_refuses_state_ahead_of_kafka(new_store: Callable[[], RedisTaskStore]) -> None:
