@@ -52,7 +52,7 @@ from processor.outputs import (
     output_to_dict,
 )
 from processor.partitioner import default_partition
-from processor.redis_store import FencedError, RedisTaskStore
+from processor.redis_store import FencedError, RedisTaskStore, StateAheadOfKafkaError
 from processor.router import (
     Commit,
     Inbound,
@@ -619,7 +619,22 @@ class Runner:
                 marker = _metadata_number(tp.metadata, MARKER_PREFIX)
                 if marker is not None:
                     offsets[source + "#batch"] = marker
-            epoch = store.claim(offsets)
+            try:
+                epoch = store.claim(offsets)
+            except StateAheadOfKafkaError:
+                if not self._committed_moved(tp):
+                    raise
+                # Our read of the offsets is older than a commit another member made since:
+                # we stalled after the rebalance and the partition moved on. Not ours; the
+                # rebalance we are about to notice sorts it out (docs/state-store.md).
+                _log.warning(
+                    "claim raced a newer owner: leaving the partition to it",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    offset=offsets.get(source),
+                )
+                self._unclaimed.discard((tp.topic, tp.partition))
+                continue
             task = OrderTask(store, self.policy, self._sources, local_inputs)
             self._tasks[tp.partition] = _TaskSlot(
                 task, store, epoch, max(tp.offset, 0), sync_from=self._next_key
@@ -633,6 +648,11 @@ class Runner:
                 batch_marker=offsets.get(source + "#batch"),
                 epoch=epoch,
             )
+
+    def _committed_moved(self, read: TopicPartition) -> bool:
+        """Whether the group's committed offset of `read`'s partition changed since `read`."""
+        (now,) = self._consumer.committed([TopicPartition(read.topic, read.partition)], timeout=30)
+        return (now.offset, now.metadata) != (read.offset, read.metadata)
 
     def _process(self, messages: list[Message], checkpoint: Checkpoint) -> None:
         now = time.monotonic()

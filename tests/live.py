@@ -207,13 +207,15 @@ class LiveHarness:
             source, "history.jsonl", self.settings, Serde.single_object(), errors=io.StringIO()
         )
 
-    def start(self, name: str | None = None) -> Instance:
-        """Starts an instance; a `name` used before (a restart) gets a new log file."""
+    def start(self, name: str | None = None, *, module: str = "processor.cli") -> Instance:
+        """Starts an instance; a `name` used before (a restart) gets a new log file. Another
+        `module` runs the processor with a fault injected (tests/stall_in_claim.py)."""
         name = name or f"p{len(self.instances)}"
         log = self.tmp_path / f"processor-{len(self.instances):02d}-{name}.log"
+        args = ["run"] if module == "processor.cli" else []
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "processor.cli", "run"],
+                [sys.executable, "-m", module, *args],
                 env=self.env | {"REFUND_KAFKA__CLIENT_ID": name},
                 stdout=out,
                 stderr=subprocess.STDOUT,

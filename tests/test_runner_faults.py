@@ -27,6 +27,7 @@ from processor.localstack.kafka import KafkaAdmin
 from processor.localstack.redis import LocalRedis
 from tests.live import (
     FAST_FAILOVER,
+    Instance,
     LiveHarness,
     RefundKey,
     await_condition,
@@ -216,6 +217,43 @@ def test_a_stalled_instance_that_comes_back_writes_nothing(live: LiveHarness, si
 
     _assert_exactly_once(seen, expected, live)
     assert not zombie.failed(), zombie.log_text()[-5000:]
+
+
+def _stopped(instance: Instance) -> bool:
+    """Whether the process is stopped (SIGSTOP): state T in /proc/<pid>/stat."""
+    stat = Path(f"/proc/{instance.process.pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_a_claim_stalled_past_a_newer_owners_commits_leaves_the_task_to_it(
+    live: LiveHarness,
+) -> None:
+    """i0 stops itself in its first claim, after it read the committed offsets; i1 takes
+    every task and decides the whole history; i0 wakes up to find Redis ahead of what it
+    read. The offsets moved since its read, so the task is another member's: i0 leaves it
+    to the rebalance it is about to notice instead of stopping on an error
+    (docs/state-store.md, "A zombie's claim"), and every refund is paid once."""
+    expected = _history(live, SMALL.orders, seed=37)
+    stalled = live.start("i0", module="tests.stall_in_claim")
+    await_condition(
+        lambda: "stalling in the claim" in stalled.log_text() and _stopped(stalled),
+        timeout_s=90,
+        what="i0 stops in its first claim",
+    )
+    live.start("i1")
+    with live.reader() as reader:
+        reader.read_until(expected, timeout_s=240)
+        stalled.process.send_signal(signal.SIGCONT)
+        await_condition(
+            lambda: "claim raced a newer owner" in stalled.log_text(),
+            timeout_s=60,
+            what="i0 finds its read of the offsets overtaken and leaves the task",
+        )
+        live.stop_all()
+        live.assert_none_failed()
+        seen = reader.read_all(timeout_s=120)
+
+    _assert_exactly_once(seen, expected, live)
 
 
 @pytest.mark.parametrize("size", SIZES)
