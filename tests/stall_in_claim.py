@@ -1,7 +1,7 @@
 """`refund-processor run` that stops itself (SIGSTOP) in its first claim of a task, after
 it read Kafka's committed offsets and before its claim script runs: the window of
 docs/state-store.md, "A zombie's claim". A fault injected into a real process, for
-tests/test_runner_faults.py; it replaces no code of ours."""
+tests/test_runner_faults.py: the real claim runs, only the stop is added before it."""
 
 import os
 import signal
