@@ -352,8 +352,9 @@ class RedisTaskStore:
         self._drop_script: Script = client.register_script(_DROP_LUA)
 
         self._epoch: int | None = None
-        self._applied: dict[str, int] = {}  # the offsets Redis stands at
-        self._applied_raw = ""  # the same as Redis holds them, to check it still does
+        # The offsets Redis stands at, as it holds them ('' for none): stage checks it still
+        # does.
+        self._applied_raw = ""
         # Committed values (None: known to be absent).
         self._orders: _Lru[OrderState | None] = _Lru(cache_size)
         self._orphans: _Lru[OrphanBucket | None] = _Lru(cache_size)
@@ -451,7 +452,7 @@ class RedisTaskStore:
         self._load_timers(members)
         self._count_committed_timers()
         self._clock = None if clock is None else int(clock)
-        self._applied, self._applied_raw = applied, applied_raw
+        self._applied_raw = applied_raw
         self._epoch = epoch
         return epoch
 
@@ -472,7 +473,7 @@ class RedisTaskStore:
         epoch = self._require_epoch()
         if self._staged is not None:
             raise RuntimeError("a staged batch is waiting for apply() or discard()")
-        applied = self._applied
+        applied = _decode_offsets(self._applied_raw.encode() or None)
         for partition, offset in offsets.items():
             if offset < applied.get(partition, offset):
                 raise ValueError(
@@ -547,7 +548,6 @@ class RedisTaskStore:
                 )
             if status == 0:
                 raise self._fenced(epoch, "apply", current)
-            self._applied = _decode_offsets(self._staged.encode())
             self._applied_raw = self._staged
         self._maybe_pending = False
         self._staged = None
@@ -835,7 +835,6 @@ class RedisTaskStore:
         self._staged_keys = []
         self._staged_nothing = False
         self._maybe_pending = False
-        self._applied = {}
         self._applied_raw = ""
 
     def _fenced(self, epoch: int, during: str, current: Any) -> FencedError:
