@@ -736,35 +736,24 @@ def _judge_not_received(
     """R6: courier tracking is the only proof of delivery, in both directions."""
     packages = _claim_packages(step.state, claim)
     delivered = [p for p in packages if p.delivered_event_id is not None]
-    if packages and len(delivered) == len(packages):
-        claim = _set_claim(step, claim, status="denied")
-        step.decide(
-            "denied",
-            "tracking_shows_delivered",
-            "R6",
-            "courier tracking shows " + ", ".join(f"{p.package_id} delivered" for p in delivered),
-            evidence + tuple(p.delivered_event_id or "" for p in delivered),
-            subject=f"claim:{claim.claim_id}",
-            claim_id=claim.claim_id,
-        )
-    elif packages and all(
-        p.settled_by is not None or p.delivered_event_id is not None for p in packages
-    ):
-        # Each package refunded (that part is paid, its decision says so) or delivered
-        # (that part is denied by tracking): nothing is left to wait for.
-        claim = _set_claim(step, claim, status="settled")
+    refunded = [p for p in packages if p.delivered_event_id is None and p.settled_by is not None]
+    if packages and len(delivered) + len(refunded) == len(packages):
+        # Each package delivered (that part is denied by tracking) or refunded (that part
+        # is paid, its decision says so): nothing is left to wait for.
+        claim = _set_claim(step, claim, status="settled" if refunded else "denied")
         if delivered:
-            refunded = [
-                f"{p.package_id} ({p.settled_by})" for p in packages if p.delivered_event_id is None
-            ]
+            detail = "courier tracking shows " + ", ".join(
+                f"{p.package_id} delivered" for p in delivered
+            )
+            if refunded:
+                detail += "; refunded already: " + ", ".join(
+                    f"{p.package_id} ({p.settled_by})" for p in refunded
+                )
             step.decide(
                 "denied",
                 "tracking_shows_delivered",
                 "R6",
-                "courier tracking shows "
-                + ", ".join(f"{p.package_id} delivered" for p in delivered)
-                + "; refunded already: "
-                + ", ".join(refunded),
+                detail,
                 evidence + tuple(p.delivered_event_id or "" for p in delivered),
                 subject=f"claim:{claim.claim_id}",
                 claim_id=claim.claim_id,
