@@ -212,10 +212,9 @@ class LiveHarness:
         `module` runs the processor with a fault injected (tests/stall_in_claim.py)."""
         name = name or f"p{len(self.instances)}"
         log = self.tmp_path / f"processor-{len(self.instances):02d}-{name}.log"
-        args = ["run"] if module == "processor.cli" else []
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", module, *args],
+                [sys.executable, "-m", module, "run"],
                 env=self.env | {"REFUND_KAFKA__CLIENT_ID": name},
                 stdout=out,
                 stderr=subprocess.STDOUT,

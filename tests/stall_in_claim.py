@@ -5,6 +5,7 @@ tests/test_runner_faults.py: the real claim runs, only the stop is added before 
 
 import os
 import signal
+import sys
 from collections.abc import Mapping
 
 from processor import cli
@@ -24,4 +25,4 @@ def _stall_once(store: RedisTaskStore, committed_offsets: Mapping[str, int]) -> 
 
 if __name__ == "__main__":
     RedisTaskStore.claim = _stall_once  # type: ignore[method-assign, assignment]
-    raise SystemExit(cli.main(["run"]))
+    raise SystemExit(cli.main(sys.argv[1:]))

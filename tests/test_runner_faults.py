@@ -23,11 +23,11 @@ import pytest
 from confluent_kafka import Producer
 
 from processor.generate import generate_history
+from processor.localstack import process_state
 from processor.localstack.kafka import KafkaAdmin
 from processor.localstack.redis import LocalRedis
 from tests.live import (
     FAST_FAILOVER,
-    Instance,
     LiveHarness,
     RefundKey,
     await_condition,
@@ -229,12 +229,6 @@ def test_a_stalled_instance_that_comes_back_writes_nothing(live: LiveHarness, si
     assert not zombie.failed(), zombie.log_text()[-5000:]
 
 
-def _stopped(instance: Instance) -> bool:
-    """Whether the process is stopped (SIGSTOP): state T in /proc/<pid>/stat."""
-    stat = Path(f"/proc/{instance.process.pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[0] == "T"
-
-
 def test_a_claim_stalled_past_a_newer_owners_commits_leaves_the_task_to_it(
     live: LiveHarness,
 ) -> None:
@@ -246,7 +240,10 @@ def test_a_claim_stalled_past_a_newer_owners_commits_leaves_the_task_to_it(
     expected = _history(live, SMALL.orders, seed=37)
     stalled = live.start("i0", module="tests.stall_in_claim")
     await_condition(
-        lambda: "stalling in the claim" in stalled.log_text() and _stopped(stalled),
+        lambda: (
+            "stalling in the claim" in stalled.log_text()
+            and process_state(stalled.process.pid) == "T"  # stopped
+        ),
         timeout_s=90,
         what="i0 stops in its first claim",
     )

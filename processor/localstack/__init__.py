@@ -34,6 +34,7 @@ __all__ = [
     "pid_alive",
     "poll_until",
     "port_open",
+    "process_state",
     "read_log",
     "stop_pid",
     "stop_process",
@@ -128,20 +129,27 @@ def stop_process(
         proc.wait()
 
 
-def pid_alive(pid: int) -> bool:
-    """True if `pid` exists and is not a zombie (orphans of `up` may never be reaped)."""
+def process_state(pid: int) -> str | None:
+    """The state letter of `/proc/<pid>/stat` (R, S, T for stopped, Z...), None if `pid`
+    does not exist; OSError where there is no /proc."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
-        return False
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def pid_alive(pid: int) -> bool:
+    """True if `pid` exists and is not a zombie (orphans of `up` may never be reaped)."""
+    try:
+        state = process_state(pid)
     except OSError:  # no /proc: fall back to signal 0
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return False
         return True
-    state = stat.rsplit(")", 1)[1].split()[0]
-    return state not in ("Z", "X")
+    return state is not None and state not in ("Z", "X")
 
 
 def _cwd(pid: int) -> str:
