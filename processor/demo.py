@@ -66,10 +66,11 @@ from processor.metrics import MetricsServer
 from processor.outputs import output_to_dict
 from processor.policy import DEADLINE_TIMER_PREFIX, EXPIRE_HELD_TIMER
 from processor.publish import PublishError, publish_lines
+from processor.redis_index import RedisTrackingIndex
 from processor.redis_store import RedisTaskStore, delete_keys, parse_timer_member
 from processor.replay import replay
 from processor.router import Progress as RouterProgress
-from processor.runner import RedisTrackingIndex, Runner, topic_partitions
+from processor.runner import Runner, topic_partitions
 from processor.serde import Serde
 from processor.settings import (
     CONFIG_ENV,

@@ -12,8 +12,8 @@ import redis
 
 from processor.config import load_policy
 from processor.events import Event, parse_event_json, to_millis
+from processor.redis_index import RedisTrackingIndex
 from processor.router import Inbound, Router, TrackingIndex
-from processor.runner import RedisTrackingIndex
 from tests.factories import T0, at, scan, shipped
 
 SOURCE = "tracking:0"
