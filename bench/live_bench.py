@@ -100,6 +100,7 @@ from processor.localstack.kafka import KafkaAdmin, LocalKafka
 from processor.localstack.redis import LocalRedis
 from processor.metrics import REGISTRY
 from processor.publish import publish_lines
+from processor.redis_index import RedisTrackingIndex
 from processor.redis_store import delete_keys
 from processor.runner import Runner
 from processor.serde import DecodeError
@@ -226,7 +227,7 @@ class CatchUp:
         # Same group, never subscribed: it only reads the group's committed offsets.
         self._probe = Consumer(settings.kafka.consumer_config(settings.group_id))
         self._redis = settings.redis.client()
-        self._progress_key = f"{settings.application_id}:router-progress"
+        self._progress = RedisTrackingIndex(self._redis, settings.application_id)
         self._by_order = settings.by_order_topic
         self._input_ends = input_ends
         self._by_order_ends: dict[tuple[str, int], int] | None = None
@@ -255,7 +256,7 @@ class CatchUp:
         wanted = self._by_order_ends or self._input_ends
         committed = self._committed(wanted)
         behind = {tp: (committed[tp], end) for tp, end in wanted.items() if committed[tp] < end}
-        progress = self._redis.hgetall(self._progress_key)
+        progress = self._progress.read_progress()
         return f"behind (committed, end): {behind}; router progress: {progress}"
 
     def _committed(self, ends: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
@@ -270,12 +271,10 @@ class CatchUp:
         return all(committed[tp] >= end for tp, end in ends.items())
 
     def _all_idle(self) -> bool:
-        reported = {
-            text(source): text(value)
-            for source, value in self._redis.hgetall(self._progress_key).items()
-        }
-        # Values are "<watermark>:<idle>:<routed>:<drained>" (RedisTrackingIndex).
-        return all(reported.get(f"{t}:{p}", "::").split(":")[1] == "1" for t, p in self._input_ends)
+        reported = self._progress.read_progress()
+        return all(
+            f"{t}:{p}" in reported and reported[f"{t}:{p}"].idle for t, p in self._input_ends
+        )
 
 
 @dataclass(slots=True)

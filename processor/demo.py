@@ -235,7 +235,7 @@ class _Watcher:
             p: None if raw is None else int(raw)
             for p, raw in zip(self._stores, pipe.execute(), strict=True)
         }
-        return Observation(committed, self._progress.share_progress([]), clocks)
+        return Observation(committed, self._progress.read_progress(), clocks)
 
     def internal_ends(self) -> dict[int, int]:
         """The internal topic's end offsets for read_committed readers."""

@@ -3,7 +3,7 @@ progress, and the updates that expired unresolved (docs/live.md, "Topology")."""
 
 import zlib
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import Final, cast
 
 import redis
 
@@ -12,6 +12,58 @@ from processor.router import Progress
 
 #: Hashes the tracking-number index is spread over (RedisTrackingIndex).
 TRACKING_BUCKETS: Final = 64
+
+# The progress hash holds, per input partition, `<source>`: its router's report,
+# `<watermark>:<idle>:<routed>:<drained>` (flags 0/1), and `<source>#epoch`: how many
+# times a router claimed it (Kafka topic names cannot hold a `#`).
+
+#: ARGV: sources. Bumps each one's epoch and deletes its report; returns the new epochs
+#: and the whole hash.
+_CLAIM_SOURCES_LUA: Final = """
+local epochs = {}
+for i, source in ipairs(ARGV) do
+  epochs[i] = redis.call('HINCRBY', KEYS[1], source .. '#epoch', 1)
+  redis.call('HDEL', KEYS[1], source)
+end
+return {epochs, redis.call('HGETALL', KEYS[1])}
+"""
+
+#: ARGV: (source, epoch, report) triples. Writes a report unless a newer claim holds its
+#: source; an older or missing epoch (Redis lost the hash) becomes this one. Returns the
+#: sources refused and the whole hash.
+_SHARE_PROGRESS_LUA: Final = """
+local refused = {}
+for i = 1, #ARGV, 3 do
+  local source, epoch = ARGV[i], tonumber(ARGV[i + 1])
+  local held = tonumber(redis.call('HGET', KEYS[1], source .. '#epoch'))
+  if held and held > epoch then
+    refused[#refused + 1] = source
+  else
+    if held ~= epoch then
+      redis.call('HSET', KEYS[1], source .. '#epoch', epoch)
+    end
+    redis.call('HSET', KEYS[1], source, ARGV[i + 2])
+  end
+end
+return {refused, redis.call('HGETALL', KEYS[1])}
+"""
+
+
+def _parse_progress(fields: Mapping[bytes, bytes] | list[bytes]) -> dict[str, Progress]:
+    """The reports in the progress hash (HGETALL as a dict, or as a script's flat list)."""
+    pairs = (
+        fields.items()
+        if isinstance(fields, Mapping)
+        else zip(fields[::2], fields[1::2], strict=True)
+    )
+    progress: dict[str, Progress] = {}
+    for source, value in pairs:
+        if b"#" not in source:
+            watermark, idle, routed, drained = value.decode().split(":")
+            progress[source.decode()] = Progress(
+                int(watermark), idle == "1", int(routed), drained == "1"
+            )
+    return progress
 
 
 class RedisTrackingIndex:
@@ -27,6 +79,8 @@ class RedisTrackingIndex:
         self._progress = f"{application_id}:router-progress"
         # Origins of the updates that expired unresolved (Router.route): few, kept for good.
         self._expired = f"{application_id}:expired-orphans"
+        self._claim_script = client.register_script(_CLAIM_SOURCES_LUA)
+        self._share_script = client.register_script(_SHARE_PROGRESS_LUA)
 
     def _bucket(self, number: str) -> str:
         return f"{self._prefix}{zlib.crc32(number.encode()) % TRACKING_BUCKETS}"
@@ -44,29 +98,40 @@ class RedisTrackingIndex:
         with metrics.REDIS_INDEX.time():
             pipe.execute()
 
-    def share_progress(self, reports: list[tuple[str, Progress]]) -> dict[str, Progress]:
-        """Publishes this router's progress and reads every router's, in one round trip.
+    def claim_sources(self, sources: list[str]) -> tuple[dict[str, int], dict[str, Progress]]:
+        """Claims input partitions after a rebalance gave them to this router: bumps each
+        one's epoch and clears its progress, then reads every router's, in one round trip.
 
-        Values are `<watermark>:<idle>:<routed>:<drained>` (flags 0/1)."""
-        pipe = self._client.pipeline(transaction=False)
-        if reports:
-            pipe.hset(
-                self._progress,
-                mapping={
-                    source: f"{p.watermark}:{int(p.idle)}:{p.routed}:{int(p.drained)}"
-                    for source, p in reports
-                },
-            )
-        pipe.hgetall(self._progress)
+        Until the new owner reports a cleared partition, the others read every input's
+        progress as unknown, which only makes them wait (`combined_watermark`). The
+        previous owner, if it is a stalled instance that comes back, can no longer write
+        its report: what it saw before it stalled (say, an input drained) is not true
+        any more.
+        """
         with metrics.REDIS_INDEX.time():
-            reported: dict[bytes, bytes] = pipe.execute()[-1]
-        progress: dict[str, Progress] = {}
-        for source, value in reported.items():
-            watermark, idle, routed, drained = value.decode().split(":")
-            progress[source.decode()] = Progress(
-                int(watermark), idle == "1", int(routed), drained == "1"
-            )
-        return progress
+            epochs, reported = self._claim_script(keys=[self._progress], args=sources)
+        return dict(zip(sources, epochs, strict=True)), _parse_progress(reported)
+
+    def share_progress(
+        self, reports: list[tuple[str, int, Progress]]
+    ) -> tuple[list[str], dict[str, Progress]]:
+        """Publishes this router's progress, one report per (source, epoch it claimed it at,
+        progress), and reads every router's, in one round trip.
+
+        Returns the sources another router claimed since (their reports are not written:
+        this instance is a zombie for them until it notices the rebalance) and every
+        router's progress."""
+        args: list[str | int] = []
+        for source, epoch, p in reports:
+            args += [source, epoch, f"{p.watermark}:{int(p.idle)}:{p.routed}:{int(p.drained)}"]
+        with metrics.REDIS_INDEX.time():
+            refused, reported = self._share_script(keys=[self._progress], args=args)
+        return [source.decode() for source in refused], _parse_progress(reported)
+
+    def read_progress(self) -> dict[str, Progress]:
+        """Every router's progress, as the routers read it (for the demo and benchmarks)."""
+        with metrics.REDIS_INDEX.time():
+            return _parse_progress(cast(dict[bytes, bytes], self._client.hgetall(self._progress)))
 
     def expire_many(self, origins: Iterable[str]) -> None:
         with metrics.REDIS_INDEX.time():

@@ -341,6 +341,9 @@ class Runner:
         self._index = RedisTrackingIndex(self._redis, settings.application_id)
         self._router = Router(self._index, self.policy)
         self._router_progress: dict[str, Progress] = {}
+        # The epoch of each input partition this instance's router claimed since the
+        # rebalance that gave it the partition (`RedisTrackingIndex.claim_sources`).
+        self._source_epochs: dict[str, int] = {}
         self._tasks: dict[int, _TaskSlot] = {}
         # Assigned partitions whose task or router source is not set up yet: after a
         # rebalance, or after a batch failed (see `_claim_assigned`).
@@ -506,15 +509,25 @@ class Runner:
         """Sets up the partitions the last rebalance assigned (`_unclaimed`).
 
         An input partition gets a router source, resuming from the watermark committed
-        with its offset. A partition of the internal topic gets its task, claimed in Redis
-        at Kafka's committed offsets: read now, after the rebalance, so Kafka has fenced
-        the previous owner (docs/state-store.md). This runs inside the batch rather than in
+        with its offset, and after a rebalance a new epoch for the progress its router
+        shares (`RedisTrackingIndex.claim_sources`; not after a rewind, see `_rewind`). A
+        partition of the internal topic gets its task, claimed in Redis at Kafka's
+        committed offsets: read now, after the rebalance, so Kafka has fenced the previous
+        owner (docs/state-store.md). This runs inside the batch rather than in
         the rebalance callback so that a Redis or Kafka error fails the batch, which is
         rewound, and the claim is retried by the next one.
         """
         if not self._unclaimed:
             return
         now = time.monotonic()
+        new_sources = [
+            f"{topic}:{partition}"
+            for topic, partition in sorted(self._unclaimed)
+            if topic != self._by_order and f"{topic}:{partition}" not in self._source_epochs
+        ]
+        if new_sources:
+            epochs, self._router_progress = self._index.claim_sources(new_sources)
+            self._source_epochs.update(epochs)
         # Every input partition of this instance hands its events for this instance's
         # tasks over directly (docs/live.md, "Direct delivery").
         local_inputs = frozenset(
@@ -601,6 +614,8 @@ class Runner:
                     touched.add(partition)
                 continue
             source = f"{topic}:{partition}"
+            if source not in self._source_epochs:
+                continue  # revoked while `consume` ran: not ours to route or commit
             routed_to = self._router.position(source)
             if routed_to is not None and offset < routed_to:
                 continue  # read again after a late seek (see _TaskSlot): routed already
@@ -786,7 +801,14 @@ class Runner:
         caught_up = self._caught_up()
         self._pace()
         reports = self._router.watermarks(now, self._idle_s, caught_up, progress, drained)
-        self._router_progress = self._index.share_progress(reports)
+        refused, self._router_progress = self._index.share_progress(
+            [(source, self._source_epochs[source], report) for source, report in reports]
+        )
+        if refused:
+            _log.warning(
+                "input partitions claimed by another instance: not sharing their progress",
+                partitions=refused,
+            )
         for source, report in reports:
             value = self._watermark_record(source, report.watermark, report.idle)
             for partition in range(self._by_order_partitions):
@@ -894,6 +916,7 @@ class Runner:
                 self._drop_task(tp.partition, revoked)
             else:
                 self._router.revoke(f"{tp.topic}:{tp.partition}")
+                self._source_epochs.pop(f"{tp.topic}:{tp.partition}", None)
 
     def _drop_task(self, partition: int, revoked: set[str] | frozenset[str] = frozenset()) -> None:
         """Forgets a task. The events its direct inputs handed it and it has not decided
@@ -942,7 +965,8 @@ class Runner:
         new owner's epoch and fence it until the next rebalance (the batch that owner
         staged is set aside, not lost: a later claim applies it if Kafka committed it,
         docs/state-store.md). Input partitions restart their router source from the committed
-        offset and watermark, and tasks hand their direct inputs' events over again.
+        offset and watermark, under the epoch they were claimed at, and tasks hand their
+        direct inputs' events over again.
         """
         self._drop_fenced()
         for slot in self._tasks.values():

@@ -1,0 +1,84 @@
+"""The routers' progress in Redis, fenced by the epoch of each input partition's claim.
+
+The index's lookups and expiries run with the router, in tests/test_router.py."""
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from processor.redis_index import RedisTrackingIndex
+from processor.router import Progress
+
+ORDERS, TRACKING = "orders:0", "tracking:0"
+DRAINED = Progress(5_000, True, 5_000, True)
+BEHIND = Progress(1_000, False, 1_000, False)
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(redis_url) as connection:
+        yield connection
+
+
+@pytest.fixture
+def app(client: redis.Redis) -> Iterator[str]:
+    name = f"index-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    client.delete(f"{name}:router-progress")
+
+
+def test_a_claim_fences_the_previous_owners_reports_and_clears_them(
+    client: redis.Redis, app: str
+) -> None:
+    old, new = RedisTrackingIndex(client, app), RedisTrackingIndex(client, app)
+    old_epochs, _ = old.claim_sources([ORDERS, TRACKING])
+    assert old.share_progress(
+        [(ORDERS, old_epochs[ORDERS], DRAINED), (TRACKING, old_epochs[TRACKING], DRAINED)]
+    ) == ([], {ORDERS: DRAINED, TRACKING: DRAINED})
+
+    new_epochs, seen = new.claim_sources([ORDERS])
+    assert new_epochs[ORDERS] > old_epochs[ORDERS]
+    assert seen == {TRACKING: DRAINED}  # unknown until the new owner reports it
+
+    # The old owner stalled with its view of before the claim, and comes back.
+    refused, seen = old.share_progress(
+        [(ORDERS, old_epochs[ORDERS], DRAINED), (TRACKING, old_epochs[TRACKING], BEHIND)]
+    )
+    assert (refused, seen) == ([ORDERS], {TRACKING: BEHIND})
+
+    assert new.share_progress([(ORDERS, new_epochs[ORDERS], BEHIND)]) == (
+        [],
+        {ORDERS: BEHIND, TRACKING: BEHIND},
+    )
+    assert new.read_progress() == {ORDERS: BEHIND, TRACKING: BEHIND}
+
+
+def test_every_claim_of_a_partition_is_a_newer_epoch(client: redis.Redis, app: str) -> None:
+    index = RedisTrackingIndex(client, app)
+    firsts, _ = index.claim_sources([ORDERS, TRACKING])
+    seconds, _ = index.claim_sources([TRACKING])
+    thirds, _ = index.claim_sources([ORDERS, TRACKING])
+    assert firsts == {ORDERS: 1, TRACKING: 1}
+    assert seconds == {TRACKING: 2}
+    assert thirds == {ORDERS: 2, TRACKING: 3}
+
+
+def test_a_report_is_taken_after_redis_lost_the_progress_and_fences_older_ones(
+    client: redis.Redis, app: str
+) -> None:
+    """Redis restarted without the hash: the owner's next report restores its epoch."""
+    owner, zombie = RedisTrackingIndex(client, app), RedisTrackingIndex(client, app)
+    zombie_epochs, _ = zombie.claim_sources([ORDERS])
+    owner_epochs, _ = owner.claim_sources([ORDERS])
+    client.delete(f"{app}:router-progress")
+
+    assert owner.share_progress([(ORDERS, owner_epochs[ORDERS], BEHIND)]) == (
+        [],
+        {ORDERS: BEHIND},
+    )
+    assert zombie.share_progress([(ORDERS, zombie_epochs[ORDERS], DRAINED)]) == (
+        [ORDERS],
+        {ORDERS: BEHIND},
+    )
