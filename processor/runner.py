@@ -14,6 +14,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -228,6 +229,12 @@ def _log_committed(tally: metrics.BatchTally) -> None:
         _log.warning("dead letter committed", **coordinates, reason=reason, detail=message)
 
 
+def _log_purge_failure(future: Future[Any]) -> None:
+    error = future.exception()
+    if error is not None:
+        _log.warning("purging the internal topic failed: retried later", error=str(error))
+
+
 def observe_transaction_open(open_s: float, records: int, timeout_s: float) -> None:
     """A committed batch's transaction time; a warning past half the timeout, while
     there is time to lower max_batch_records before the broker aborts one."""
@@ -321,6 +328,8 @@ class _TaskSlot:
     #: The first key this instance wrote to the partition after setting the task up: the
     #: task is synced (`OrderTask.sync`) when it reads that record or a later one of ours.
     sync_from: int
+    #: The partition's offset in the group, as of this instance's last commit or claim.
+    committed: int
     batches: int = 0
 
     def next_marker(self) -> int:
@@ -386,6 +395,9 @@ class Runner:
         self._producer.init_transactions()
         self._interval_s = settings.commit_interval_ms / 1000
         self._idle_s = settings.idle_partition_wait_ms / 1000
+        self._purge_interval_s = settings.purge_interval_ms / 1000
+        self._next_purge = time.monotonic() + self._purge_interval_s
+        self._purging: list[Future[Any]] = []
         # A batch allocates hundreds of thousands of short-lived objects, while the stores'
         # caches hold many long-lived ones: at the default thresholds, full collections
         # traversing those caches took a quarter of the CPU (docs/live.md, "Performance").
@@ -460,6 +472,27 @@ class Runner:
                 self._router.pending() + sum(slot.store.holders for slot in slots)
             )
             self._events_buffered.set(sum(slot.task.buffered() for slot in slots))
+            self._purge()
+
+    def _purge(self) -> None:
+        """Deletes the internal topic's records below what this instance's tasks committed
+        (Kafka Streams purges its repartition topics the same way): whoever owns a task
+        next reads from its committed offset, and a commit never passes a record its task
+        has not decided. Asynchronous, at most one request in flight; a failure is logged
+        and the next request, `purge_interval_ms` later, covers what it missed.
+        """
+        now = time.monotonic()
+        if now < self._next_purge or not all(f.done() for f in self._purging):
+            return
+        self._next_purge = now + self._purge_interval_s
+        below = [
+            TopicPartition(self._by_order, partition, slot.committed)
+            for partition, slot in self._tasks.items()
+            if slot.committed > 0
+        ]
+        self._purging = list(self._admin.delete_records(below).values()) if below else []
+        for future in self._purging:
+            future.add_done_callback(_log_purge_failure)
 
     def _recover(self, checkpoint: Checkpoint, exc: Exception) -> None:
         """After a failed batch: finish it if Kafka committed it, else abort and rewind."""
@@ -569,7 +602,12 @@ class Runner:
                 continue
             task = OrderTask(store, self.policy, self._sources, local_inputs)
             self._tasks[tp.partition] = _TaskSlot(
-                task, store, epoch, max(tp.offset, 0), sync_from=self._next_key
+                task,
+                store,
+                epoch,
+                max(tp.offset, 0),
+                sync_from=self._next_key,
+                committed=max(tp.offset, 0),
             )
             self._unclaimed.discard((tp.topic, tp.partition))
             _log.info(
@@ -679,6 +717,9 @@ class Runner:
             checkpoint.offsets[(source_topic, int(source_partition))] = commit.offset
             checkpoint.metadata[(source_topic, int(source_partition))] = input_metadata(commit)
         checkpoint.commit()
+        for (topic, partition), offset in checkpoint.offsets.items():
+            if topic == self._by_order and partition in self._tasks:
+                self._tasks[partition].committed = offset
         self._drop_fenced()
 
     def _input_commit(self, source: str, routed: Commit) -> Commit:

@@ -412,6 +412,11 @@ class Settings(BaseSettings):
     fenced and the process exits; and its Redis scripts block the node for a few ms per
     1,000 orders they touch. Lower it on slower machines."""
     idle_partition_wait_ms: int = Field(default=2000, ge=0)
+    purge_interval_ms: int = Field(default=30_000, ge=0)
+    """How often each task deletes the internal topic's records below the offset it
+    committed (Kafka Streams' ``repartition.purge.interval.ms``): no owner reads them
+    again, and the topic has no time-based retention, so without it the topic grows
+    forever, by watermark records alone while the inputs are idle."""
     metrics: MetricsSettings = MetricsSettings()
 
     @classmethod

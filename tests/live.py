@@ -27,6 +27,8 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     IsolationLevel,
+    KafkaError,
+    KafkaException,
     TopicPartition,
 )
 from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
@@ -50,6 +52,16 @@ FAST_FAILOVER: Mapping[str, str] = {
     "session.timeout.ms": "6000",
     "heartbeat.interval.ms": "500",
 }
+
+
+#: What a topic's partitions answer until the metadata of its creation reached every broker.
+_NO_LEADER_YET = frozenset(
+    (
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    )
+)
 
 
 def refund_key(record: Mapping[str, Any]) -> RefundKey:
@@ -324,9 +336,29 @@ class LiveHarness:
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         """partition -> the end offset of `topic` (read_uncommitted: the high watermark)."""
-        specs = {TopicPartition(topic, p): OffsetSpec.latest() for p in self.partitions(topic)}  # type: ignore[no-untyped-call]
-        futures = self.admin.client.list_offsets(specs)
-        return {tp.partition: future.result().offset for tp, future in futures.items()}
+        return self._list_offsets(topic, OffsetSpec.latest())  # type: ignore[no-untyped-call]
+
+    def start_offsets(self, topic: str) -> dict[int, int]:
+        """partition -> the first offset `topic` still holds (the log start offset)."""
+        return self._list_offsets(topic, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
+
+    def _list_offsets(self, topic: str, spec: OffsetSpec) -> dict[int, int]:
+        """Retried while a topic just created has no leader everywhere yet."""
+        specs = {TopicPartition(topic, p): spec for p in self.partitions(topic)}
+        found: dict[int, int] = {}
+
+        def listed() -> bool:
+            try:
+                futures = self.admin.client.list_offsets(specs)
+                found.update({tp.partition: f.result().offset for tp, f in futures.items()})
+            except KafkaException as exc:
+                if exc.args[0].code() not in _NO_LEADER_YET:
+                    raise
+                return False
+            return True
+
+        await_condition(listed, timeout_s=30, what=f"the offsets of {topic} listed")
+        return found
 
     def await_task_progress(self, timeout_s: float) -> None:
         """Waits until an order task commits a batch (after a kill: once the victim's open

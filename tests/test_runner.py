@@ -56,6 +56,30 @@ def test_live_refunds_equal_the_replay(live: LiveHarness, instances: int) -> Non
     assert all(i.process.returncode == 0 for i in live.instances), live.logs()[-3000:]
 
 
+def test_the_internal_topic_is_purged_below_what_its_tasks_committed(live: LiveHarness) -> None:
+    """It keeps no time-based retention (docs/live.md), so without the purge it would grow
+    forever, by watermark records alone while the inputs are idle."""
+    live.configure(env={"REFUND_PURGE_INTERVAL_MS": "200"})
+    live.publish(generate_history(60, seed=5))
+    live.start()
+    by_order = live.settings.by_order_topic
+
+    def purged_past(before: dict[int, int]) -> bool:
+        return all(start > before[p] for p, start in live.start_offsets(by_order).items())
+
+    nothing = {p: 0 for p in live.partitions(by_order)}
+    await_condition(lambda: purged_past(nothing), 60, "every partition of the topic purged")
+    first = live.start_offsets(by_order)
+    # Watermark records keep coming while the inputs are idle: each purge goes further.
+    await_condition(lambda: purged_past(first), 60, "every partition purged again")
+    starts = live.start_offsets(by_order)
+    committed = live.committed_offsets(by_order)
+    live.stop_all()
+
+    assert all(starts[p] <= committed[p] for p in starts), (starts, committed)
+    live.assert_none_failed()
+
+
 def test_bad_input_goes_to_the_dead_letter_topic_and_processing_goes_on(
     live: LiveHarness,
 ) -> None:
