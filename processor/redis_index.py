@@ -28,21 +28,20 @@ end
 return {epochs, redis.call('HGETALL', KEYS[1])}
 """
 
-#: ARGV: (source, epoch, report) triples. Writes a report unless a newer claim holds its
-#: source; an older or missing epoch (Redis lost the hash) becomes this one. Returns the
+#: ARGV: (source, epoch, report) triples. Writes a report under the epoch that holds its
+#: source, or that nothing holds (Redis lost the hash: the report takes it); returns the
 #: sources refused and the whole hash.
 _SHARE_PROGRESS_LUA: Final = """
 local refused = {}
 for i = 1, #ARGV, 3 do
-  local source, epoch = ARGV[i], tonumber(ARGV[i + 1])
-  local held = tonumber(redis.call('HGET', KEYS[1], source .. '#epoch'))
-  if held and held > epoch then
-    refused[#refused + 1] = source
-  else
-    if held ~= epoch then
-      redis.call('HSET', KEYS[1], source .. '#epoch', epoch)
-    end
+  local source, epoch = ARGV[i], ARGV[i + 1]
+  local held = redis.call('HGET', KEYS[1], source .. '#epoch')
+  if held == epoch then
     redis.call('HSET', KEYS[1], source, ARGV[i + 2])
+  elseif not held then
+    redis.call('HSET', KEYS[1], source .. '#epoch', epoch, source, ARGV[i + 2])
+  else
+    refused[#refused + 1] = source
   end
 end
 return {refused, redis.call('HGETALL', KEYS[1])}
@@ -102,11 +101,11 @@ class RedisTrackingIndex:
         """Claims input partitions after a rebalance gave them to this router: bumps each
         one's epoch and clears its progress, then reads every router's, in one round trip.
 
-        Until the new owner reports a cleared partition, the others read every input's
-        progress as unknown, which only makes them wait (`combined_watermark`). The
-        previous owner, if it is a stalled instance that comes back, can no longer write
-        its report: what it saw before it stalled (say, an input drained) is not true
-        any more.
+        Until the new owner reports a cleared partition, every router reads the inputs'
+        progress as unknown (`combined_watermark`): nothing expires, and every pending
+        update is held. The previous owner, if it is a stalled instance that comes back,
+        can no longer write its report: what it saw before it stalled (say, an input
+        drained) is not true any more.
         """
         with metrics.REDIS_INDEX.time():
             epochs, reported = self._claim_script(keys=[self._progress], args=sources)
@@ -118,9 +117,9 @@ class RedisTrackingIndex:
         """Publishes this router's progress, one report per (source, epoch it claimed it at,
         progress), and reads every router's, in one round trip.
 
-        Returns the sources another router claimed since (their reports are not written:
-        this instance is a zombie for them until it notices the rebalance) and every
-        router's progress."""
+        Returns the sources another router claimed since, whose reports are not written
+        (this instance is a zombie for them, or their claim came late: `Runner._process`),
+        and every router's progress."""
         args: list[str | int] = []
         for source, epoch, p in reports:
             args += [source, epoch, f"{p.watermark}:{int(p.idle)}:{p.routed}:{int(p.drained)}"]

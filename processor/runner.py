@@ -353,6 +353,8 @@ class Runner:
         # The epoch of each input partition this instance's router claimed since the
         # rebalance that gave it the partition (`RedisTrackingIndex.claim_sources`).
         self._source_epochs: dict[str, int] = {}
+        # Sources whose progress report the last batch could not write (`_process`).
+        self._refused: list[str] = []
         self._tasks: dict[int, _TaskSlot] = {}
         # Assigned partitions whose task or router source is not set up yet: after a
         # rebalance, or after a batch failed (see `_claim_assigned`).
@@ -559,8 +561,7 @@ class Runner:
             if topic != self._by_order and f"{topic}:{partition}" not in self._source_epochs
         ]
         if new_sources:
-            epochs, self._router_progress = self._index.claim_sources(new_sources)
-            self._source_epochs.update(epochs)
+            self._claim_sources(new_sources)
         # Every input partition of this instance hands its events for this instance's
         # tasks over directly (docs/live.md, "Direct delivery").
         local_inputs = frozenset(
@@ -618,6 +619,10 @@ class Runner:
                 batch_marker=offsets.get(source + "#batch"),
                 epoch=epoch,
             )
+
+    def _claim_sources(self, sources: list[str]) -> None:
+        epochs, self._router_progress = self._index.claim_sources(sources)
+        self._source_epochs.update(epochs)
 
     def _committed_moved(self, read: TopicPartition) -> bool:
         """Whether the group's committed offset of `read`'s partition changed since `read`."""
@@ -717,6 +722,12 @@ class Runner:
             checkpoint.offsets[(source_topic, int(source_partition))] = commit.offset
             checkpoint.metadata[(source_topic, int(source_partition))] = input_metadata(commit)
         checkpoint.commit()
+        if self._refused:
+            # Kafka let this instance commit these inputs' offsets, so they are its own:
+            # the claim holding their progress came late, from an instance that stalled
+            # between a rebalance and its claim (docs/live.md, "Exactly once").
+            _log.warning("claiming input partitions again", partitions=self._refused)
+            self._claim_sources(self._refused)
         for (topic, partition), offset in checkpoint.offsets.items():
             if topic == self._by_order and partition in self._tasks:
                 self._tasks[partition].committed = offset
@@ -842,13 +853,13 @@ class Runner:
         caught_up = self._caught_up()
         self._pace()
         reports = self._router.watermarks(now, self._idle_s, caught_up, progress, drained)
-        refused, self._router_progress = self._index.share_progress(
+        self._refused, self._router_progress = self._index.share_progress(
             [(source, self._source_epochs[source], report) for source, report in reports]
         )
-        if refused:
+        if self._refused:
             _log.warning(
                 "input partitions claimed by another instance: not sharing their progress",
-                partitions=refused,
+                partitions=self._refused,
             )
         for source, report in reports:
             value = self._watermark_record(source, report.watermark, report.idle)

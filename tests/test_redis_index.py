@@ -65,20 +65,41 @@ def test_every_claim_of_a_partition_is_a_newer_epoch(client: redis.Redis, app: s
     assert thirds == {ORDERS: 2, TRACKING: 3}
 
 
-def test_a_report_is_taken_after_redis_lost_the_progress_and_fences_older_ones(
+def test_after_redis_lost_the_progress_a_claim_fences_a_zombie_of_a_higher_epoch(
     client: redis.Redis, app: str
 ) -> None:
-    """Redis restarted without the hash: the owner's next report restores its epoch."""
-    owner, zombie = RedisTrackingIndex(client, app), RedisTrackingIndex(client, app)
-    zombie_epochs, _ = zombie.claim_sources([ORDERS])
-    owner_epochs, _ = owner.claim_sources([ORDERS])
+    zombie, owner = RedisTrackingIndex(client, app), RedisTrackingIndex(client, app)
+    for _ in range(3):
+        zombie_epochs, _ = zombie.claim_sources([ORDERS])
     client.delete(f"{app}:router-progress")
+    owner_epochs, _ = owner.claim_sources([ORDERS])
+    assert owner_epochs[ORDERS] < zombie_epochs[ORDERS]  # counting starts over
 
+    assert zombie.share_progress([(ORDERS, zombie_epochs[ORDERS], DRAINED)]) == ([ORDERS], {})
     assert owner.share_progress([(ORDERS, owner_epochs[ORDERS], BEHIND)]) == (
         [],
         {ORDERS: BEHIND},
     )
+
+
+def test_after_redis_lost_the_progress_the_first_report_holds_it_until_a_claim(
+    client: redis.Redis, app: str
+) -> None:
+    """A zombie may report first; the owner, refused, claims again (`Runner._process`)."""
+    zombie, owner = RedisTrackingIndex(client, app), RedisTrackingIndex(client, app)
+    zombie_epochs, _ = zombie.claim_sources([ORDERS])
+    owner_epochs, _ = owner.claim_sources([ORDERS])
+    client.delete(f"{app}:router-progress")
+
     assert zombie.share_progress([(ORDERS, zombie_epochs[ORDERS], DRAINED)]) == (
-        [ORDERS],
-        {ORDERS: BEHIND},
+        [],
+        {ORDERS: DRAINED},
     )
+    assert owner.share_progress([(ORDERS, owner_epochs[ORDERS], BEHIND)]) == (
+        [ORDERS],
+        {ORDERS: DRAINED},
+    )
+    again, seen = owner.claim_sources([ORDERS])
+    assert seen == {}
+    assert zombie.share_progress([(ORDERS, zombie_epochs[ORDERS], DRAINED)]) == ([ORDERS], {})
+    assert owner.share_progress([(ORDERS, again[ORDERS], BEHIND)]) == ([], {ORDERS: BEHIND})

@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 from confluent_kafka import Producer
 
 from processor.generate import generate_history
 from processor.localstack import process_state
 from processor.localstack.kafka import KafkaAdmin
 from processor.localstack.redis import LocalRedis
+from processor.redis_index import RedisTrackingIndex
 from tests.live import (
     FAST_FAILOVER,
     LiveHarness,
@@ -241,7 +243,7 @@ def test_a_claim_stalled_past_a_newer_owners_commits_leaves_the_task_to_it(
     stalled = live.start("i0", module="tests.stall_in_claim")
     await_condition(
         lambda: (
-            "stalling in the claim" in stalled.log_text()
+            "stalling in RedisTaskStore.claim" in stalled.log_text()
             and process_state(stalled.process.pid) == "T"  # stopped
         ),
         timeout_s=90,
@@ -256,6 +258,61 @@ def test_a_claim_stalled_past_a_newer_owners_commits_leaves_the_task_to_it(
             timeout_s=60,
             what="i0 finds its read of the offsets overtaken and leaves the task",
         )
+        live.stop_all()
+        live.assert_none_failed()
+        seen = reader.read_all(timeout_s=120)
+
+    _assert_exactly_once(seen, expected, live)
+
+
+def test_a_late_claim_of_input_partitions_is_taken_back_by_their_owner(
+    live: LiveHarness,
+) -> None:
+    """i0 stops itself in its first claim of its input partitions, before the script runs;
+    i1 takes everything over and decides the whole history. i0 wakes, claims the inputs
+    late (their epochs go past i1's) and stops again, for good: it never rejoins, so no
+    rebalance sorts it out. i1's progress reports are refused, but its transactions still
+    commit, so it claims the inputs again and its reports stand (docs/live.md, "Exactly
+    once"): otherwise every router would read them as unknown from then on."""
+    expected = _history(live, SMALL.orders, seed=41)
+    live.configure(env={"STALL_IN": "inputs"})
+    stalled = live.start("i0", module="tests.stall_in_claim")
+
+    def stopped_after(text: str) -> bool:
+        return text in stalled.log_text() and process_state(stalled.process.pid) == "T"
+
+    await_condition(
+        lambda: stopped_after("stalling in RedisTrackingIndex.claim_sources"),
+        timeout_s=90,
+        what="i0 stops in its first claim of its inputs",
+    )
+    owner = live.start("i1")
+    inputs = {
+        f"{topic}:{partition}"
+        for topic in (live.topics["orders"], live.topics["tracking"])
+        for partition in live.partitions(topic)
+    }
+    index = RedisTrackingIndex(redis.Redis.from_url(live.redis_url), live.app)
+    with live.reader() as reader:
+        reader.read_until(expected, timeout_s=240)
+        mark = len(owner.log_text())
+        stalled.process.send_signal(signal.SIGCONT)
+        await_condition(
+            lambda: stopped_after("claimed late"),
+            timeout_s=60,
+            what="i0 claims its inputs late and stops for good",
+        )
+        await_condition(
+            lambda: "claiming input partitions again" in owner.log_text()[mark:],
+            timeout_s=60,
+            what="i1, refused, claims the inputs again",
+        )
+        await_condition(
+            lambda: set(index.read_progress()) == inputs,
+            timeout_s=60,
+            what="i1's progress stands for every input partition",
+        )
+        live.kill(stalled)
         live.stop_all()
         live.assert_none_failed()
         seen = reader.read_all(timeout_s=120)
