@@ -857,7 +857,7 @@ class RedisTaskStore:
                 f"committed {committed}: Redis lost writes Kafka acknowledged (e.g. a restart "
                 "without AOF fsync). Refusing to process: going on would decide on lost state "
                 "(refunds paid twice or never). Restore the task's state, or reset its offsets "
-                "deliberately."
+                "deliberately (to records still in the topic: purge_interval_ms)."
             )
         return StateAheadOfKafkaError(
             f"task {self.task}: Redis state stands at offsets {applied}{pending} but Kafka "

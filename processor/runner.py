@@ -231,7 +231,8 @@ def _log_committed(tally: metrics.BatchTally) -> None:
 
 def _log_purge_failure(future: Future[Any]) -> None:
     error = future.exception()
-    if error is not None:
+    closing = isinstance(error, KafkaException) and error.args[0].code() == KafkaError._DESTROY
+    if error is not None and not closing:
         _log.warning("purging the internal topic failed: retried later", error=str(error))
 
 
@@ -483,8 +484,13 @@ class Runner:
         has not decided. Asynchronous, at most one request in flight; a failure is logged
         and the next request, `purge_interval_ms` later, covers what it missed.
         """
+        self._admin.poll(0)  # the admin client's own log lines
         now = time.monotonic()
-        if now < self._next_purge or not all(f.done() for f in self._purging):
+        if (
+            not self._purge_interval_s
+            or now < self._next_purge
+            or not all(f.done() for f in self._purging)
+        ):
             return
         self._next_purge = now + self._purge_interval_s
         below = [

@@ -413,10 +413,11 @@ class Settings(BaseSettings):
     1,000 orders they touch. Lower it on slower machines."""
     idle_partition_wait_ms: int = Field(default=2000, ge=0)
     purge_interval_ms: int = Field(default=30_000, ge=0)
-    """How often each task deletes the internal topic's records below the offset it
-    committed (Kafka Streams' ``repartition.purge.interval.ms``): no owner reads them
-    again, and the topic has no time-based retention, so without it the topic grows
-    forever, by watermark records alone while the inputs are idle."""
+    """How often each instance deletes the internal topic's records below the offsets its
+    tasks committed (Kafka Streams' ``repartition.purge.interval.ms``): no owner reads
+    them again unless an operator resets the group's offsets of that topic. The topic has
+    no time-based retention, so without it the topic grows forever, by watermark records
+    alone while the inputs are idle. 0: never (to keep them for such a reset)."""
     metrics: MetricsSettings = MetricsSettings()
 
     @classmethod

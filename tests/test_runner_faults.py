@@ -58,7 +58,8 @@ def live(
         unique_topic,
         tmp_path,
         librdkafka=FAST_FAILOVER,
-        env={"REFUND_MAX_BATCH_RECORDS": str(BATCH_RECORDS)},
+        # Purges all along: a purge past what a task committed would lose routed events.
+        env={"REFUND_MAX_BATCH_RECORDS": str(BATCH_RECORDS), "REFUND_PURGE_INTERVAL_MS": "200"},
     ) as harness:
         yield harness
 
