@@ -20,7 +20,7 @@ import pytest
 
 from processor.localstack.kafka import KafkaAdmin, LocalKafka
 from processor.localstack.redis import LocalRedis
-from tests.live import LiveHarness
+from tests.live import LiveHarness, SecuredKafka
 
 
 @functools.cache
@@ -81,6 +81,13 @@ def redis_server() -> Iterator[LocalRedis]:
     """A private Redis with AOF on that the test may stop, kill and restart."""
     with LocalRedis(appendonly=True) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def secured_kafka() -> Iterator[SecuredKafka]:
+    """A second broker, with ACLs enforced (always a local process: it needs Java)."""
+    with SecuredKafka() as kafka:
+        yield kafka
 
 
 @pytest.fixture(scope="session")

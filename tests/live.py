@@ -35,8 +35,8 @@ from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
 
 from processor.config import load_policy
 from processor.deadletter import ERROR_CLASS, SOURCE_TOPIC
-from processor.localstack import poll_until
-from processor.localstack.kafka import KafkaAdmin
+from processor.localstack import free_port, poll_until
+from processor.localstack.kafka import KafkaAdmin, LocalKafka
 from processor.outputs import RefundCommand
 from processor.publish import publish_lines
 from processor.redis_store import RedisTaskStore
@@ -62,6 +62,42 @@ _NO_LEADER_YET = frozenset(
         KafkaError.UNKNOWN_TOPIC_OR_PART,
     )
 )
+
+
+#: The SASL/PLAIN user the processor connects as to `secured_kafka` (tests/conftest.py).
+PROCESSOR_USER = ("processor", "processor-secret")
+
+
+class SecuredKafka(LocalKafka):
+    """A `LocalKafka` with an authorizer and a second listener, SASL/PLAIN, for the user
+    `PROCESSOR_USER`. The PLAINTEXT listener (`bootstrap_servers`) is the super user, for
+    the tests' own topics, ACLs and reads; `sasl_bootstrap_servers` gets only the ACLs it
+    is granted."""
+
+    sasl_port = 0
+
+    @property
+    def sasl_bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.sasl_port}"
+
+    def properties(self) -> dict[str, str]:
+        props = super().properties()
+        self.sasl_port = free_port()
+        sasl = f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
+        user, password = PROCESSOR_USER
+        props["listeners"] += f",{sasl}"
+        props["advertised.listeners"] += f",{sasl}"
+        props["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+        props["sasl.enabled.mechanisms"] = "PLAIN"
+        props["listener.name.sasl_plaintext.plain.sasl.jaas.config"] = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'user_{user}="{password}";'
+        )
+        props["authorizer.class.name"] = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+        # The PLAINTEXT and CONTROLLER listeners authenticate nobody: the broker itself
+        # and the tests' admin.
+        props["super.users"] = "User:ANONYMOUS"
+        return props
 
 
 def refund_key(record: Mapping[str, Any]) -> RefundKey:

@@ -9,6 +9,7 @@ import itertools
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import structlog.testing
@@ -18,7 +19,14 @@ from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
     Producer,
 )
-from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+)
 
 from processor.events import Event, parse_event
 from processor.generate import generate_history
@@ -36,7 +44,7 @@ from processor.runner import (
 )
 from processor.serde import Serde
 from tests.factories import at, cancellation_requested, order_cancelled, order_placed, scan
-from tests.live import LiveHarness, await_condition, expected_refunds
+from tests.live import PROCESSOR_USER, LiveHarness, SecuredKafka, await_condition, expected_refunds
 
 
 @pytest.mark.parametrize("instances", [1, 3])
@@ -79,6 +87,96 @@ def test_the_internal_topic_is_purged_again_and_again(live: LiveHarness) -> None
 
     assert all(starts[p] <= committed[p] for p in starts), (starts, committed)
     live.assert_none_failed()
+
+
+def _readme_acls(live: LiveHarness, *, but: AclOperation | None = None) -> list[AclBinding]:
+    """The ACLs README.md ("Against an existing Kafka and Redis") says the processor needs,
+    for `PROCESSOR_USER`; `but` leaves that operation out on the internal topic."""
+    topics = live.topics
+    by_order = live.settings.by_order_topic
+    outputs = [topics[name] for name in ("wallet", "fulfilment", "decisions", "dlq")]
+    wanted = [
+        (ResourceType.TOPIC, topics["orders"], AclOperation.READ),
+        (ResourceType.TOPIC, topics["tracking"], AclOperation.READ),
+        (ResourceType.GROUP, live.settings.group_id, AclOperation.READ),
+        *((ResourceType.TOPIC, by_order, op) for op in _INTERNAL_TOPIC_OPERATIONS if op != but),
+        *((ResourceType.TOPIC, topic, AclOperation.WRITE) for topic in outputs),
+        *((ResourceType.TOPIC, topic, AclOperation.CREATE) for topic in [by_order, *outputs]),
+    ]
+    user = f"User:{PROCESSOR_USER[0]}"
+    literal, allow = ResourcePatternType.LITERAL, AclPermissionType.ALLOW
+    return [AclBinding(kind, name, literal, user, "*", op, allow) for kind, name, op in wanted] + [
+        AclBinding(
+            ResourceType.TRANSACTIONAL_ID,
+            f"{live.app}-",
+            ResourcePatternType.PREFIXED,
+            user,
+            "*",
+            op,
+            allow,
+        )
+        for op in (AclOperation.WRITE, AclOperation.DESCRIBE)
+    ]
+
+
+_INTERNAL_TOPIC_OPERATIONS = (AclOperation.READ, AclOperation.WRITE, AclOperation.DELETE)
+
+
+@pytest.mark.parametrize("but", [None, AclOperation.DELETE], ids=["all", "no-delete"])
+def test_the_processor_runs_on_the_acls_the_readme_lists(
+    secured_kafka: SecuredKafka,
+    redis_url: str,
+    unique_topic: Callable[[str], str],
+    tmp_path: Path,
+    but: AclOperation | None,
+) -> None:
+    """Over SASL/PLAIN, with an authorizer: the refunds of the replay, and the internal
+    topic purged. Without DELETE on it the purge fails, loudly, and nothing else does."""
+    admin = KafkaAdmin(secured_kafka.bootstrap_servers)
+    with LiveHarness(
+        secured_kafka.bootstrap_servers, redis_url, admin, unique_topic, tmp_path
+    ) as live:
+        for future in admin.client.create_acls(_readme_acls(live, but=but)).values():
+            future.result()
+        user, password = PROCESSOR_USER
+        live.configure(
+            env={
+                "REFUND_KAFKA__BOOTSTRAP_SERVERS": secured_kafka.sasl_bootstrap_servers,
+                "REFUND_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                "REFUND_KAFKA__SASL_MECHANISM": "PLAIN",
+                "REFUND_KAFKA__SASL_USERNAME": user,
+                "REFUND_KAFKA__SASL_PASSWORD": password,
+                "REFUND_PURGE_INTERVAL_MS": "200",
+            }
+        )
+        lines = generate_history(100, seed=3)
+        expected = expected_refunds(lines)
+        live.publish(lines)
+        instance = live.start()
+        seen = live.read_refunds_until(expected, timeout_s=120)
+        by_order = live.settings.by_order_topic
+        if but is None:
+            await_condition(
+                lambda: all(start > 0 for start in live.start_offsets(by_order).values()),
+                timeout_s=60,
+                what="the internal topic purged",
+            )
+        else:
+            await_condition(
+                lambda: "purging the internal topic failed" in instance.log_text(),
+                timeout_s=60,
+                what="the purge fails, in the log",
+            )
+        live.stop_all()
+        live.assert_none_failed()
+
+    assert sorted(seen) == sorted(expected)
+    assert password not in instance.log_text()
+    failures = [line for line in instance.log_lines() if "AUTHORIZATION" in json.dumps(line)]
+    assert all("purging the internal topic failed" in line["event"] for line in failures), failures[
+        :3
+    ]
+    assert bool(failures) == (but is not None)
 
 
 def test_bad_input_goes_to_the_dead_letter_topic_and_processing_goes_on(
