@@ -24,7 +24,13 @@ from processor.metrics import MetricsServer
 from processor.publish import PublishError, publish_lines
 from processor.replay import write_replay
 from processor.runner import Runner
-from processor.settings import Settings, SettingsError, load_settings, make_serde
+from processor.settings import (
+    Settings,
+    SettingsError,
+    load_settings,
+    make_serde,
+    validate_settings,
+)
 
 _log = structlog.stdlib.get_logger("processor.cli")  # not __main__ under python -m
 
@@ -121,10 +127,12 @@ def _settings(args: argparse.Namespace) -> Settings:
     except SettingsError as exc:
         raise CliError(str(exc)) from None
     if args.bootstrap_servers is not None:
-        if not args.bootstrap_servers.strip():
-            raise CliError("--bootstrap-servers must not be empty")
-        kafka = settings.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
-        settings = settings.model_copy(update={"kafka": kafka})
+        values = settings.model_dump()
+        values["kafka"]["bootstrap_servers"] = args.bootstrap_servers.strip()
+        try:
+            settings = validate_settings(values, "--bootstrap-servers")
+        except SettingsError as exc:
+            raise CliError(str(exc)) from None
     return settings
 
 

@@ -76,9 +76,9 @@ from processor.settings import (
     CONFIG_ENV,
     ENV_PREFIX,
     Settings,
-    TopicsSettings,
     load_settings,
     make_serde,
+    validate_settings,
 )
 from processor.store import Timer
 from processor.summary import (
@@ -433,17 +433,22 @@ def _given(flag: str | None, env: str, settings_env: str, configured: str | None
     return flag or os.environ.get(env) or configured or os.environ.get(settings_env)
 
 
-def _run_settings(base: Settings, bootstrap: str, redis_url: str) -> Settings:
-    """The base settings on names of this run's own: it shares nothing with another run."""
-    app = f"demo-{uuid.uuid4().hex[:8]}"
-    topics = TopicsSettings(**{role: f"{app}.{name}" for role, name in base.topics})
-    return base.model_copy(
-        update={
-            "application_id": app,
-            "topics": topics,
-            "kafka": base.kafka.model_copy(update={"bootstrap_servers": bootstrap}),
-            "redis": base.redis.model_copy(update={"url": redis_url}),
-        }
+def _run_settings(
+    base: Settings, app: str, bootstrap: str | None, redis_url: str | None
+) -> Settings:
+    """The base settings on names of this run's own (it shares nothing with another run) and
+    on the Kafka and Redis given (None: the base's), checked as a settings file is: a
+    password in a Redis URL is refused, not printed with it."""
+    values = base.model_dump()
+    values["application_id"] = app
+    values["topics"] = {role: f"{app}.{name}" for role, name in base.topics}
+    if bootstrap is not None:
+        values["kafka"]["bootstrap_servers"] = bootstrap
+    if redis_url is not None:
+        values["redis"]["url"] = redis_url
+    return validate_settings(
+        values,
+        "the demo's --bootstrap-servers, --redis-url, $KAFKA_BOOTSTRAP_SERVERS or $REDIS_URL",
     )
 
 
@@ -684,6 +689,8 @@ def _run(
         base.redis.url if file_given else None,
     )
     uses_given = bootstrap is not None or redis_url is not None
+    app = f"demo-{uuid.uuid4().hex[:8]}"
+    _run_settings(base, app, bootstrap, redis_url)  # a bad address fails before anything starts
     if redis_url is None:
         console.print("starting Redis...")
         redis_server = LocalRedis(appendonly=True)
@@ -696,9 +703,11 @@ def _run(
         kafka = LocalKafka()
         stack.callback(kafka.close)
         bootstrap = kafka.start().bootstrap_servers
-    settings = _run_settings(base, bootstrap, redis_url)
-    app = settings.application_id
-    console.print(f"Kafka {bootstrap}, Redis {redis_url}; this run's topics and keys: {app}*")
+    settings = _run_settings(base, app, bootstrap, redis_url)
+    console.print(
+        f"Kafka {settings.kafka.bootstrap_servers}, Redis {settings.redis.url}; "
+        f"this run's topics and keys: {app}*"
+    )
     topics = settings.topics
     partitions = {
         topics.orders: max(ORDERS_PARTITIONS, options.instances),

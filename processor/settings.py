@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import redis
 import yaml
@@ -37,6 +37,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -59,6 +60,7 @@ __all__ = [
     "default_settings_file",
     "load_settings",
     "make_serde",
+    "validate_settings",
 ]
 
 ENV_PREFIX: Final = "REFUND_"
@@ -99,6 +101,9 @@ _OWNED_KEYS: Final = frozenset(
 #: Passthrough keys whose values are masked in repr (OAUTHBEARER secrets, keystore passwords,
 #: inline PEM keys, JAAS-like configs).
 _SECRET_KEY = re.compile(r"password|secret|token|jaas|\.pem$|oauthbearer\.config")
+#: URL query parameters that carry a credential: redis-py passes any it gets to the
+#: connection (``?password=``), and a URL is shown wherever it is logged.
+_SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
 
 TopicName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,200}$")]
 
@@ -115,8 +120,13 @@ class _Section(BaseModel):
 
 
 def _no_password_in_url(url: str, where: str) -> str:
-    if urlsplit(url).password is not None:
+    parts = urlsplit(url)
+    if parts.password is not None:
         raise ValueError(f"put the password in {where}, not in the URL")
+    if any(
+        _SECRET_QUERY_KEY.search(key) for key, _ in parse_qsl(parts.query, keep_blank_values=True)
+    ):
+        raise ValueError(f"put the password in {where}, not in a query parameter of the URL")
     return url
 
 
@@ -435,11 +445,14 @@ class Settings(BaseSettings):
     @field_validator("schema_registry_url")
     @classmethod
     def _registry_url(cls, value: str | None) -> str | None:
+        """confluent-kafka's client splits it on commas and uses each URL: each is checked."""
         if value is None:
             return None
-        if urlsplit(value).scheme not in ("http", "https"):
-            raise ValueError("must be an http:// or https:// URL")
-        return _no_password_in_url(value, "schema_registry.password")
+        for url in value.split(","):
+            if urlsplit(url.strip()).scheme not in ("http", "https"):
+                raise ValueError("must be http:// or https:// URLs, separated by commas")
+            _no_password_in_url(url.strip(), "schema_registry.password")
+        return value
 
     @model_validator(mode="after")
     def _registry_credentials_need_url(self) -> Settings:
@@ -515,15 +528,30 @@ def load_settings(path: Path | None = None) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors(include_url=False, include_input=False):
-            key = ".".join(str(part) for part in error["loc"]) or "<settings>"
             env = _env_var_for(error["loc"])
             source = f" (from environment variable {env})" if env else ""
-            problems.append(f"{key}: {error['msg']}{source}")
+            problems.append(f"{_problem(error)}{source}")
         raise SettingsError(f"settings file {path}: {'; '.join(problems)}") from None
     except _SourceError as exc:  # an environment variable that is not valid JSON, etc.
         raise SettingsError(f"{ENV_PREFIX}* environment with settings file {path}: {exc}") from None
     finally:
         _file_values.reset(token)
+
+
+def validate_settings(values: Mapping[str, Any], source: str) -> Settings:
+    """Settings of ``values`` (all of them: a changed ``model_dump()``), checked as loaded
+    settings are, which ``model_copy(update=...)`` skips (a password in a URL included);
+    raises :class:`SettingsError` naming ``source``."""
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = [_problem(error) for error in exc.errors(include_url=False, include_input=False)]
+        raise SettingsError(f"{source}: {'; '.join(problems)}") from None
+
+
+def _problem(error: ErrorDetails) -> str:
+    """``dotted.key: message`` (pydantic's messages do not quote the value)."""
+    return f"{'.'.join(str(part) for part in error['loc']) or '<settings>'}: {error['msg']}"
 
 
 # --------------------------------------------------------------------------- serde

@@ -285,3 +285,35 @@ def test_demo_refuses_a_bad_count_before_starting_anything() -> None:
 
     assert result.returncode == 2
     assert "--orders must be at least 1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--redis-url", "redis://:DEMOPW@127.0.0.1:1/0"], {}),
+        ([], {"REDIS_URL": "redis://127.0.0.1:1/0?password=DEMOPW"}),
+    ],
+    ids=["flag", "environment"],
+)
+def test_demo_refuses_a_password_in_the_redis_url_and_never_shows_it(
+    args: list[str], env: dict[str, str]
+) -> None:
+    given = ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "REFUND_CONFIG")
+    clean = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in given and not name.startswith(("REFUND_KAFKA__", "REFUND_REDIS__"))
+    }
+    demo = [sys.executable, "-m", "processor.cli", "demo", "--bootstrap-servers", "127.0.0.1:1"]
+    result = subprocess.run(
+        [*demo, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=clean | env,
+    )
+
+    assert "DEMOPW" not in result.stdout + result.stderr
+    assert result.returncode == 2, result.stderr
+    assert "redis.url: Value error, put the password in redis.password" in result.stderr

@@ -27,6 +27,7 @@ from processor.settings import (
     default_settings_file,
     load_settings,
     make_serde,
+    validate_settings,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -308,6 +309,74 @@ def test_secrets_never_appear_in_error_messages(
         _assert_no_secret(str(caught.value))
         assert caught.value.__cause__ is None
         assert caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        (
+            "REFUND_REDIS__URL",
+            "redis://redis:6379/0?password=redis-s3cret",
+            r"redis\.url: .*put the password in redis\.password, not in a query parameter",
+        ),
+        (
+            "REFUND_REDIS__URL",
+            "unix:///run/redis.sock?db=0&PWD=redis-s3cret",
+            r"redis\.url: .*not in a query parameter",
+        ),
+        (
+            "REFUND_SCHEMA_REGISTRY_URL",
+            "http://registry-1:8081,http://u:registry-s3cret@registry-2:8081",
+            r"schema_registry_url: .*put the password in schema_registry\.password",
+        ),
+        (
+            "REFUND_SCHEMA_REGISTRY_URL",
+            "https://registry-1:8081, https://registry-2:8081?pass=registry-s3cret",
+            r"schema_registry_url: .*not in a query parameter",
+        ),
+        (
+            "REFUND_SCHEMA_REGISTRY_URL",
+            "https://registry-1:8081,registry-2:8081",
+            r"schema_registry_url: .*http:// or https:// URLs",
+        ),
+    ],
+)
+def test_a_password_anywhere_in_a_url_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(SettingsError, match=expected) as caught:
+        load_settings(_write(tmp_path, ""))
+
+    _assert_no_secret(str(caught.value))
+    assert variable in str(caught.value)
+
+
+def test_urls_without_passwords_are_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REFUND_REDIS__URL", "redis://user@redis:6379/0?socket_keepalive=yes")
+    monkeypatch.setenv("REFUND_SCHEMA_REGISTRY_URL", "http://registry-1:8081, http://registry-2")
+
+    settings = load_settings(_write(tmp_path, ""))
+
+    assert settings.redis.url == "redis://user@redis:6379/0?socket_keepalive=yes"
+    assert settings.schema_registry_url == "http://registry-1:8081, http://registry-2"
+
+
+def test_changed_settings_are_checked_as_loaded_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _secret_env(monkeypatch)
+    settings = load_settings(_write(tmp_path, _sasl_yaml()))
+    values = settings.model_dump()
+    assert validate_settings(values, "unchanged") == settings
+
+    values["redis"]["url"] = "redis://redis:6379/0?password=redis-s3cret"
+    with pytest.raises(SettingsError, match=r"^changed: redis\.url: .*put the password") as caught:
+        validate_settings(values, "changed")
+    _assert_no_secret(str(caught.value))
 
 
 # --------------------------------------------------------------------------- librdkafka
