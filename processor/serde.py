@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -54,6 +56,7 @@ __all__ = [
     "SCHEMAS_DIR_ENV",
     "SINGLE_OBJECT_MAGIC",
     "TRACKING_EVENT_TYPES",
+    "UNKNOWN_ID_RETRY_S",
     "DecodeError",
     "DecodeReason",
     "EncodeError",
@@ -96,6 +99,11 @@ MESSAGE_TYPES: Final = INPUT_TYPES + OUTPUT_TYPES + INTERNAL_TYPES
 _SO_HEADER_LEN: Final = 10  # C3 01 + 8-byte fingerprint
 _CF_HEADER_LEN: Final = 5  # 00 + 4-byte id
 _MAX_BAD_IDS: Final = 4096
+#: Seconds a schema id the registry did not find counts as unknown before it is asked again.
+#: Not for good: a registry replica lagging behind the one a producer registered with does
+#: not find a new id for a moment, and those records must decode once it has caught up. Not
+#: zero: a flood of records with a bogus id then costs a request every few seconds, not each.
+UNKNOWN_ID_RETRY_S: Final = 5.0
 
 _PRIMITIVES: Final = frozenset(
     {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
@@ -525,6 +533,7 @@ class Serde:
         registry: RegistryClient | None = None,
         *,
         auto_register: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._named_types: Mapping[str, Mapping[str, Any]] = {}
         if readers is None:
@@ -534,11 +543,12 @@ class Serde:
         self._registry = registry
         self._registry_schema = _registry_schema_factory() if registry is not None else None
         self._auto_register = auto_register
+        self._clock = clock
         self._readers: dict[str, MessageSchema] = {}
         self._encoders: dict[str, _Encoder] = {}
         self._by_fingerprint: dict[bytes, _Decoder] = {}
         self._by_id: dict[int, _Decoder] = {}
-        self._bad_ids: dict[int, str] = {}
+        self._bad_ids: dict[int, tuple[str, float]] = {}  # id -> (problem, until when)
         self._prefixes: dict[tuple[str, str], bytes] = {}
         for reader in readers:
             if reader.name in self._readers:
@@ -578,10 +588,12 @@ class Serde:
         writers: Iterable[MessageSchema] = (),
         *,
         auto_register: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> Serde:
         """Confluent wire format with ``client``. ``auto_register=False`` only looks schemas up
-        (they must have been registered under ``<topic>-<record full name>``)."""
-        return cls(readers, writers, client, auto_register=auto_register)
+        (they must have been registered under ``<topic>-<record full name>``). ``clock``
+        (seconds, monotonic) times :data:`UNKNOWN_ID_RETRY_S`."""
+        return cls(readers, writers, client, auto_register=auto_register, clock=clock)
 
     @property
     def framing(self) -> Literal["single_object", "confluent"]:
@@ -700,7 +712,10 @@ class Serde:
     def _fetch(self, schema_id: int, topic: str) -> _Decoder:
         known_bad = self._bad_ids.get(schema_id)
         if known_bad is not None:
-            raise DecodeError("unknown_schema", f"{topic}: {known_bad}")
+            known_problem, until = known_bad
+            if self._clock() < until:
+                raise DecodeError("unknown_schema", f"{topic}: {known_problem}")
+            del self._bad_ids[schema_id]
         if self._registry is None:
             raise DecodeError(
                 "unknown_schema",
@@ -711,7 +726,11 @@ class Serde:
         except Exception as exc:
             if getattr(exc, "http_status_code", None) != 404:
                 raise  # registry unreachable or failing: retry, do not dead-letter
-            self._forget_later(schema_id, f"schema id {schema_id} not in the registry")
+            self._remember_bad(
+                schema_id,
+                f"schema id {schema_id} not in the registry",
+                until=self._clock() + UNKNOWN_ID_RETRY_S,
+            )
             raise DecodeError("unknown_schema", f"{topic}: schema id {schema_id}: {exc}") from exc
         problem: str
         try:
@@ -729,13 +748,13 @@ class Serde:
                 self._by_fingerprint.setdefault(writer.fingerprint, decoder)
                 return decoder
             problem = f"schema id {schema_id} is record {writer.name}, which we do not read"
-        self._forget_later(schema_id, problem)
+        self._remember_bad(schema_id, problem, until=math.inf)  # a registered id never changes
         raise DecodeError("unknown_schema", f"{topic}: {problem}")
 
-    def _forget_later(self, schema_id: int, problem: str) -> None:
+    def _remember_bad(self, schema_id: int, problem: str, until: float) -> None:
         if len(self._bad_ids) >= _MAX_BAD_IDS:
             self._bad_ids.clear()
-        self._bad_ids[schema_id] = problem
+        self._bad_ids[schema_id] = (problem, until)
 
 
 def _decode_error(writer: MessageSchema, topic: str, exc: Exception) -> DecodeError:

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from processor.serde import (
     MESSAGE_TYPES,
     SCHEMAS_DIR_ENV,
+    UNKNOWN_ID_RETRY_S,
     DecodeError,
     EncodeError,
     MessageSchema,
@@ -557,6 +558,55 @@ def test_confluent_hot_path_makes_no_registry_calls() -> None:
         with pytest.raises(DecodeError):
             consumer.decode(bogus, TOPIC)
     assert registry.calls["get_schema"] == 2  # unknown ids are remembered too
+
+
+class Clock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("make_registry", REGISTRIES)
+def test_confluent_id_not_found_decodes_once_the_registry_has_it(
+    make_registry: RegistryFactory,
+) -> None:
+    """As from a registry replica that has not yet caught up with the one the producer
+    registered with: valid records must not be dead-lettered for good."""
+    registry, clock = make_registry(), Clock()
+    consumer = Serde.confluent(registry, clock=clock)
+    body = Serde.single_object().encode("order_placed", ORDER_PLACED, TOPIC)[10:]
+    early = b"\x00" + (1).to_bytes(4, "big") + body
+    with pytest.raises(DecodeError) as caught:
+        consumer.decode(early, TOPIC)
+    assert caught.value.reason == "unknown_schema"
+
+    assert Serde.confluent(registry).encode("order_placed", ORDER_PLACED, TOPIC) == early
+    clock.now += UNKNOWN_ID_RETRY_S - 0.5
+    with pytest.raises(DecodeError) as caught:
+        consumer.decode(early, TOPIC)
+    assert caught.value.reason == "unknown_schema"
+    clock.now += 0.5
+    assert consumer.decode(early, TOPIC) == ORDER_PLACED
+
+
+def test_confluent_bogus_id_costs_a_registry_call_per_retry_interval() -> None:
+    registry, clock = FakeRegistry(), Clock()
+    consumer = Serde.confluent(registry, clock=clock)
+    foreign = registry.add_raw(
+        json.dumps({"type": "record", "name": "x.Other", "fields": [{"name": "a", "type": "long"}]})
+    )
+    for _ in range(3):
+        for schema_id in (4242, foreign):
+            for _ in range(100):
+                with pytest.raises(DecodeError):
+                    consumer.decode(b"\x00" + schema_id.to_bytes(4, "big") + b"\x02", TOPIC)
+        clock.now += UNKNOWN_ID_RETRY_S
+    # the id not found is asked for again each interval; a registered foreign one never is
+    assert registry.calls["get_schema"] == 3 + 1
 
 
 def test_confluent_foreign_and_non_avro_schemas_are_unknown() -> None:
