@@ -12,6 +12,7 @@ SOURCE_PARTITION = "__dlq.source.partition"
 SOURCE_OFFSET = "__dlq.source.offset"
 ERROR_CLASS = "__dlq.error.class"
 ERROR_MESSAGE = "__dlq.error.message"
+MAX_MESSAGE_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,7 @@ def dead_letter_record(
 ) -> DeadLetterRecord:
     headers: list[tuple[str, str | bytes | None]] = [
         (ERROR_CLASS, reason.encode()),
-        (ERROR_MESSAGE, message.encode()[:4096]),
+        (ERROR_MESSAGE, _utf8_prefix(message, MAX_MESSAGE_BYTES)),
     ]
     where = Origin.parse(origin)
     if where is not None:
@@ -66,3 +67,9 @@ def dead_letter_record(
             (SOURCE_OFFSET, str(where.offset).encode()),
         ]
     return DeadLetterRecord(key, value, headers)
+
+
+def _utf8_prefix(text: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``text`` as UTF-8, cut between characters: a cut through
+    one would leave a header that readers expecting UTF-8 reject."""
+    return text.encode()[:limit].decode(errors="ignore").encode()
