@@ -4,6 +4,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -136,18 +137,20 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _wall_clock() -> int:
+    """Epoch ms now: what the replay's events may not be dated after, as live."""
+    return int(time.time() * 1000)
+
+
 def _replay(args: argparse.Namespace, out: TextIO) -> None:
     config = load_policy(args.policy)
     now = to_millis(args.now) if args.now is not None else None
     try:
-        source = args.events.open(encoding="utf-8")
+        source = args.events.open("rb")
     except OSError as exc:
         raise CliError(f"cannot read {args.events}: {exc.strerror}") from exc
     with source:
-        try:
-            write_replay(source, str(args.events), config, out, now=now)
-        except UnicodeDecodeError as exc:
-            raise CliError(f"{args.events} is not UTF-8 text: {exc}") from exc
+        write_replay(source, str(args.events), config, out, now=now, wall_clock=_wall_clock())
 
 
 def _generate(args: argparse.Namespace, out: TextIO) -> None:
@@ -220,16 +223,19 @@ def _explain(args: argparse.Namespace, out: TextIO) -> None:
             if value is not None:
                 raise CliError(f"{option} does not apply with --from FILE (no Kafka or Redis)")
         try:
-            # Split as `replay` reads a file, so origins name the same line numbers.
-            with args.history.open(encoding="utf-8") as source:
+            # Read as `replay` reads a file, so origins name the same line numbers.
+            with args.history.open("rb") as source:
                 lines = list(source)
         except OSError as exc:
             raise CliError(f"cannot read {args.history}: {exc.strerror}") from exc
-        except UnicodeDecodeError as exc:
-            raise CliError(f"{args.history} is not UTF-8 text: {exc}") from exc
         now = to_millis(args.now) if args.now is not None else None
         explanation = explain_history(
-            lines, str(args.history), args.order_id, load_policy(args.policy), now=now
+            lines,
+            str(args.history),
+            args.order_id,
+            load_policy(args.policy),
+            now=now,
+            wall_clock=_wall_clock(),
         )
     if args.json:
         out.write(json.dumps(to_json(explanation), indent=2) + "\n")

@@ -25,6 +25,7 @@ from pydantic_core import PydanticCustomError
 
 MAX_AMOUNT_MINOR: Final = 10**12
 MAX_QUANTITY: Final = 1_000_000
+MAX_MESSAGE_CHARS: Final = 500
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND: Final = timedelta(milliseconds=1)
 
@@ -58,6 +59,15 @@ def _amount(value: int) -> int:
             "invalid_amount",
             "amount must be between 0 and {maximum} minor units, got {value}",
             {"maximum": MAX_AMOUNT_MINOR, "value": value},
+        )
+    return value
+
+
+def _since_1970(value: datetime) -> datetime:
+    """Kafka timestamps start at the epoch, and so does every history a fulfiller has."""
+    if value < _EPOCH:
+        raise PydanticCustomError(
+            "before_epoch", "before 1970: {value}", {"value": value.isoformat()}
         )
     return value
 
@@ -118,7 +128,7 @@ def _unique_skus(lines: list[_L]) -> list[_L]:
 @pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_CONFIG)
 class _Event:
     event_id: Id
-    occurred_at: Annotated[AwareDatetime, Strict()]
+    occurred_at: Annotated[AwareDatetime, Strict(), AfterValidator(_since_1970)]
     #: Event time in epoch milliseconds, the unit the policy core computes in: derived
     #: once, neither given nor serialized.
     at: int = field(init=False, repr=False, compare=False)
@@ -248,9 +258,15 @@ _VALIDATE_EVENT: Final = _EVENT_ADAPTER.validator.validate_python
 
 
 class InvalidEventError(ValueError):
-    """An input that can never become a valid event; `reason` is the dead-letter code."""
+    """An input that can never become a valid event; `reason` is the dead-letter code.
+
+    Messages quote the input they reject, cut at `MAX_MESSAGE_CHARS`: a value of
+    megabytes must not become a log line or a replay line of megabytes."""
 
     def __init__(self, reason: str, message: str) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:
+            cut = len(message) - MAX_MESSAGE_CHARS
+            message = f"{message[:MAX_MESSAGE_CHARS]}... ({cut} more characters)"
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
@@ -268,6 +284,7 @@ _REASON_BY_ERROR_TYPE: Final = {
     "datetime_type": "invalid_timestamp",
     "datetime_parsing": "invalid_timestamp",
     "datetime_from_date_parsing": "invalid_timestamp",
+    "before_epoch": "invalid_timestamp",
     "invalid_quantity": "invalid_quantity",
     "invalid_amount": "invalid_amount",
     "invalid_currency": "invalid_currency",
@@ -286,6 +303,20 @@ def _invalid(exc: ValidationError) -> InvalidEventError:
     where = ".".join(str(part) for part in first["loc"][1:]) or "event"
     extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
     return InvalidEventError(reason, f"{where}: {first['msg']}{extra}")
+
+
+def reject_future(event: Event, now: int, allowed_lateness: int) -> None:
+    """An event dated more than `allowed_lateness` after `now` (the wall clock, epoch ms)
+    is absurd: it would move the event-time clock past the wall clock, and fire every
+    deadline before it (a refund for every package in flight), on its word alone. Within
+    that, the clock (the newest event time less allowed_lateness) stays behind the wall
+    clock. The shells know the wall clock; the policy core never reads it."""
+    if event.at > now + allowed_lateness:
+        raise InvalidEventError(
+            "occurred_in_future",
+            f"occurred_at: {event.occurred_at.isoformat()} is more than allowed_lateness "
+            f"after the wall clock ({from_millis(now).isoformat()})",
+        )
 
 
 def parse_event_json(text: str | bytes) -> Event:

@@ -160,12 +160,13 @@ def explain_state(
 
 
 def explain_history(
-    lines: Sequence[str],
+    lines: Sequence[str | bytes],
     source: str,
     order_id: str,
     config: PolicyConfig,
     *,
     now: int | None = None,
+    wall_clock: int | None = None,
 ) -> Explanation:
     """Replays the whole file (the clock and tracking links are the file's), then explains
     one order from its events, final state and decisions."""
@@ -173,7 +174,7 @@ def explain_history(
     decisions: list[SourcedDecision] = []
     dead: dict[str, list[DeadLetter]] = {}
     dead_letters: list[SourcedDeadLetter] = []
-    for output in replay(lines, source, config, now=now, store=store):
+    for output in replay(lines, source, config, now=now, wall_clock=wall_clock, store=store):
         if isinstance(output, Decision):
             if output.order_id == order_id:
                 decisions.append(SourcedDecision(output, REPLAY_SOURCE))
@@ -196,7 +197,7 @@ def explain_history(
 
 
 def _order_events(
-    lines: Sequence[str],
+    lines: Sequence[str | bytes],
     source: str,
     order_id: str,
     state: OrderState | None,
@@ -208,7 +209,11 @@ def _order_events(
     needles = [order_id, *numbers]
     found: list[SourcedEvent] = []
     applied: set[str] = set()
-    for number, line in enumerate(lines, start=1):
+    for number, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode() if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError:
+            continue  # a dead letter in the replay
         # Cheap filter before parsing: an id can only be missing from a line that holds
         # it if the line escapes it, which takes a backslash.
         if "\\" not in line and not any(needle in line for needle in needles):

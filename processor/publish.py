@@ -20,7 +20,14 @@ from typing import Any, Final, TextIO
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from processor.events import InvalidEventError, TrackingUpdate, event_to_dict, parse_event_json
+from processor.config import load_policy
+from processor.events import (
+    InvalidEventError,
+    TrackingUpdate,
+    event_to_dict,
+    parse_event_json,
+    reject_future,
+)
 from processor.serde import EncodeError, Serde
 from processor.settings import Settings
 
@@ -121,6 +128,9 @@ def publish_lines(
         _check_topic(producer, topic, bootstrap, metadata_timeout_s)
     produced = {orders_topic: 0, tracking_topic: 0}
     invalid = 0
+    # What the processor will dead-letter as dated in the future is not published.
+    wall_clock = int(time.time() * 1000)
+    lateness = load_policy(settings.policy_file).allowed_lateness_ms
     produce = producer.produce
     poll = producer.poll
 
@@ -129,6 +139,7 @@ def publish_lines(
             continue
         try:
             event = parse_event_json(raw)
+            reject_future(event, wall_clock, lateness)
         except InvalidEventError as exc:
             invalid += 1
             print(f"{origin}:{number}: {exc.reason}: {exc.message}", file=errors)
@@ -140,13 +151,6 @@ def publish_lines(
             topic = orders_topic
             key = event.order_id
         timestamp = event.at
-        if timestamp < 0:  # Kafka has no timestamps before the epoch
-            invalid += 1
-            print(
-                f"{origin}:{number}: invalid_timestamp: occurred_at is before 1970",
-                file=errors,
-            )
-            continue
         try:
             value = serde.encode(event.type, event_to_dict(event), topic)
         except EncodeError as exc:

@@ -22,7 +22,7 @@ from typing import TextIO
 
 from processor.config import PolicyConfig
 from processor.engine import Engine
-from processor.events import Event, InvalidEventError, parse_event_json
+from processor.events import Event, InvalidEventError, parse_event_json, reject_future
 from processor.outputs import DeadLetter, Output, output_to_dict
 from processor.store import InMemoryStore, StateStore
 
@@ -35,12 +35,23 @@ from processor.store import InMemoryStore, StateStore
 # a replay of 20,000 orders.
 
 
-def _parse_line(line: str, origin: str) -> Event | DeadLetter:
-    """One JSON line as an event, or as the dead letter that says why it is not one."""
+def _parse_line(
+    line: str | bytes, origin: str, *, now: int | None = None, lateness: int = 0
+) -> Event | DeadLetter:
+    """One JSON line as an event, or as the dead letter that says why it is not one.
+
+    Bytes are decoded here, line by line, so that one that is not UTF-8 is a dead letter
+    like any other bad line (SPEC section 8). With `now`, an event dated more than
+    `lateness` after it is one too (`reject_future`)."""
     try:
-        return parse_event_json(line)
+        event = parse_event_json(line)
+        if now is not None:
+            reject_future(event, now, lateness)
+        return event
     except InvalidEventError as exc:
-        return DeadLetter(origin=origin, reason=exc.reason, message=exc.message, payload=line)
+        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+        payload = text.rstrip("\r\n")
+        return DeadLetter(origin=origin, reason=exc.reason, message=exc.message, payload=payload)
 
 
 class OfflineProcessor:
@@ -65,18 +76,20 @@ class OfflineProcessor:
 
 
 def replay(
-    lines: Iterable[str],
+    lines: Iterable[str | bytes],
     source: str,
     config: PolicyConfig,
     *,
     now: int | None = None,
+    wall_clock: int | None = None,
     store: StateStore | None = None,
 ) -> Iterator[Output]:
     """Every output of a history, in the order the engine produced them.
 
     Blank lines are skipped; every other line is either decided, in event-time order
-    (module docstring), or dead-lettered at once, with `source:line` as its origin. Pass
-    a `store` to look at the state afterwards.
+    (module docstring), or dead-lettered at once, with `source:line` as its origin. With
+    `wall_clock` (epoch ms), events dated in its future are dead letters, as the live
+    processor makes them (`reject_future`). Pass a `store` to look at the state afterwards.
     """
     processor = OfflineProcessor(config, store)
     decide, lateness = processor.engine.process, config.allowed_lateness_ms
@@ -88,11 +101,10 @@ def replay(
     gc.disable()
     try:
         for number, line in enumerate(lines, start=1):
-            text = line.rstrip("\r\n")
-            if not text.strip():
+            if not line.strip():
                 continue
             origin = f"{source}:{number}"
-            parsed = _parse_line(text, origin)
+            parsed = _parse_line(line, origin, now=wall_clock, lateness=lateness)
             if isinstance(parsed, DeadLetter):
                 yield parsed
                 continue
@@ -111,18 +123,19 @@ def replay(
 
 
 def write_replay(
-    lines: Iterable[str],
+    lines: Iterable[str | bytes],
     source: str,
     config: PolicyConfig,
     out: TextIO,
     *,
     now: int | None = None,
+    wall_clock: int | None = None,
 ) -> int:
     """Replays and writes each output as a compact JSON line; returns how many."""
     encode = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps builds one per call
     written = 0
     batch: list[str] = []
-    for output in replay(lines, source, config, now=now):
+    for output in replay(lines, source, config, now=now, wall_clock=wall_clock):
         batch.append(encode(output_to_dict(output)))
         if len(batch) >= 4096:
             out.write("\n".join(batch) + "\n")

@@ -40,6 +40,7 @@ from processor.events import (
     InvalidEventError,
     from_millis,
     parse_event,
+    reject_future,
     to_millis,
 )
 from processor.order_task import DirectEvent, OrderTask, RoutedEvent
@@ -676,6 +677,7 @@ class Runner:
             try:
                 record = self._serde.decode(value, topic)
                 event = parse_event(record)
+                reject_future(event, received_ms, self.policy.allowed_lateness_ms)
             except (DecodeError, InvalidEventError) as exc:
                 rejected.append((source, offset))
                 if not replayed:

@@ -64,6 +64,51 @@ def test_replay_now_fires_deadlines_after_the_last_event(tmp_path: Path) -> None
     assert with_now[0]["decided_at"] == "2026-03-22T10:00:00.000Z"
 
 
+def test_replay_dead_letters_an_event_dated_in_the_future_and_fires_nothing(
+    tmp_path: Path,
+) -> None:
+    """One stray date must not move the clock past every deadline: the package in flight
+    would be refunded as lost, 100% and the fee."""
+    history = tmp_path / "history.jsonl"
+    from_the_future = order_placed("o-other") | {"occurred_at": "9999-12-31T00:00:00Z"}
+    history.write_text(
+        "\n".join(json.dumps(e) for e in [order_placed(), shipped(), from_the_future]) + "\n"
+    )
+
+    outputs = _lines(run_cli("replay", str(history)).stdout)
+
+    assert [(o["type"], o.get("reason"), o.get("origin")) for o in outputs] == [
+        ("dead_letter", "occurred_in_future", f"{history}:3")
+    ]
+
+
+def test_replay_dead_letters_a_line_that_is_not_utf8_and_decides_the_rest(
+    tmp_path: Path,
+) -> None:
+    history = tmp_path / "history.jsonl"
+    history.write_bytes(
+        json.dumps(order_placed()).encode()
+        + b"\n"
+        + b'{"type": "order_placed", "order_id": "\xff"}\n'
+        + json.dumps(shipped()).encode()
+        + b"\n"
+        + json.dumps(scan("rto_delivered")).encode()
+        + b"\n"
+    )
+
+    result = run_cli("replay", str(history))
+
+    assert result.returncode == 0, result.stderr
+    outputs = _lines(result.stdout)
+    assert [(o["type"], o.get("reason")) for o in outputs] == [
+        ("dead_letter", "invalid_json"),
+        ("refund_command", "rto_delivered"),
+        ("decision", None),
+    ]
+    assert outputs[0]["origin"] == f"{history}:2"
+    assert "\ufffd" in outputs[0]["payload"]
+
+
 def test_replay_of_a_missing_file_fails_clearly(tmp_path: Path) -> None:
     result = run_cli("replay", str(tmp_path / "nope.jsonl"))
 

@@ -6,7 +6,14 @@ from typing import Any
 
 import pytest
 
-from processor.events import InvalidEventError, OrderPlaced, parse_event_json, to_millis
+from processor.events import (
+    MAX_MESSAGE_CHARS,
+    InvalidEventError,
+    OrderPlaced,
+    parse_event_json,
+    reject_future,
+    to_millis,
+)
 from tests.factories import claim_filed, order_placed, scan, shipped
 
 
@@ -52,6 +59,8 @@ def test_null_and_absent_nullable_fields_are_accepted() -> None:
         (order_placed() | {"occurred_at": "2026-03-01T10:00:00"}, "invalid_timestamp"),
         (order_placed() | {"occurred_at": "yesterday"}, "invalid_timestamp"),
         (order_placed() | {"occurred_at": 1772359200}, "invalid_timestamp"),
+        (order_placed() | {"occurred_at": "0001-01-01T00:00:00Z"}, "invalid_timestamp"),
+        (order_placed() | {"occurred_at": "1969-12-31T23:59:59.999Z"}, "invalid_timestamp"),
         (order_placed(lines={"A": (0, 1000)}), "invalid_quantity"),
         (shipped(lines={"A": -1}), "invalid_quantity"),
         (order_placed(fee=-1), "invalid_amount"),
@@ -72,6 +81,27 @@ def test_null_and_absent_nullable_fields_are_accepted() -> None:
 )
 def test_invalid_input_gets_its_specific_reason(event: dict[str, Any] | str, reason: str) -> None:
     assert _reason(event) == reason
+
+
+def test_an_event_more_than_allowed_lateness_after_the_wall_clock_is_rejected() -> None:
+    event = parse_event_json(json.dumps(order_placed()))
+    lateness = 3_600_000
+    now = event.at - lateness
+
+    reject_future(event, now, lateness)  # the clock would reach the wall clock, no further
+    with pytest.raises(InvalidEventError) as caught:
+        reject_future(event, now - 1, lateness)
+    assert caught.value.reason == "occurred_in_future"
+    assert caught.value.message.startswith("occurred_at: 2026-03-01T10:00:00+00:00 is more")
+
+
+def test_a_huge_value_is_quoted_in_its_message_only_in_part() -> None:
+    with pytest.raises(InvalidEventError) as caught:
+        parse_event_json(json.dumps(order_placed(currency="é" * 2_000_000)))
+    message = caught.value.message
+    assert message.startswith("currency: currency must be three capital letters")
+    assert message.endswith(" more characters)")
+    assert len(message) < MAX_MESSAGE_CHARS + 40
 
 
 def test_the_message_names_the_offending_field() -> None:

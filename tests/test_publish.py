@@ -201,7 +201,9 @@ def test_invalid_lines_are_reported_with_line_numbers_and_not_published(
     assert reported[0].startswith("bad.jsonl:2: invalid_json: ")
     assert reported[1].startswith("bad.jsonl:4: unknown_type: ")
     assert reported[2].startswith("bad.jsonl:6: invalid_currency: currency: ")
-    assert reported[4] == "bad.jsonl:8: invalid_timestamp: occurred_at is before 1970"
+    assert reported[4] == (
+        "bad.jsonl:8: invalid_timestamp: occurred_at: before 1970: 1969-12-31T23:59:59+00:00"
+    )
     assert (summary.published, summary.invalid) == ({orders: 1, tracking: 1}, 5)
     records = _read_all(kafka_bootstrap, orders, tracking)
     assert [(r.topic, r.key) for r in records] == [(orders, b"o1"), (tracking, b"o1")]

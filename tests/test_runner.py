@@ -200,16 +200,29 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_processing_goes_on(
         },
         live.topics["orders"],
     )
+    # Valid, but dated in the year 9999: decided, it would move the clock past every
+    # deadline and refund every package still in flight as lost.
+    from_the_future = serde.encode(
+        "cancellation_requested",
+        {
+            "event_id": "from-the-future",
+            "occurred_at": datetime(9999, 1, 1, tzinfo=UTC),
+            "order_id": "o-future",
+            "request_id": "r-future",
+        },
+        live.topics["orders"],
+    )
     for topic in (live.topics["orders"], live.topics["tracking"]):
         producer.produce(topic, key=b"junk", value=b"\xffnot avro at all")
         producer.produce(topic, key=b"fp", value=unknown_fingerprint)
     producer.produce(live.topics["orders"], key=b"o-bad", value=invalid_values)
+    producer.produce(live.topics["orders"], key=b"o-future", value=from_the_future)
     assert producer.flush(30) == 0
     live.publish(good)
 
     live.start()
     seen = live.read_refunds_until(expected, timeout_s=120)
-    dead = live.read_dead_letters(5, timeout_s=60)
+    dead = live.read_dead_letters(6, timeout_s=60)
     live.stop_all()
 
     assert set(seen) == expected
@@ -217,6 +230,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_processing_goes_on(
         "bad_magic",
         "bad_magic",
         "invalid_currency",
+        "occurred_in_future",
         "unknown_schema",
         "unknown_schema",
     ]
