@@ -4,6 +4,7 @@ Every way an event can be wrong maps to one stable reason code (`InvalidEventErr
 because a dead letter is only useful if an operator can count and fix it by reason.
 """
 
+import codecs
 from collections.abc import Mapping
 from dataclasses import field
 from datetime import UTC, datetime, timedelta
@@ -320,7 +321,14 @@ def reject_future(event: Event, now: int, allowed_lateness: int) -> None:
 
 
 def parse_event_json(text: str | bytes) -> Event:
-    """Parses one JSON event (a replay line); raises InvalidEventError with a specific reason."""
+    """Parses one JSON event (a replay line); raises InvalidEventError with a specific reason.
+
+    A UTF-8 byte order mark before it, which Windows editors write at the start of a
+    file, is not part of the JSON: it is skipped rather than reported as invalid_json."""
+    if isinstance(text, bytes):
+        text = text.removeprefix(codecs.BOM_UTF8)
+    else:
+        text = text.removeprefix("\ufeff")
     try:
         return cast(Event, _VALIDATE_EVENT_JSON(text))
     except ValidationError as exc:

@@ -1,5 +1,6 @@
 """Every way an input can be invalid maps to its own dead-letter reason."""
 
+import codecs
 import json
 from datetime import datetime
 from typing import Any
@@ -102,6 +103,14 @@ def test_a_huge_value_is_quoted_in_its_message_only_in_part() -> None:
     assert message.startswith("currency: currency must be three capital letters")
     assert message.endswith(" more characters)")
     assert len(message) < MAX_MESSAGE_CHARS + 40
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["\ufeff" + json.dumps(order_placed()), codecs.BOM_UTF8 + json.dumps(order_placed()).encode()],
+)
+def test_a_byte_order_mark_before_the_json_is_skipped(line: str | bytes) -> None:
+    assert parse_event_json(line).type == "order_placed"
 
 
 def test_the_message_names_the_offending_field() -> None:
