@@ -730,14 +730,15 @@ class Runner:
             checkpoint.offsets[(source_topic, int(source_partition))] = commit.offset
             checkpoint.metadata[(source_topic, int(source_partition))] = input_metadata(commit)
         checkpoint.commit()
-        # Kafka let this instance commit these inputs' offsets, so they are its own: the
-        # claim holding their progress came late, from an instance that stalled between a
-        # rebalance and its claim (docs/live.md, "Exactly once").
-        committed = {f"{topic}:{partition}" for topic, partition in checkpoint.offsets}
-        ours = [source for source in self._refused if source in committed]
-        if ours:
-            _log.warning("claiming input partitions again", partitions=ours)
-            self._claim_sources(ours)
+        if self._refused:
+            # Kafka let this instance commit these inputs' offsets, so they are its own: the
+            # claim holding their progress came late, from an instance that stalled between
+            # a rebalance and its claim (docs/live.md, "Exactly once").
+            committed = {f"{topic}:{partition}" for topic, partition in checkpoint.offsets}
+            ours = [source for source in self._refused if source in committed]
+            if ours:
+                _log.warning("claiming input partitions again", partitions=ours)
+                self._claim_sources(ours)
         for (topic, partition), offset in checkpoint.offsets.items():
             if topic == self._by_order and partition in self._tasks:
                 self._tasks[partition].committed = offset

@@ -64,6 +64,12 @@ def test_live_refunds_equal_the_replay(live: LiveHarness, instances: int) -> Non
     assert all(i.process.returncode == 0 for i in live.instances), live.logs()[-3000:]
 
 
+def _purged_past(live: LiveHarness, before: dict[int, int]) -> bool:
+    """Whether every partition of the internal topic starts past `before` (default 0)."""
+    starts = live.start_offsets(live.settings.by_order_topic)
+    return all(start > before.get(partition, 0) for partition, start in starts.items())
+
+
 def test_the_internal_topic_is_purged_again_and_again(live: LiveHarness) -> None:
     """It keeps no time-based retention (docs/live.md), so without the purge it would grow
     forever, by watermark records alone while the inputs are idle. That a purge deletes
@@ -72,15 +78,10 @@ def test_the_internal_topic_is_purged_again_and_again(live: LiveHarness) -> None
     live.publish(generate_history(60, seed=5))
     live.start()
     by_order = live.settings.by_order_topic
-
-    def purged_past(before: dict[int, int]) -> bool:
-        return all(start > before[p] for p, start in live.start_offsets(by_order).items())
-
-    nothing = {p: 0 for p in live.partitions(by_order)}
-    await_condition(lambda: purged_past(nothing), 60, "every partition of the topic purged")
+    await_condition(lambda: _purged_past(live, {}), 60, "every partition of the topic purged")
     first = live.start_offsets(by_order)
     # Watermark records keep coming while the inputs are idle: each purge goes further.
-    await_condition(lambda: purged_past(first), 60, "every partition purged again")
+    await_condition(lambda: _purged_past(live, first), 60, "every partition purged again")
     starts = live.start_offsets(by_order)
     committed = live.committed_offsets(by_order)
     live.stop_all()
@@ -154,12 +155,9 @@ def test_the_processor_runs_on_the_acls_the_readme_lists(
         live.publish(lines)
         instance = live.start()
         seen = live.read_refunds_until(expected, timeout_s=120)
-        by_order = live.settings.by_order_topic
         if but is None:
             await_condition(
-                lambda: all(start > 0 for start in live.start_offsets(by_order).values()),
-                timeout_s=60,
-                what="the internal topic purged",
+                lambda: _purged_past(live, {}), timeout_s=60, what="the internal topic purged"
             )
         else:
             await_condition(
