@@ -72,7 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     generate_cmd.add_argument("--out", type=Path, help="file to write (default stdout)")
 
     publish_cmd = commands.add_parser(
-        "publish", help="write JSONL events into the input topics as Avro"
+        "publish",
+        help="write JSONL events into the input topics as Avro",
+        description="Writes JSONL events into the input topics as Avro. An invalid line is "
+        "reported with its number and not published; the others are, and the exit status "
+        "is then 1.",
     )
     publish_cmd.add_argument("events", type=Path, help="JSON events, one per line")
     run_cmd = commands.add_parser("run", help="the live processor (Kafka + Redis)")
@@ -163,7 +167,8 @@ def _generate(args: argparse.Namespace, out: TextIO) -> None:
         write_history(target, orders=args.orders, seed=args.seed)
 
 
-def _publish(args: argparse.Namespace) -> None:
+def _publish(args: argparse.Namespace) -> int:
+    """1 if some lines were invalid (reported, not published; the rest are)."""
     settings = _settings(args)
     try:
         source = args.events.open("rb")
@@ -177,6 +182,7 @@ def _publish(args: argparse.Namespace) -> None:
         except PublishError as exc:
             raise CliError(str(exc)) from exc
     print(summary.line(), file=sys.stderr)
+    return 1 if summary.invalid else 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -283,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "generate":
             _generate(args, sys.stdout)
         elif args.command == "publish":
-            _publish(args)
+            return _publish(args)
         elif args.command == "explain":
             _explain(args, sys.stdout)
         elif args.command == "demo":

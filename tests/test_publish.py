@@ -294,14 +294,21 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     return run_cli(*args, env={**clean, **(env or {})}, timeout_s=120)
 
 
+@pytest.mark.parametrize("broken", [True, False])
 def test_the_cli_publishes_a_file_and_reports_bad_lines(
-    kafka_bootstrap: str, admin: KafkaAdmin, unique_topic: TopicFactory, tmp_path: Path
+    kafka_bootstrap: str,
+    admin: KafkaAdmin,
+    unique_topic: TopicFactory,
+    tmp_path: Path,
+    broken: bool,
 ) -> None:
+    """A bad line is reported and skipped, the others are published, and the exit status
+    says that something was left out."""
     orders, tracking = _topics(admin, unique_topic)
     history = tmp_path / "events.jsonl"
     history.write_text(
         json.dumps(order_placed("o1"))
-        + "\n{broken\n"
+        + ("\n{broken\n" if broken else "\n")
         + json.dumps(scan("delivered", order_id=None))
         + "\n"
     )
@@ -318,11 +325,12 @@ def test_the_cli_publishes_a_file_and_reports_bad_lines(
         },
     )
 
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == (1 if broken else 0), result.stderr
     stderr = result.stderr.splitlines()
-    assert stderr[0].startswith(f"{history}:2: invalid_json: ")
+    reported = [line.split(": ")[:2] for line in stderr if line.startswith(f"{history}:")]
+    assert reported == ([[f"{history}:2", "invalid_json"]] if broken else [])
     assert stderr[-1].startswith(
-        f"published 2 events ({orders}: 1, {tracking}: 1); 1 invalid lines; "
+        f"published 2 events ({orders}: 1, {tracking}: 1); {int(broken)} invalid lines; "
     )
     records = _read_all(kafka_bootstrap, orders, tracking)
     assert [(r.topic, r.key) for r in records] == [(orders, b"o1"), (tracking, b"TN-p1")]
