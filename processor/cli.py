@@ -301,6 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return 1
+    except KeyboardInterrupt:
+        # Before `run` handles SIGINT itself, or in any other command: no traceback.
+        print("refund-processor: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -31,7 +31,11 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ClusterMetadata,
+    NewTopic,
+)
 
 from processor import metrics
 from processor.config import PolicyConfig, load_policy
@@ -84,6 +88,8 @@ HANDLED_PREFIX = "handled:"
 TRANSACTION_TIMEOUT_MS = 10_000
 #: How long to wait for a topic's complete metadata at start (`topic_partitions`).
 METADATA_TIMEOUT_S = 60
+#: How long to wait at start for the first broker to answer (`cluster_metadata`).
+CONNECT_TIMEOUT_S = 30
 #: Waits between attempts while Redis is unreachable (doubling from the first to the last).
 REDIS_BACKOFF_S = (0.5, 8.0)
 #: CPython's collector thresholds in a processor's process (`Runner.__init__`); the
@@ -257,6 +263,27 @@ def arrival_ms(timestamp: tuple[int, int], received_ms: int) -> int:
     is the producer's word, and `publish` makes it the event's occurred_at (docs/live.md)."""
     kind, stamp = timestamp
     return stamp if kind == TIMESTAMP_LOG_APPEND_TIME else received_ms
+
+
+def cluster_metadata(admin: AdminClient, timeout_s: float = CONNECT_TIMEOUT_S) -> ClusterMetadata:
+    """The cluster's metadata, asked for a second at a time.
+
+    A librdkafka call returns to Python only when it is done, so a signal waits for it:
+    one long wait for a broker that does not answer would keep Ctrl-C from stopping the
+    start for half a minute.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return admin.list_topics(timeout=1)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.code() not in (KafkaError._TRANSPORT, KafkaError._TIMED_OUT):
+                raise
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"no Kafka broker answered in {timeout_s:g} s: {error.str()}"
+                ) from exc
 
 
 def topic_partitions(admin: AdminClient, topic: str) -> list[int]:
@@ -1054,7 +1081,7 @@ class Runner:
 
     def _ensure_topics(self) -> int:
         """Creates missing topics; the internal one gets the orders topic's partition count."""
-        metadata = self._admin.list_topics(timeout=30)
+        metadata = cluster_metadata(self._admin)
         orders = metadata.topics.get(self.settings.topics.orders)
         if orders is None or orders.error is not None:
             raise RuntimeError(f"input topic {self.settings.topics.orders!r} does not exist")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -194,3 +195,33 @@ def test_run_logs_json_lines_with_every_secret_masked(tmp_path: Path) -> None:
     assert (failure["event"], failure["level"]) == ("processor stopped on an error", "error")
     assert "ssl.ca.location" in failure["exception"][0]["exc_value"]
     assert not any("locals" in frame for frame in failure["exception"][0]["frames"])
+
+
+def test_ctrl_c_while_run_waits_for_kafka_stops_it_at_once_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """No broker answers, so `run` is still starting (before it handles SIGINT itself)."""
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("kafka:\n  bootstrap_servers: 127.0.0.1:1\nmetrics:\n  port: 0\n")
+    clean = {k: v for k, v in os.environ.items() if not k.upper().startswith("REFUND_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "processor.cli", "run", "--config", str(settings)],
+        env=clean,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        seen = [process.stderr.readline()]
+        while '"metrics served"' not in seen[-1] and seen[-1]:
+            seen.append(process.stderr.readline())
+        process.send_signal(signal.SIGINT)
+        status = process.wait(timeout=10)  # the first broker wait is 30 s
+    finally:
+        process.kill()
+    stderr = "".join(seen) + process.stderr.read()
+
+    assert status == 130, stderr
+    assert stderr.splitlines()[-1] == "refund-processor: interrupted"
+    assert "Traceback" not in stderr

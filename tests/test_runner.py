@@ -23,6 +23,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AclBinding,
     AclOperation,
     AclPermissionType,
+    AdminClient,
     NewTopic,
     ResourcePatternType,
     ResourceType,
@@ -36,6 +37,7 @@ from processor.router import Commit, Inbound, Routed
 from processor.runner import (
     ROUTED_RECORD_BYTES,
     arrival_ms,
+    cluster_metadata,
     input_metadata,
     observe_transaction_open,
     parse_input_metadata,
@@ -349,6 +351,12 @@ def test_a_topic_just_created_is_read_with_all_its_partitions(
     for future in admin.client.create_topics([NewTopic(topic, num_partitions=5)]).values():
         future.result()
     assert topic_partitions(admin.client, topic) == [0, 1, 2, 3, 4]
+
+
+def test_the_start_gives_up_clearly_when_no_broker_answers() -> None:
+    nobody = AdminClient({"bootstrap.servers": "127.0.0.1:1", "log_level": 0})
+    with pytest.raises(RuntimeError, match=r"^no Kafka broker answered in 1\.5 s: "):
+        cluster_metadata(nobody, timeout_s=1.5)
 
 
 def _shipped(event_id: str) -> Event:
