@@ -657,8 +657,19 @@ def _order_cancelled(step: _Step, event: OrderCancelled) -> None:
     order = state.order
     assert order is not None
     state.seen.add(event.event_id)
-    if state.cancelled is None:
-        state.cancelled = Cancellation(event.request_id, event.event_id, event.at)
+    if state.cancelled is not None:
+        # The first one settled the cancellation; what shipped since is no longer unshipped.
+        step.decide(
+            "denied",
+            "already_cancelled",
+            "R5",
+            f"order already cancelled by event {state.cancelled.event_id}, which decided "
+            "its refund",
+            (order.placed_event_id, state.cancelled.event_id, event.event_id),
+            subject="cancellation",
+        )
+        return
+    state.cancelled = Cancellation(event.request_id, event.event_id, event.at)
     state.cancel_request = None
     shipped = _shipped_units(state)
     unshipped = {

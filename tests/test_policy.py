@@ -214,6 +214,29 @@ def test_r5_partial_interception_refunds_only_unshipped_units_without_the_fee() 
     assert (rto.reason, rto.amount_minor, rto.shipping_fee_minor) == ("rto_delivered", 2500, 500)
 
 
+def test_r5_a_second_cancellation_refunds_nothing_more() -> None:
+    """p1 (one A) ships and stays out; the first cancellation pays the unshipped A and B.
+    A second one must not pay p1's A as well, under the same command id."""
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 1}))
+    driver.pipe(order_cancelled(when=at(1, 2), event_id="cancel-1"))
+    driver.pipe(order_cancelled(request_id="r2", when=at(1, 4), event_id="cancel-2"))
+    driver.pipe(scan("lost", "TN-p1", when=at(5)))
+
+    cancel, lost = driver.refunds()
+    assert (cancel.reason, [(line.sku, line.quantity) for line in cancel.lines]) == (
+        "cancellation_intercepted",
+        [("A", 1), ("B", 1)],
+    )
+    assert (lost.package_id, lost.amount_minor, lost.shipping_fee_minor) == ("p1", 1500, 500)
+    assert _codes(driver.decisions()) == [
+        ("refunded", "cancellation_intercepted"),
+        ("denied", "already_cancelled"),
+        ("refunded", "lost"),
+    ]
+
+
 def test_r6_not_received_but_tracking_shows_delivered_is_denied() -> None:
     driver = TestDriver()
     _shipped_order(driver)
