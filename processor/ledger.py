@@ -1,16 +1,17 @@
 """Refund arithmetic: how many units of each SKU a refund may still cover, and for how much.
 
 This is the one place that enforces the money invariants: a unit is refunded at most
-once, never more units than were ordered, and the shipping fee is added exactly once,
-by the refund that leaves every ordered unit refunded. So an order's refunds never add
-up to more than its total. Nor is a unit reshipped once it is refunded.
+once, never more units than were ordered nor, out of a package, than it carried, and
+the shipping fee is added exactly once, by the refund that leaves every ordered unit
+refunded. So an order's refunds never add up to more than its total. Nor is a unit
+reshipped once it is refunded.
 """
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from processor.outputs import RefundLine
-from processor.state import Ledger, Order
+from processor.state import Ledger, Order, Package
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,30 +30,45 @@ class Settlement:
         return " + ".join(parts) + f" = {self.amount_minor}"
 
 
-def unrefunded(order: Order, ledger: Ledger, units: Mapping[str, int]) -> dict[str, int]:
-    """The part of `units` no refund has covered yet, by SKU (SKUs the order lacks left out):
-    what a refund may still pay for, and a reship may still send."""
+def unrefunded(
+    order: Order, ledger: Ledger, units: Mapping[str, int], package: Package | None = None
+) -> dict[str, int]:
+    """The part of `units` no refund has covered yet, by SKU: what a refund may still pay
+    for, and a reship may still send. Within what was ordered and, for a refund of a
+    `package` or of a claim naming it, within what that package carried and no refund took
+    out of it (SKUs the order or the package lacks are left out)."""
+    taken = ledger.by_package.get(package.package_id, {}) if package is not None else {}
     left: dict[str, int] = {}
     for sku in sorted(units):
         priced = order.lines.get(sku)
         if priced is None:
             continue
         quantity = min(units[sku], priced.quantity - ledger.refunded.get(sku, 0))
+        if package is not None:
+            quantity = min(quantity, package.lines.get(sku, 0) - taken.get(sku, 0))
         if quantity > 0:
             left[sku] = quantity
     return left
 
 
-def settle_refund(order: Order, ledger: Ledger, units: Mapping[str, int]) -> Settlement | None:
-    """Refunds what is left of `units`; None when nothing is (the caller denies it)."""
-    left = unrefunded(order, ledger, units)
+def settle_refund(
+    order: Order, ledger: Ledger, units: Mapping[str, int], package: Package | None = None
+) -> Settlement | None:
+    """Refunds what is left of `units` (out of `package`, if given); None when nothing is
+    (the caller denies it)."""
+    left = unrefunded(order, ledger, units, package)
     if not left:
         return None
     refunded = dict(ledger.refunded)
+    by_package = dict(ledger.by_package)
+    taken = dict(by_package.get(package.package_id, {})) if package is not None else {}
     lines: list[RefundLine] = []
     for sku, quantity in left.items():
         refunded[sku] = refunded.get(sku, 0) + quantity
+        taken[sku] = taken.get(sku, 0) + quantity
         lines.append(RefundLine(sku, quantity, quantity * order.lines[sku].unit_price_minor))
+    if package is not None:
+        by_package[package.package_id] = taken
     everything_refunded = all(
         refunded.get(sku, 0) >= priced.quantity for sku, priced in order.lines.items()
     )
@@ -68,5 +84,6 @@ def settle_refund(order: Order, ledger: Ledger, units: Mapping[str, int]) -> Set
             refunded=refunded,
             shipping_fee_refunded=ledger.shipping_fee_refunded or fee > 0 or everything_refunded,
             refunded_minor=ledger.refunded_minor + amount,
+            by_package=by_package,
         ),
     )

@@ -162,12 +162,14 @@ class _Step:
         evidence: tuple[str, ...],
         package_id: str | None = None,
         claim_id: str | None = None,
+        within: Package | None = None,
         what: str,
     ) -> bool:
-        """Refunds what is left of `units`; logs `already_refunded` when nothing is."""
+        """Refunds what is left of `units` (out of package `within`, when the refund
+        concerns one); logs `already_refunded` when nothing is."""
         order = self.state.order
         assert order is not None, "refund rules run only once order_placed is known"
-        settled = settle_refund(order, self.state.ledger, units)
+        settled = settle_refund(order, self.state.ledger, units, within)
         if settled is None:
             self.deny_refunded(
                 rule, what, evidence, subject=subject, package_id=package_id, claim_id=claim_id
@@ -595,6 +597,7 @@ def _refund_package(
         subject=subject,
         evidence=evidence,
         package_id=package.package_id,
+        within=package,
         what=f"package {package.package_id} {why}",
     )
 
@@ -830,6 +833,7 @@ def _claim_reviewed(step: _Step, event: ClaimReviewed, origin: str) -> None:
             subject=subject,
             evidence=evidence,
             claim_id=claim.claim_id,
+            within=_claimed_package(state, claim),
             what=f"{claim.claim_type} claim {claim.claim_id} with accepted proof",
         )
     elif claim.claim_type == "wrong_quantity":
@@ -845,6 +849,11 @@ def _claimed_units(state: OrderState, claim: Claim) -> Mapping[str, int]:
         return state.packages[claim.package_id].lines
     assert state.order is not None
     return {sku: line.quantity for sku, line in state.order.lines.items()}
+
+
+def _claimed_package(state: OrderState, claim: Claim) -> Package | None:
+    """The package a claim names: its refund or reship comes out of that package only."""
+    return None if claim.package_id is None else state.packages[claim.package_id]
 
 
 def _resolve_partial(step: _Step, claim: Claim, rule: str, evidence: tuple[str, ...]) -> None:
@@ -864,11 +873,14 @@ def _resolve_partial(step: _Step, claim: Claim, rule: str, evidence: tuple[str, 
             subject=subject,
             evidence=evidence,
             claim_id=claim.claim_id,
+            within=_claimed_package(state, claim),
             what=what,
         )
         return
     # A unit refunded already (its package lost, say) is paid for: not sent again.
-    units = unrefunded(state.order, state.ledger, _claimed_units(state, claim))
+    units = unrefunded(
+        state.order, state.ledger, _claimed_units(state, claim), _claimed_package(state, claim)
+    )
     if not units:
         step.deny_refunded(rule, what, evidence, subject=subject, claim_id=claim.claim_id)
         return

@@ -113,11 +113,17 @@ class Held:
 
 @record
 class Ledger:
-    """Units refunded per SKU; the single place that keeps refunds within what was paid."""
+    """Units refunded per SKU; the single place that keeps refunds within what was paid.
+
+    `by_package` counts, per package, the units refunded out of it (its own refund, or a
+    claim naming it): the SKU counts alone let a split order's second package pay again
+    for a unit of the first one.
+    """
 
     refunded: dict[str, int] = field(default_factory=dict)
     shipping_fee_refunded: bool = False
     refunded_minor: int = 0
+    by_package: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -380,6 +380,45 @@ def test_a_reship_sends_no_unit_a_refund_already_paid_for() -> None:
     assert _codes(driver.decisions())[-1] == ("denied", "already_refunded")
 
 
+def test_a_claim_on_a_refunded_package_pays_nothing_though_another_package_has_the_sku() -> None:
+    """p1 and p2 carry one A each; p1 is refunded as lost. A damaged claim on p1 finds
+    nothing of p1 left to pay: p2's A, delivered, is not p1's."""
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 1}))
+    driver.pipe(shipped("p2", {"A": 1, "B": 1}))
+    driver.pipe(scan("delivered", "TN-p2", when=at(3)))
+    driver.pipe(scan("lost", "TN-p1", when=at(4)))
+    driver.pipe(claim_filed("damaged", "c1", package_id="p1", lines={"A": 1}, when=at(5)))
+    driver.pipe(claim_reviewed("c1", when=at(6)))
+
+    assert [(r.package_id, r.amount_minor) for r in driver.refunds()] == [("p1", 1000)]
+    assert _codes(driver.decisions())[-1] == ("denied", "already_refunded")
+
+
+def test_a_claim_on_a_package_pays_at_most_what_that_package_carried() -> None:
+    """The claim names p1 (one A) but lists two A and a B: only p1's A is paid, and a
+    second claim on p1 finds nothing left; then p2 comes back and is paid in full."""
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 1}))
+    driver.pipe(shipped("p2", {"A": 1, "B": 1}))
+    driver.pipe(scan("delivered", "TN-p1", when=at(3)))
+    driver.pipe(claim_filed("damaged", "c1", package_id="p1", lines={"A": 2, "B": 1}, when=at(4)))
+    driver.pipe(claim_reviewed("c1", when=at(5)))
+    driver.pipe(claim_filed("defective", "c2", package_id="p1", when=at(6)))
+    driver.pipe(claim_reviewed("c2", when=at(7)))
+    driver.pipe(scan("rto_delivered", "TN-p2", when=at(9)))
+
+    claim, rto = driver.refunds()
+    assert (claim.claim_id, [(line.sku, line.quantity) for line in claim.lines]) == (
+        "c1",
+        [("A", 1)],
+    )
+    assert (rto.package_id, rto.amount_minor, rto.shipping_fee_minor) == ("p2", 4000, 500)
+    assert ("denied", "already_refunded") in _codes(driver.decisions())
+
+
 def test_r10_missing_item_waits_until_every_package_is_delivered() -> None:
     driver = TestDriver()
     driver.pipe(order_placed())

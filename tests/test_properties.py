@@ -77,7 +77,34 @@ def assert_money_invariants(events: list[dict[str, Any]], outputs: list[Output])
     assert len(command_ids) == len(set(command_ids)), "the same refund was issued twice"
     fees = [(r.order_id, r.shipping_fee_minor) for r in refunds if r.shipping_fee_minor]
     assert len(fees) == len({order_id for order_id, _ in fees}), "shipping fee refunded twice"
+    assert_no_package_refunded_beyond_what_it_carried(events, refunds)
     assert_no_reship_of_a_refunded_unit(orders, outputs)
+
+
+def assert_no_package_refunded_beyond_what_it_carried(
+    events: list[dict[str, Any]], refunds: list[RefundCommand]
+) -> None:
+    """The refunds of a package and of the claims naming it pay for its units at most once:
+    per SKU alone, a split order's second package could pay again for the first's."""
+    carried: dict[tuple[str, str], dict[str, int]] = {}
+    claimed: dict[tuple[str, str], str] = {}
+    for event in events:
+        key = (event.get("order_id") or "", event.get("package_id") or "")
+        if event["type"] == "package_shipped":
+            carried.setdefault(key, {line["sku"]: line["quantity"] for line in event["lines"]})
+        elif event["type"] == "claim_filed" and event.get("package_id"):
+            claimed.setdefault((key[0], event["claim_id"]), key[1])
+    paid: dict[tuple[str, str, str], int] = defaultdict(int)
+    for refund in refunds:
+        package_id = refund.package_id or claimed.get((refund.order_id, refund.claim_id or ""))
+        if package_id is None:
+            continue
+        lines = carried[(refund.order_id, package_id)]
+        for line in refund.lines:
+            paid[(refund.order_id, package_id, line.sku)] += line.quantity
+            assert paid[(refund.order_id, package_id, line.sku)] <= lines.get(line.sku, 0), (
+                f"{refund.order_id}: package {package_id} paid for {line.sku} beyond its units"
+            )
 
 
 def assert_no_reship_of_a_refunded_unit(
