@@ -126,6 +126,19 @@ def _unique_skus(lines: list[_L]) -> list[_L]:
     return lines
 
 
+def _payable(lines: list[OrderLine]) -> list[OrderLine]:
+    """Each line within the limits can still add up to more than an Avro long holds, and a
+    refund of the order could then not be written."""
+    total = sum(line.quantity * line.unit_price_minor for line in lines)
+    if total > MAX_AMOUNT_MINOR:
+        raise PydanticCustomError(
+            "invalid_amount",
+            "the lines add up to {total} minor units, over the maximum of {maximum}",
+            {"total": total, "maximum": MAX_AMOUNT_MINOR},
+        )
+    return lines
+
+
 @pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_CONFIG)
 class _Event:
     event_id: Id
@@ -144,7 +157,12 @@ class OrderPlaced(_Event):
     order_id: Id
     merchant_id: Id
     currency: Currency
-    lines: Annotated[list[OrderLine], Field(min_length=1), AfterValidator(_unique_skus)]
+    lines: Annotated[
+        list[OrderLine],
+        Field(min_length=1),
+        AfterValidator(_unique_skus),
+        AfterValidator(_payable),
+    ]
     shipping_fee_minor: AmountMinor
 
 

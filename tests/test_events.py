@@ -66,6 +66,9 @@ def test_null_and_absent_nullable_fields_are_accepted() -> None:
         (shipped(lines={"A": -1}), "invalid_quantity"),
         (order_placed(fee=-1), "invalid_amount"),
         (order_placed(lines={"A": (1, 10**12 + 1)}), "invalid_amount"),
+        # Each line within the limits, the order's refund beyond an Avro long.
+        (order_placed(lines={sku: (10**6, 10**12) for sku in "ABCDEFGHIJ"}), "invalid_amount"),
+        (order_placed(lines={"A": (2, 5 * 10**11 + 1)}), "invalid_amount"),
         (order_placed(currency="usd"), "invalid_currency"),
         (order_placed(currency="US"), "invalid_currency"),
         (
