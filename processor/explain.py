@@ -288,10 +288,10 @@ def describe_event(event: Event, state: OrderState | None) -> str:
             units = _units({line.sku: line.quantity for line in event.lines})
             return f"package {event.package_id} ({event.carrier} {event.tracking_number}): {units}"
         case TrackingUpdate():
-            package = state.package_for_tracking(event.tracking_number) if state else None
+            packages = state.packages_for_tracking(event.tracking_number) if state else []
             which = (
-                f"package {package.package_id}"
-                if package is not None
+                "package " + ", ".join(package.package_id for package in packages)
+                if packages
                 else f"tracking number {event.tracking_number}"
             )
             where = f" at {event.location}" if event.location else ""

@@ -267,12 +267,12 @@ def changes_nothing(state: OrderState, event: Event) -> bool:
         return False
     if state.order is None:
         return False
-    package = state.package_for_tracking(event.tracking_number)
-    if package is None:
+    packages = state.packages_for_tracking(event.tracking_number)
+    if not packages:
         return False
     if event.status not in _IN_COURIER_HANDS:
         return True
-    return package.picked_up_at is not None and package.picked_up_at <= event.at
+    return all(p.picked_up_at is not None and p.picked_up_at <= event.at for p in packages)
 
 
 def fire_timer(state: OrderState, name: str, deadline: int, config: PolicyConfig) -> Result:
@@ -524,12 +524,15 @@ def _deny_cancellation(
 
 def _tracking_update(step: _Step, event: TrackingUpdate, origin: str) -> None:
     state = step.state
-    package = state.package_for_tracking(event.tracking_number)
-    if package is None:
+    packages = state.packages_for_tracking(event.tracking_number)
+    if not packages:
         _hold(step, event, origin, f"tracking:{event.tracking_number}")
-        state.seen.add(event.event_id)
-        return
     state.seen.add(event.event_id)
+    for package in packages:
+        _scan_package(step, package, event)
+
+
+def _scan_package(step: _Step, package: Package, event: TrackingUpdate) -> None:
     if event.status in _IN_COURIER_HANDS and (
         package.picked_up_at is None or event.at < package.picked_up_at
     ):

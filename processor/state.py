@@ -138,11 +138,10 @@ class OrderState:
     held: list[Held] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
 
-    def package_for_tracking(self, tracking_number: str) -> Package | None:
-        for package in self.packages.values():
-            if package.tracking_number == tracking_number:
-                return package
-        return None
+    def packages_for_tracking(self, tracking_number: str) -> list[Package]:
+        """Usually one; several when the warehouse shipped packages under one number, and a
+        scan of it is then news of each (tracking is the only proof of delivery)."""
+        return [p for p in self.packages.values() if p.tracking_number == tracking_number]
 
     def clone(self) -> "OrderState":
         """A copy the policy core may change without touching this one.

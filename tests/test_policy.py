@@ -111,6 +111,24 @@ def test_r3_no_delivery_by_the_deadline_refunds_as_lost() -> None:
     assert driver.timers("o1") == {}
 
 
+def test_a_scan_of_a_tracking_number_two_packages_shipped_under_is_news_of_both() -> None:
+    """Delivered: neither is refunded as lost at its deadline. Then a return to origin of
+    that number refunds both, each once."""
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 2}, tracking_number="T1"))
+    driver.pipe(shipped("p2", {"B": 1}, tracking_number="T1"))
+    driver.pipe(scan("delivered", "T1", when=at(4)))
+    driver.advance_to(at(30))
+    assert driver.refunds() == []
+
+    driver.pipe(scan("rto_delivered", "T1", when=at(31)))
+    assert [(r.package_id, r.amount_minor) for r in driver.refunds()] == [
+        ("p1", 2000),
+        ("p2", 3000),
+    ]
+
+
 def test_r3_deadline_waits_for_allowed_lateness() -> None:
     driver = TestDriver()
     _shipped_order(driver)
