@@ -258,7 +258,9 @@ def changes_nothing(state: OrderState, event: Event) -> bool:
     `apply_event` skips them, so they are not recorded as seen either: every event id a
     state keeps is read and written with it. That is safe because what makes a scan one
     of them never changes back (packages stay known, a pickup time only moves earlier):
-    read again, after a crash say, it is skipped again. Nor does a skipped scan fire the
+    read again, after a crash say, it is skipped again. (One exception: a package shipped
+    later under the same tracking number, which the scan read again then reaches; all it
+    can give that package is a pickup time.) Nor does a skipped scan fire the
     order's timers due before it, as an applied event does first: it decides nothing
     they could come before, and the clock, or the order's next event that does decide
     something, fires them.
