@@ -2,7 +2,10 @@
 
 `up` starts a Kafka broker and a Redis (AOF on) that outlive the command and prints
 `KAFKA_BOOTSTRAP_SERVERS=...` and `REDIS_URL=...` on stdout (progress goes to stderr), e.g.
-`set -a; eval "$(python -m processor.localstack up)"; set +a`. It is idempotent: a stack
+`set -a; eval "$(python -m processor.localstack up)"; set +a`. The broker creates no topic
+by itself, so `up` creates the default input topics, 6 partitions each, with time
+retention off: `publish` stamps records with their event times, months old for a
+generated history, which the default 7-day retention would delete. It is idempotent: a stack
 that is already up is reused. Everything lives in `.stack/` under the current directory:
 `state.json` (addresses, PIDs, dirs), `env` (the same KEY=VALUE lines), and each service's
 data and logs in `kafka/` and `redis/`. `down` stops both and removes `.stack/`'s contents.
@@ -20,8 +23,9 @@ from pathlib import Path
 from typing import TypedDict
 
 from processor.localstack import ServiceStartError, pid_alive, port_open, stop_pid
-from processor.localstack.kafka import LocalKafka
+from processor.localstack.kafka import KafkaAdmin, LocalKafka
 from processor.localstack.redis import LocalRedis
+from processor.settings import TopicsSettings
 
 STACK_DIR = Path(".stack")
 _SERVICES = ("kafka", "redis")
@@ -84,6 +88,9 @@ def up() -> int:
         redis.start()
         print("starting kafka (first run downloads jars with Maven)...", file=sys.stderr)
         kafka.start()
+        admin, topics = KafkaAdmin(kafka.bootstrap_servers), TopicsSettings()
+        for topic in (topics.orders, topics.tracking):
+            admin.create_topic(topic, 6, config={"retention.ms": "-1"})
     except BaseException as error:  # incl. Ctrl-C: detached servers must not be left behind
         redis.close()
         kafka.close()
