@@ -26,6 +26,9 @@ from pydantic_core import PydanticCustomError
 
 MAX_AMOUNT_MINOR: Final = 10**12
 MAX_QUANTITY: Final = 1_000_000
+#: Lines (SKUs) in one event at most: a refund's decision lists every line it pays, and
+#: an order of tens of thousands made a decision over Kafka's 1 MB message limit.
+MAX_LINES: Final = 1_000
 MAX_MESSAGE_CHARS: Final = 500
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND: Final = timedelta(milliseconds=1)
@@ -159,7 +162,7 @@ class OrderPlaced(_Event):
     currency: Currency
     lines: Annotated[
         list[OrderLine],
-        Field(min_length=1),
+        Field(min_length=1, max_length=MAX_LINES),
         AfterValidator(_unique_skus),
         AfterValidator(_payable),
     ]
@@ -173,7 +176,9 @@ class PackageShipped(_Event):
     package_id: Id
     tracking_number: Id
     carrier: Id
-    lines: Annotated[list[ItemLine], Field(min_length=1), AfterValidator(_unique_skus)]
+    lines: Annotated[
+        list[ItemLine], Field(min_length=1, max_length=MAX_LINES), AfterValidator(_unique_skus)
+    ]
 
 
 @pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_CONFIG)
@@ -207,7 +212,10 @@ class ClaimFiled(_Event):
     claim_type: ClaimType
     package_id: Id | None = None
     lines: Annotated[
-        list[ItemLine], BeforeValidator(_null_as_empty), AfterValidator(_unique_skus)
+        list[ItemLine],
+        BeforeValidator(_null_as_empty),
+        Field(max_length=MAX_LINES),
+        AfterValidator(_unique_skus),
     ] = Field(default_factory=list)
 
 
@@ -308,6 +316,7 @@ _REASON_BY_ERROR_TYPE: Final = {
     "invalid_amount": "invalid_amount",
     "invalid_currency": "invalid_currency",
     "duplicate_sku": "duplicate_sku",
+    "too_long": "too_many_lines",  # the only lists are lines
 }
 
 

@@ -69,6 +69,9 @@ def test_null_and_absent_nullable_fields_are_accepted() -> None:
         # Each line within the limits, the order's refund beyond an Avro long.
         (order_placed(lines={sku: (10**6, 10**12) for sku in "ABCDEFGHIJ"}), "invalid_amount"),
         (order_placed(lines={"A": (2, 5 * 10**11 + 1)}), "invalid_amount"),
+        (order_placed(lines={f"S{n}": (1, 1) for n in range(1001)}), "too_many_lines"),
+        (shipped(lines={f"S{n}": 1 for n in range(1001)}), "too_many_lines"),
+        (claim_filed("damaged", lines={f"S{n}": 1 for n in range(1001)}), "too_many_lines"),
         (order_placed(currency="usd"), "invalid_currency"),
         (order_placed(currency="US"), "invalid_currency"),
         (
