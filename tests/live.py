@@ -60,6 +60,9 @@ _NO_LEADER_YET = frozenset(
         KafkaError.NOT_LEADER_FOR_PARTITION,
         KafkaError.LEADER_NOT_AVAILABLE,
         KafkaError.UNKNOWN_TOPIC_OR_PART,
+        # The client's metadata is a leader epoch ahead of the broker's, or behind it.
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+        KafkaError.FENCED_LEADER_EPOCH,
     )
 )
 
@@ -379,7 +382,7 @@ class LiveHarness:
         return self._list_offsets(topic, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
 
     def _list_offsets(self, topic: str, spec: OffsetSpec) -> dict[int, int]:
-        """Retried while a topic just created has no leader everywhere yet."""
+        """Retried while a topic just created has no settled leader everywhere yet."""
         specs = {TopicPartition(topic, p): spec for p in self.partitions(topic)}
         found: dict[int, int] = {}
 
