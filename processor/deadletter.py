@@ -12,7 +12,17 @@ SOURCE_PARTITION = "__dlq.source.partition"
 SOURCE_OFFSET = "__dlq.source.offset"
 ERROR_CLASS = "__dlq.error.class"
 ERROR_MESSAGE = "__dlq.error.message"
+#: The original value's size in bytes, on a dead letter that keeps only its first bytes.
+VALUE_TRUNCATED = "__dlq.value.truncated"
+#: Likewise for the original key.
+KEY_TRUNCATED = "__dlq.key.truncated"
 MAX_MESSAGE_BYTES = 4096
+#: A dead letter's key, value and headers in bytes at most. An input record as big as a
+#: producer may send (librdkafka's message.max.bytes, 1,000,000 by default) did not fit
+#: in one with the headers added, and the broker's refusal failed every batch after it.
+MAX_RECORD_BYTES = 900_000
+#: The original key's bytes a dead letter keeps at most; the value gets the rest.
+MAX_KEY_BYTES = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +76,20 @@ def dead_letter_record(
             (SOURCE_PARTITION, str(where.partition).encode()),
             (SOURCE_OFFSET, str(where.offset).encode()),
         ]
+    if key is not None and len(key) > MAX_KEY_BYTES:
+        headers.append((KEY_TRUNCATED, str(len(key)).encode()))
+        key = key[:MAX_KEY_BYTES]
+    if value is not None:
+        # Room is kept for the truncation header itself: a size has at most 20 digits.
+        room = MAX_RECORD_BYTES - len(key or b"") - _size(headers) - len(VALUE_TRUNCATED) - 20
+        if len(value) > room:
+            headers.append((VALUE_TRUNCATED, str(len(value)).encode()))
+            value = value[:room]
     return DeadLetterRecord(key, value, headers)
+
+
+def _size(headers: list[tuple[str, str | bytes | None]]) -> int:
+    return sum(len(name) + len(value or b"") for name, value in headers)
 
 
 def _utf8_prefix(text: str, limit: int) -> bytes:

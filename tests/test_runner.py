@@ -179,6 +179,9 @@ def test_the_processor_runs_on_the_acls_the_readme_lists(
     assert bool(failures) == (but is not None)
 
 
+HUGE_JUNK = b"\xff" * 999_900
+
+
 def test_bad_input_goes_to_the_dead_letter_topic_and_processing_goes_on(
     live: LiveHarness,
 ) -> None:
@@ -217,16 +220,19 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_processing_goes_on(
         producer.produce(topic, key=b"fp", value=unknown_fingerprint)
     producer.produce(live.topics["orders"], key=b"o-bad", value=invalid_values)
     producer.produce(live.topics["orders"], key=b"o-future", value=from_the_future)
+    # As big as a producer may send: kept whole, its dead letter would not fit in one.
+    producer.produce(live.topics["tracking"], key=b"huge", value=HUGE_JUNK)
     assert producer.flush(30) == 0
     live.publish(good)
 
     live.start()
     seen = live.read_refunds_until(expected, timeout_s=120)
-    dead = live.read_dead_letters(6, timeout_s=60)
+    dead = live.read_dead_letters(7, timeout_s=60)
     live.stop_all()
 
     assert set(seen) == expected
     assert sorted(reason for reason, _, _ in dead) == [
+        "bad_magic",
         "bad_magic",
         "bad_magic",
         "invalid_currency",
@@ -238,6 +244,8 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_processing_goes_on(
         (live.topics["orders"].encode(), b"\xffnot avro at all"),
         (live.topics["tracking"].encode(), b"\xffnot avro at all"),
     }
+    # Its first bytes (deadletter.MAX_RECORD_BYTES): whole, Kafka refused it for good.
+    assert any(value != HUGE_JUNK and HUGE_JUNK.startswith(value) for _, _, value in dead)
 
 
 def test_a_tracking_number_nobody_ships_expires_and_holds_no_deadline_back(
