@@ -131,8 +131,10 @@ class _Step:
             )
         )
 
-    def deny_refunded(
+    def deny_nothing_left(
         self,
+        units: Mapping[str, int],
+        within: Package | None,
         rule: str,
         what: str,
         evidence: tuple[str, ...],
@@ -141,11 +143,17 @@ class _Step:
         package_id: str | None = None,
         claim_id: str | None = None,
     ) -> None:
+        """Nothing of `units` is left to refund or reship: refunded already or, for a claim
+        on package `within`, never in that package."""
+        if within is not None and not set(units) & set(within.lines):
+            code, why = "not_in_package", f"package {within.package_id} carried none of them"
+        else:
+            code, why = "already_refunded", "every unit was already refunded"
         self.decide(
             "denied",
-            "already_refunded",
+            code,
             rule,
-            f"{what}: every unit was already refunded",
+            f"{what}: {why}",
             evidence,
             subject=subject,
             package_id=package_id,
@@ -171,8 +179,15 @@ class _Step:
         assert order is not None, "refund rules run only once order_placed is known"
         settled = settle_refund(order, self.state.ledger, units, within)
         if settled is None:
-            self.deny_refunded(
-                rule, what, evidence, subject=subject, package_id=package_id, claim_id=claim_id
+            self.deny_nothing_left(
+                units,
+                within,
+                rule,
+                what,
+                evidence,
+                subject=subject,
+                package_id=package_id,
+                claim_id=claim_id,
             )
             return False
         self.state.ledger = settled.ledger
@@ -883,11 +898,12 @@ def _resolve_partial(step: _Step, claim: Claim, rule: str, evidence: tuple[str, 
         )
         return
     # A unit refunded already (its package lost, say) is paid for: not sent again.
-    units = unrefunded(
-        state.order, state.ledger, _claimed_units(state, claim), _claimed_package(state, claim)
-    )
+    claimed, within = _claimed_units(state, claim), _claimed_package(state, claim)
+    units = unrefunded(state.order, state.ledger, claimed, within)
     if not units:
-        step.deny_refunded(rule, what, evidence, subject=subject, claim_id=claim.claim_id)
+        step.deny_nothing_left(
+            claimed, within, rule, what, evidence, subject=subject, claim_id=claim.claim_id
+        )
         return
     command_id = reship_command_id(state.order_id, claim.claim_id)
     step.emit(

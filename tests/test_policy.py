@@ -437,6 +437,27 @@ def test_a_claim_on_a_package_pays_at_most_what_that_package_carried() -> None:
     assert ("denied", "already_refunded") in _codes(driver.decisions())
 
 
+def test_a_claim_for_units_its_package_never_carried_is_denied_as_such() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 2}))
+    driver.pipe(shipped("p2", {"B": 1}))
+    driver.pipe(scan("delivered", "TN-p1", when=at(3)))
+    driver.pipe(claim_filed("wrong_item", "c1", package_id="p1", lines={"B": 1}, when=at(4)))
+    driver.pipe(claim_reviewed("c1", when=at(5)))
+    driver.pipe(claim_filed("wrong_quantity", "c2", package_id="p1", lines={"B": 1}, when=at(6)))
+    driver.pipe(claim_reviewed("c2", resolution="reship", when=at(7)))
+
+    assert driver.refunds() == []
+    assert driver.read(ReshipCommand) == []
+    denials = [d for d in driver.decisions() if d.outcome == "denied"]
+    assert [(d.claim_id, d.code) for d in denials] == [
+        ("c1", "not_in_package"),
+        ("c2", "not_in_package"),
+    ]
+    assert denials[0].detail.endswith("package p1 carried none of them")
+
+
 def test_r10_missing_item_waits_until_every_package_is_delivered() -> None:
     driver = TestDriver()
     driver.pipe(order_placed())
