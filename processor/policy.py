@@ -242,7 +242,7 @@ def apply_event(
     """
     if state is None:
         return apply_in_full(OrderState(order_id), event, origin, config, {})
-    if event.event_id in state.seen or changes_nothing(state, event):
+    if event.event_id in state.seen or changes_nothing(state, event, config):
         return Result(state, None)
     return apply_in_full(state.clone(), event, origin, config, timers(state, config))
 
@@ -265,10 +265,11 @@ def apply_in_full(
     return result
 
 
-def changes_nothing(state: OrderState, event: Event) -> bool:
+def changes_nothing(state: OrderState, event: Event, config: PolicyConfig) -> bool:
     """Whether `event` is a courier scan the rules read nothing from: not one they act on
-    (delivered, lost, back at origin), of a known package, and no earlier than its first
-    scan in courier hands. About half of all events are such scans.
+    (delivered, lost, back at origin), of known packages (`_packages_scanned`), and no
+    earlier than their first scan in courier hands. About half of all events are such
+    scans.
 
     `apply_event` skips them, so they are not recorded as seen either: every event id a
     state keeps is read and written with it. That is safe because what makes a scan one
@@ -284,7 +285,7 @@ def changes_nothing(state: OrderState, event: Event) -> bool:
         return False
     if state.order is None:
         return False
-    packages = state.packages_for_tracking(event.tracking_number)
+    packages = _packages_scanned(state, event, config)
     if not packages:
         return False
     if event.status not in _IN_COURIER_HANDS:
@@ -539,14 +540,36 @@ def _deny_cancellation(
     )
 
 
-def _tracking_update(step: _Step, event: TrackingUpdate, origin: str) -> None:
-    state = step.state
+def _packages_scanned(
+    state: OrderState, event: TrackingUpdate, config: PolicyConfig
+) -> list[Package] | None:
+    """The packages a scan is news of: shipped under its number less than orphan_ttl after
+    it. None while no package has the number: the scan waits for one.
+
+    An older scan waited longer than orphan_ttl for its package: it is a dead letter, as
+    it would have become had the clock passed its wait before the package shipped.
+    Whether the clock did depended on other orders' events (in `replay`, the file's; live,
+    the task's), and the scan's fate must not.
+    """
     packages = state.packages_for_tracking(event.tracking_number)
     if not packages:
-        _hold(step, event, origin, f"tracking:{event.tracking_number}")
+        return None
+    return [p for p in packages if p.shipped_at < event.at + config.orphan_ttl_ms]
+
+
+def _tracking_update(step: _Step, event: TrackingUpdate, origin: str) -> None:
+    state = step.state
     state.seen.add(event.event_id)
-    for package in packages:
-        _scan_package(step, package, event)
+    number = event.tracking_number
+    packages = _packages_scanned(state, event, step.config)
+    if packages is None:
+        _hold(step, event, origin, f"tracking:{number}")
+    elif not packages:
+        held = Held(event_to_json(event), origin, event.at, f"tracking:{number}")
+        step.emit(_dead_letter(held, event.order_id or number))
+    else:
+        for package in packages:
+            _scan_package(step, package, event)
 
 
 def _scan_package(step: _Step, package: Package, event: TrackingUpdate) -> None:

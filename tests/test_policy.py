@@ -129,6 +129,30 @@ def test_a_scan_of_a_tracking_number_two_packages_shipped_under_is_news_of_both(
     ]
 
 
+def test_a_scan_older_than_orphan_ttl_before_its_package_is_a_dead_letter_whatever_the_clock() -> (
+    None
+):
+    """Whether the scan had expired by the time its package shipped used to depend on
+    whether another order's event had moved the clock in between."""
+    outputs = []
+    for busy in (False, True):
+        driver = TestDriver()
+        driver.pipe(order_placed())
+        driver.pipe(scan("rto_delivered", "TN-p1", order_id=None, when=at(1), event_id="s1"))
+        if busy:
+            driver.pipe(order_placed("o2", when=at(8, 23)))
+        driver.pipe(shipped("p1", when=at(8, 23.5)))  # 7 days 23.5 h: orphan_ttl is 7 days
+        driver.advance_to(at(40))
+        outputs.append(
+            (
+                [(r.package_id, r.reason) for r in driver.refunds()],
+                [(d.reason, d.key) for d in driver.dead_letters()],
+            )
+        )
+
+    assert outputs[0] == outputs[1] == ([("p1", "lost")], [("unknown_tracking_number", "TN-p1")])
+
+
 def test_r3_deadline_waits_for_allowed_lateness() -> None:
     driver = TestDriver()
     _shipped_order(driver)

@@ -249,7 +249,7 @@ def test_a_scan_apply_event_skips_would_add_nothing_but_its_id(history: list[Any
     timers due before it, as any event does first, and add nothing but its id."""
     state: OrderState | None = None
     for event in _events_of(history):
-        if state is not None and changes_nothing(state, event):
+        if state is not None and changes_nothing(state, event, POLICY):
             due = timers(state, POLICY)
             full = apply_in_full(state.clone(), event, "test", POLICY, due)
             expected, fired = state, list[Output]()
@@ -272,14 +272,14 @@ def test_a_scan_apply_event_skips_is_skipped_in_every_later_state(data: st.DataO
     state: OrderState | None = None
     skipped: list[Event] = []
     for event in _events_of(history):
-        if state is not None and changes_nothing(state, event):
+        if state is not None and changes_nothing(state, event, POLICY):
             skipped.append(event)
         state = apply_event(state, "o1", event, "test", POLICY).state
-        assert all(changes_nothing(state, scan) for scan in skipped)
+        assert all(changes_nothing(state, scan, POLICY) for scan in skipped)
     assert state is not None
     for deadline, name in sorted((d, n) for n, d in timers(state, POLICY).items()):
         state = fire_timer(state, name, deadline, POLICY).state
-        assert all(changes_nothing(state, scan) for scan in skipped)
+        assert all(changes_nothing(state, scan, POLICY) for scan in skipped)
 
 
 def _valid_events(lines: list[str]) -> list[dict[str, Any]]:
