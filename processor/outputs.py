@@ -34,17 +34,27 @@ def uuid5(name: str) -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
+def _id_name(*parts: str) -> str:
+    """The parts joined by "|", with "|" and "\\" inside a part escaped by "\\".
+
+    Ids may contain "|": joined as they are, order "o1" with claim "c|cancellation" and
+    order "o1|claim:c" cancelled named the same refund. A part without either character
+    is unchanged, and so is every id issued for such parts before the escaping.
+    """
+    return "|".join(part.replace("\\", "\\\\").replace("|", "\\|") for part in parts)
+
+
 def refund_command_id(order_id: str, subject: str) -> str:
     """`subject` is "package:<id>", "claim:<id>" or "cancellation"."""
-    return uuid5(f"refund|{order_id}|{subject}")
+    return uuid5(_id_name("refund", order_id, subject))
 
 
 def reship_command_id(order_id: str, claim_id: str) -> str:
-    return uuid5(f"reship|{order_id}|claim:{claim_id}")
+    return uuid5(_id_name("reship", order_id, f"claim:{claim_id}"))
 
 
 def decision_id(order_id: str, trigger: str, subject: str, code: str) -> str:
-    return uuid5(f"decision|{order_id}|{trigger}|{subject}|{code}")
+    return uuid5(_id_name("decision", order_id, trigger, subject, code))
 
 
 def iso_millis(millis: int) -> str:
