@@ -8,10 +8,15 @@ reshipped once it is refunded.
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Final
 
 from processor.outputs import RefundLine
 from processor.state import Ledger, Order, Package
+
+#: `Ledger.by_package` key of the units an order's cancellation refunded, which no package
+#: carried then (a package id is never empty): `ship_after_cancellation` moves them.
+UNSHIPPED: Final = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,23 +57,30 @@ def unrefunded(
 
 
 def settle_refund(
-    order: Order, ledger: Ledger, units: Mapping[str, int], package: Package | None = None
+    order: Order,
+    ledger: Ledger,
+    units: Mapping[str, int],
+    package: Package | None = None,
+    *,
+    out_of: str | None = None,
 ) -> Settlement | None:
     """Refunds what is left of `units` (out of `package`, if given); None when nothing is
-    (the caller denies it)."""
+    (the caller denies it). The units are counted against `package`, or the `out_of` key
+    of `Ledger.by_package` (`UNSHIPPED`)."""
     left = unrefunded(order, ledger, units, package)
     if not left:
         return None
+    key = package.package_id if package is not None else out_of
     refunded = dict(ledger.refunded)
     by_package = dict(ledger.by_package)
-    taken = dict(by_package.get(package.package_id, {})) if package is not None else {}
+    taken = dict(by_package.get(key, {})) if key is not None else {}
     lines: list[RefundLine] = []
     for sku, quantity in left.items():
         refunded[sku] = refunded.get(sku, 0) + quantity
         taken[sku] = taken.get(sku, 0) + quantity
         lines.append(RefundLine(sku, quantity, quantity * order.lines[sku].unit_price_minor))
-    if package is not None:
-        by_package[package.package_id] = taken
+    if key is not None:
+        by_package[key] = taken
     everything_refunded = all(
         refunded.get(sku, 0) >= priced.quantity for sku, priced in order.lines.items()
     )
@@ -86,4 +98,21 @@ def settle_refund(
             refunded_minor=ledger.refunded_minor + amount,
             by_package=by_package,
         ),
+    )
+
+
+def ship_after_cancellation(ledger: Ledger, package: Package) -> Ledger:
+    """A package shipped after the cancellation refunded the units no package carried then:
+    those of its units are paid for already, so they count as refunded out of it."""
+    unshipped = ledger.by_package.get(UNSHIPPED, {})
+    moved = {
+        sku: quantity
+        for sku, carried in package.lines.items()
+        if (quantity := min(carried, unshipped.get(sku, 0))) > 0
+    }
+    if not moved:
+        return ledger
+    left = {sku: n - moved.get(sku, 0) for sku, n in unshipped.items() if n > moved.get(sku, 0)}
+    return replace(
+        ledger, by_package=ledger.by_package | {UNSHIPPED: left, package.package_id: moved}
     )

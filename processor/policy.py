@@ -25,7 +25,7 @@ from processor.events import (
     event_to_json,
     parse_event_json,
 )
-from processor.ledger import settle_refund, unrefunded
+from processor.ledger import UNSHIPPED, settle_refund, ship_after_cancellation, unrefunded
 from processor.outputs import (
     DeadLetter,
     Decision,
@@ -171,13 +171,14 @@ class _Step:
         package_id: str | None = None,
         claim_id: str | None = None,
         within: Package | None = None,
+        out_of: str | None = None,
         what: str,
     ) -> bool:
         """Refunds what is left of `units` (out of package `within`, when the refund
-        concerns one); logs `already_refunded` when nothing is."""
+        concerns one, or counted against `out_of`); logs why when nothing is left."""
         order = self.state.order
         assert order is not None, "refund rules run only once order_placed is known"
-        settled = settle_refund(order, self.state.ledger, units, within)
+        settled = settle_refund(order, self.state.ledger, units, within, out_of=out_of)
         if settled is None:
             self.deny_nothing_left(
                 units,
@@ -511,6 +512,7 @@ def _package_shipped(step: _Step, event: PackageShipped, origin: str) -> None:
     step.result.timers_stale = True
     step.result.linked_tracking_numbers.append(event.tracking_number)
     if state.cancelled is not None:
+        state.ledger = ship_after_cancellation(state.ledger, package)
         step.decide(
             "anomaly",
             "shipped_after_cancellation",
@@ -740,6 +742,7 @@ def _order_cancelled(step: _Step, event: OrderCancelled) -> None:
         rule="R5",
         subject="cancellation",
         evidence=evidence,
+        out_of=UNSHIPPED,
         what="order cancelled before shipping",
     )
 

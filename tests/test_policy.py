@@ -279,6 +279,23 @@ def test_r5_a_second_cancellation_refunds_nothing_more() -> None:
     ]
 
 
+def test_r12_a_unit_the_cancellation_refunded_is_not_paid_again_when_it_ships() -> None:
+    """The cancellation pays for p1's A and the B no package carried; then p2 ships them
+    anyway and is lost: they are paid for. p1's own loss still is paid, with the fee."""
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 1}))
+    driver.pipe(order_cancelled(when=at(1, 2)))
+    driver.pipe(shipped("p2", {"A": 1, "B": 1}, when=at(1, 4)))
+    driver.pipe(scan("lost", "TN-p2", when=at(5)))
+    driver.pipe(scan("lost", "TN-p1", when=at(6)))
+
+    cancel, lost = driver.refunds()
+    assert (cancel.reason, cancel.amount_minor) == ("cancellation_intercepted", 3500)
+    assert (lost.package_id, lost.amount_minor, lost.shipping_fee_minor) == ("p1", 1500, 500)
+    assert ("denied", "already_refunded") in _codes(driver.decisions())
+
+
 def test_r6_not_received_but_tracking_shows_delivered_is_denied() -> None:
     driver = TestDriver()
     _shipped_order(driver)
