@@ -898,8 +898,14 @@ def _claimed_units(state: OrderState, claim: Claim) -> Mapping[str, int]:
 
 
 def _claimed_package(state: OrderState, claim: Claim) -> Package | None:
-    """The package a claim names: its refund or reship comes out of that package only."""
-    return None if claim.package_id is None else state.packages[claim.package_id]
+    """The package a claim names: its refund or reship comes out of that package only.
+
+    Not for a missing item: R10 waits for every package because a unit missing from a
+    split order belongs to none in particular, whichever one the buyer names.
+    """
+    if claim.package_id is None or claim.claim_type == "missing_item":
+        return None
+    return state.packages[claim.package_id]
 
 
 def _resolve_partial(step: _Step, claim: Claim, rule: str, evidence: tuple[str, ...]) -> None:

@@ -499,6 +499,20 @@ def test_a_claim_for_units_its_package_never_carried_is_denied_as_such() -> None
     assert denials[0].detail.endswith("package p1 carried none of them")
 
 
+def test_r10_a_missing_item_is_the_orders_whichever_package_the_claim_names() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 2}))
+    driver.pipe(shipped("p2", {"B": 1}))
+    driver.pipe(scan("delivered", "TN-p1", when=at(3)))
+    driver.pipe(scan("delivered", "TN-p2", when=at(4)))
+    driver.pipe(claim_filed("missing_item", "c1", package_id="p2", lines={"A": 1}, when=at(5)))
+    driver.pipe(claim_reviewed("c1", when=at(6)))
+
+    refund = _one_refund(driver)
+    assert (refund.claim_id, refund.amount_minor) == ("c1", 1000)
+
+
 def test_r10_missing_item_waits_until_every_package_is_delivered() -> None:
     driver = TestDriver()
     driver.pipe(order_placed())

@@ -85,14 +85,15 @@ def assert_no_package_refunded_beyond_what_it_carried(
     events: list[dict[str, Any]], refunds: list[RefundCommand]
 ) -> None:
     """The refunds of a package and of the claims naming it pay for its units at most once:
-    per SKU alone, a split order's second package could pay again for the first's."""
+    per SKU alone, a split order's second package could pay again for the first's. (A
+    missing-item claim is the order's, whichever package it names.)"""
     carried: dict[tuple[str, str], dict[str, int]] = {}
     claimed: dict[tuple[str, str], str] = {}
     for event in events:
         key = (event.get("order_id") or "", event.get("package_id") or "")
         if event["type"] == "package_shipped":
             carried.setdefault(key, {line["sku"]: line["quantity"] for line in event["lines"]})
-        elif event["type"] == "claim_filed" and event.get("package_id"):
+        elif event["type"] == "claim_filed" and key[1] and event["claim_type"] != "missing_item":
             claimed.setdefault((key[0], event["claim_id"]), key[1])
     paid: dict[tuple[str, str, str], int] = defaultdict(int)
     for refund in refunds:
