@@ -210,11 +210,20 @@ class _Step:
                 policy_version=self.config.policy_version,
             )
         )
+        detail = f"{what}: refunded {settled.describe()}"
+        granted = {line.sku: line.quantity for line in settled.lines}
+        if short := {
+            sku: n - granted.get(sku, 0) for sku, n in units.items() if n > granted.get(sku, 0)
+        }:
+            beyond = "what was ordered or the package carried" if within else "what was ordered"
+            detail += f"; not paid, as refunded already or beyond {beyond}: " + ", ".join(
+                f"{n} x {sku}" for sku, n in sorted(short.items())
+            )
         self.decide(
             "refunded",
             reason,
             rule,
-            f"{what}: refunded {settled.describe()}",
+            detail,
             evidence,
             subject=subject,
             package_id=package_id,
@@ -743,7 +752,7 @@ def _order_cancelled(step: _Step, event: OrderCancelled) -> None:
         subject="cancellation",
         evidence=evidence,
         out_of=UNSHIPPED,
-        what="order cancelled before shipping",
+        what="order cancelled: the units no package carried",
     )
 
 

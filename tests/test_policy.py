@@ -476,6 +476,11 @@ def test_a_claim_on_a_package_pays_at_most_what_that_package_carried() -> None:
     )
     assert (rto.package_id, rto.amount_minor, rto.shipping_fee_minor) == ("p2", 4000, 500)
     assert ("denied", "already_refunded") in _codes(driver.decisions())
+    paid = next(d for d in driver.decisions() if d.command_id == claim.command_id)
+    assert paid.detail.endswith(
+        "; not paid, as refunded already or beyond what was ordered or the package carried: "
+        "1 x A, 1 x B"
+    )
 
 
 def test_a_claim_for_units_its_package_never_carried_is_denied_as_such() -> None:
