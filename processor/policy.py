@@ -696,6 +696,9 @@ def _cancellation_requested(step: _Step, event: CancellationRequested) -> None:
         _deny_cancellation(step, request, shipped[0].shipped_event_id, shipped[0].package_id)
         return
     if state.cancelled is not None:
+        _already_cancelled(
+            step, state.cancelled, event.event_id, f"cancellation-request:{event.request_id}"
+        )
         return
     state.cancel_request = request
     step.decide(
@@ -716,15 +719,7 @@ def _order_cancelled(step: _Step, event: OrderCancelled) -> None:
     state.seen.add(event.event_id)
     if state.cancelled is not None:
         # The first one settled the cancellation; what shipped since is no longer unshipped.
-        step.decide(
-            "denied",
-            "already_cancelled",
-            "R5",
-            f"order already cancelled by event {state.cancelled.event_id}, which decided "
-            "its refund",
-            (order.placed_event_id, state.cancelled.event_id, event.event_id),
-            subject="cancellation",
-        )
+        _already_cancelled(step, state.cancelled, event.event_id, "cancellation")
         return
     state.cancelled = Cancellation(event.request_id, event.event_id, event.at)
     state.cancel_request = None
@@ -753,6 +748,17 @@ def _order_cancelled(step: _Step, event: OrderCancelled) -> None:
         evidence=evidence,
         out_of=UNSHIPPED,
         what="order cancelled: the units no package carried",
+    )
+
+
+def _already_cancelled(step: _Step, cancelled: Cancellation, event_id: str, subject: str) -> None:
+    step.decide(
+        "denied",
+        "already_cancelled",
+        "R5",
+        f"order already cancelled by event {cancelled.event_id}, which decided its refund",
+        (cancelled.event_id, event_id),
+        subject=subject,
     )
 
 

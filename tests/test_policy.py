@@ -296,6 +296,19 @@ def test_r12_a_unit_the_cancellation_refunded_is_not_paid_again_when_it_ships() 
     assert ("denied", "already_refunded") in _codes(driver.decisions())
 
 
+def test_a_cancellation_request_after_the_order_was_cancelled_is_explained() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(order_cancelled(when=at(0, 2), event_id="cancel-1"))
+    driver.pipe(cancellation_requested(when=at(0, 3)))
+
+    assert _codes(driver.decisions()) == [
+        ("refunded", "cancellation_intercepted"),
+        ("denied", "already_cancelled"),
+    ]
+    assert "cancel-1" in driver.decisions()[-1].detail
+
+
 def test_r6_not_received_but_tracking_shows_delivered_is_denied() -> None:
     driver = TestDriver()
     _shipped_order(driver)
