@@ -29,6 +29,7 @@ from processor.events import (
     TrackingUpdate,
     parse_event_json,
 )
+from processor.ledger import UNSHIPPED
 from processor.outputs import DeadLetter, Decision, iso_millis, output_to_dict
 from processor.policy import DEADLINE_TIMER_PREFIX, EXPIRE_HELD_TIMER, timers
 from processor.replay import replay
@@ -468,6 +469,7 @@ def _ledger_json(state: OrderState) -> dict[str, Any] | None:
     if order is None:
         return None
     packages = _packages(state)
+    by_package = state.ledger.by_package
     skus = []
     for sku, priced in order.lines.items():
         refunded = state.ledger.refunded.get(sku, 0)
@@ -478,6 +480,12 @@ def _ledger_json(state: OrderState) -> dict[str, Any] | None:
                 "ordered": priced.quantity,
                 "shipped": {p.package_id: p.lines[sku] for p in packages if sku in p.lines},
                 "refunded": refunded,
+                "refunded_out_of": {
+                    p.package_id: by_package[p.package_id][sku]
+                    for p in packages
+                    if by_package.get(p.package_id, {}).get(sku)
+                },
+                "refunded_unshipped": by_package.get(UNSHIPPED, {}).get(sku, 0),
                 "ordered_minor": priced.quantity * priced.unit_price_minor,
                 "refunded_minor": refunded * priced.unit_price_minor,
             }
@@ -652,13 +660,16 @@ def render_text(explanation: Explanation) -> str:
         for sku in ledger["skus"]:
             shipped = sum(sku["shipped"].values())
             per_package = ", ".join(f"{p}: {q}" for p, q in sku["shipped"].items())
+            out_of = [f"{p}: {q}" for p, q in sku["refunded_out_of"].items()]
+            if sku["refunded_unshipped"]:
+                out_of.append(f"cancelled before shipping: {sku['refunded_unshipped']}")
             rows.append(
                 [
                     sku["sku"],
                     str(sku["unit_price_minor"]),
                     str(sku["ordered"]),
                     f"{shipped} ({per_package})" if per_package else "0",
-                    str(sku["refunded"]),
+                    f"{sku['refunded']} ({', '.join(out_of)})" if out_of else str(sku["refunded"]),
                     str(sku["ordered_minor"]),
                     str(sku["refunded_minor"]),
                 ]
