@@ -22,8 +22,11 @@ def _iso(minutes: int) -> str:
 
 
 @st.composite
-def order_history(draw: st.DrawFn, order_id: str) -> list[Timed]:
-    """One order's events with their times, sorted by time (ties keep causal order)."""
+def order_history(
+    draw: st.DrawFn, order_id: str, *, shared_tracking_numbers: bool = True
+) -> list[Timed]:
+    """One order's events with their times, sorted by time (ties keep causal order).
+    `shared_tracking_numbers`: now and then two packages ship under one number."""
     events: list[Timed] = []
     counter = iter(range(1_000))
 
@@ -54,7 +57,8 @@ def order_history(draw: st.DrawFn, order_id: str) -> list[Timed]:
         if not lines:
             continue
         package_id = f"{order_id}-p{index}"
-        tracking_number = f"TN-{package_id}"
+        shared = shared_tracking_numbers and packages and draw(st.integers(0, 5)) == 0
+        tracking_number = f"TN-{packages[-1]}" if shared else f"TN-{package_id}"
         packages.append(package_id)
         ship = placed + draw(st.integers(0, 3 * 24 * 60))
         add(

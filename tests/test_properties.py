@@ -269,7 +269,12 @@ def test_a_scan_apply_event_skips_is_skipped_in_every_later_state(data: st.DataO
     """Its id is not kept, so a skipped scan read again after a crash meets a later state
     of its order: it must be skipped there too, as a kept id would make it. In any
     arrival order: events may come late."""
-    history = data.draw(st.permutations(data.draw(order_history("o1"))))
+    # One exception, documented at `changes_nothing`: a package shipped later under the
+    # scan's number, which the scan read again then reaches (a pickup time, which decides
+    # nothing the other package's earlier pickup had not decided already).
+    history = data.draw(
+        st.permutations(data.draw(order_history("o1", shared_tracking_numbers=False)))
+    )
     state: OrderState | None = None
     skipped: list[Event] = []
     for event in _events_of(history):
