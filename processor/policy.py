@@ -555,17 +555,28 @@ def _packages_scanned(
     state: OrderState, event: TrackingUpdate, config: PolicyConfig
 ) -> list[Package] | None:
     """The packages a scan is news of: shipped under its number less than orphan_ttl after
-    it. None while no package has the number: the scan waits for one.
+    it, and not delivered before another package took the number over by the time of the
+    scan. None while no package has the number: the scan waits for one.
 
     An older scan waited longer than orphan_ttl for its package: it is a dead letter, as
     it would have become had the clock passed its wait before the package shipped.
     Whether the clock did depended on other orders' events (in `replay`, the file's; live,
-    the task's), and the scan's fate must not.
+    the task's), and the scan's fate must not. A package delivered before its number was
+    used again (couriers recycle numbers) is not the one a later scan is about.
     """
     packages = state.packages_for_tracking(event.tracking_number)
     if not packages:
         return None
-    return [p for p in packages if p.shipped_at < event.at + config.orphan_ttl_ms]
+    return [
+        p
+        for p in packages
+        if p.shipped_at < event.at + config.orphan_ttl_ms
+        and not any(
+            p.delivered_at is not None and p.delivered_at <= q.shipped_at <= event.at
+            for q in packages
+            if q is not p
+        )
+    ]
 
 
 def _tracking_update(step: _Step, event: TrackingUpdate, origin: str) -> None:

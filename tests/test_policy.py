@@ -153,6 +153,19 @@ def test_a_scan_older_than_orphan_ttl_before_its_package_is_a_dead_letter_whatev
     assert outputs[0] == outputs[1] == ([("p1", "lost")], [("unknown_tracking_number", "TN-p1")])
 
 
+def test_a_tracking_number_used_again_after_a_delivery_is_the_new_packages() -> None:
+    """p1 is delivered on day 3; p2 ships under the same number on day 10 and is lost:
+    only p2 is refunded."""
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 2}, tracking_number="T1"))
+    driver.pipe(scan("delivered", "T1", when=at(3)))
+    driver.pipe(shipped("p2", {"B": 1}, tracking_number="T1", when=at(10)))
+    driver.pipe(scan("lost", "T1", when=at(14)))
+
+    assert [(r.package_id, r.amount_minor) for r in driver.refunds()] == [("p2", 2500)]
+
+
 def test_r3_deadline_waits_for_allowed_lateness() -> None:
     driver = TestDriver()
     _shipped_order(driver)
