@@ -144,7 +144,7 @@ def explain_state(
     untimed: tuple[str, ...] = ()
     if events is None and state is not None:
         shown = {entry.event_id for entry in entries}
-        untimed = tuple(sorted(state.seen - shown))
+        untimed = tuple(sorted(state.seen.keys() - shown))
     pending = timers(state, config) if state is not None else {}
     return Explanation(
         order_id=order_id,

@@ -5,6 +5,7 @@ Nothing in this module does I/O: the replay, the test driver and the live proces
 call `apply_event` and `fire_timer` and differ only in where state and outputs go.
 """
 
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, get_args
@@ -39,6 +40,7 @@ from processor.outputs import (
     reship_command_id,
 )
 from processor.state import (
+    UNKNOWN_DIGEST,
     Cancellation,
     Claim,
     Held,
@@ -252,7 +254,10 @@ def apply_event(
     """
     if state is None:
         return apply_in_full(OrderState(order_id), event, origin, config, {})
-    if event.event_id in state.seen or changes_nothing(state, event, config):
+    known = state.seen.get(event.event_id)
+    if known is not None and known in (UNKNOWN_DIGEST, event_digest(event)):
+        return Result(state, None)
+    if changes_nothing(state, event, config):
         return Result(state, None)
     return apply_in_full(state.clone(), event, origin, config, timers(state, config))
 
@@ -273,6 +278,12 @@ def apply_in_full(
     _apply(step, event, origin)
     _revisit_pending_claims(step)
     return result
+
+
+def event_digest(event: Event) -> int:
+    """What `OrderState.seen` keeps of an event besides its id: a redelivery has the same,
+    another event that reuses the id (a producer's bug) almost surely not."""
+    return zlib.crc32(f"{event.type}|{event.at}".encode()) or 1
 
 
 def changes_nothing(state: OrderState, event: Event, config: PolicyConfig) -> bool:
@@ -409,9 +420,9 @@ def _hold(step: _Step, event: Event, origin: str, waits_for: str) -> None:
 
 
 def _reject(step: _Step, event: Event, origin: str, reason: str, message: str) -> None:
-    """Dead-letters an event the order's state refuses. Its id is seen like any other's,
-    so the same event again (a duplicate, or read again after a rewind) is a no-op."""
-    step.state.seen.add(event.event_id)
+    """Dead-letters an event the order's state refuses. Its id is seen like any other's
+    (`_apply`), so the same event again (a duplicate, or read again after a rewind) is a
+    no-op."""
     step.emit(
         DeadLetter(
             origin=origin,
@@ -425,9 +436,23 @@ def _reject(step: _Step, event: Event, origin: str, reason: str, message: str) -
 
 def _apply(step: _Step, event: Event, origin: str) -> None:
     state = step.state
+    digest = event_digest(event)
+    if state.seen.get(event.event_id, digest) not in (digest, UNKNOWN_DIGEST):
+        # `apply_event` let it through: its id, but not its content, is known.
+        step.emit(
+            DeadLetter(
+                origin=origin,
+                reason="duplicate_event_id",
+                message=f"event id {event.event_id!r} is already used by another event "
+                f"of order {state.order_id!r}",
+                payload=event_to_json(event),
+                key=state.order_id,
+            )
+        )
+        return
+    state.seen[event.event_id] = digest
     if state.order is None and not isinstance(event, OrderPlaced):
         _hold(step, event, origin, "order")
-        state.seen.add(event.event_id)
         return
     # Most frequent first: each class pattern that fails costs an ABC instance check.
     match event:
@@ -471,7 +496,6 @@ def _order_placed(step: _Step, event: OrderPlaced, origin: str) -> None:
             step, event, origin, "duplicate_order", f"order {event.order_id!r} was already placed"
         )
         return
-    state.seen.add(event.event_id)
     state.order = Order(
         merchant_id=event.merchant_id,
         currency=event.currency,
@@ -508,7 +532,6 @@ def _package_shipped(step: _Step, event: PackageShipped, origin: str) -> None:
             f"package {event.package_id!r} already shipped",
         )
         return
-    state.seen.add(event.event_id)
     package = Package(
         package_id=event.package_id,
         tracking_number=event.tracking_number,
@@ -581,7 +604,6 @@ def _packages_scanned(
 
 def _tracking_update(step: _Step, event: TrackingUpdate, origin: str) -> None:
     state = step.state
-    state.seen.add(event.event_id)
     number = event.tracking_number
     packages = _packages_scanned(state, event, step.config)
     if packages is None:
@@ -696,7 +718,6 @@ def _lost_deadline(step: _Step, package: Package) -> None:
 
 def _cancellation_requested(step: _Step, event: CancellationRequested) -> None:
     state = step.state
-    state.seen.add(event.event_id)
     request = Cancellation(event.request_id, event.event_id, event.at)
     shipped = [
         p
@@ -727,7 +748,6 @@ def _order_cancelled(step: _Step, event: OrderCancelled) -> None:
     state = step.state
     order = state.order
     assert order is not None
-    state.seen.add(event.event_id)
     if state.cancelled is not None:
         # The first one settled the cancellation; what shipped since is no longer unshipped.
         _already_cancelled(step, state.cancelled, event.event_id, "cancellation")
@@ -793,9 +813,7 @@ def _claim_filed(step: _Step, event: ClaimFiled, origin: str) -> None:
         return
     if event.package_id is not None and event.package_id not in state.packages:
         _hold(step, event, origin, f"package:{event.package_id}")
-        state.seen.add(event.event_id)
         return
-    state.seen.add(event.event_id)
     claim = Claim(
         claim_id=event.claim_id,
         claim_type=event.claim_type,
@@ -863,9 +881,7 @@ def _claim_reviewed(step: _Step, event: ClaimReviewed, origin: str) -> None:
     claim = state.claims.get(event.claim_id)
     if claim is None:
         _hold(step, event, origin, f"claim:{event.claim_id}")
-        state.seen.add(event.event_id)
         return
-    state.seen.add(event.event_id)
     subject = f"claim:{claim.claim_id}"
     evidence = (claim.filed_event_id, event.event_id)
     if claim.status == "settled":
@@ -1047,9 +1063,7 @@ def _return_received(step: _Step, event: ReturnReceived, origin: str) -> None:
     package = state.packages.get(event.package_id)
     if package is None:
         _hold(step, event, origin, f"package:{event.package_id}")
-        state.seen.add(event.event_id)
         return
-    state.seen.add(event.event_id)
     if package.back_event_id is None:
         package = _set_package(step, package, back_event_id=event.event_id)
     evidence = (package.shipped_event_id, event.event_id)

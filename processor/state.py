@@ -8,9 +8,9 @@ milliseconds (event time).
 
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
-from typing import Any, Final, Literal, Protocol, TypeVar, dataclass_transform
+from typing import Annotated, Any, Final, Literal, Protocol, TypeVar, dataclass_transform
 
-from pydantic import TypeAdapter
+from pydantic import BeforeValidator, TypeAdapter
 
 ClaimStatus = Literal["open", "pending", "denied", "settled"]
 
@@ -126,6 +126,18 @@ class Ledger:
     by_package: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
+#: The digest of an event id kept before digests were (a list of ids in the JSON): it
+#: matches any event, as the id alone did.
+UNKNOWN_DIGEST: Final = 0
+
+
+def _ids_with_digests(value: Any) -> Any:
+    return dict.fromkeys(value, UNKNOWN_DIGEST) if isinstance(value, list) else value
+
+
+SeenIds = Annotated[dict[str, int], BeforeValidator(_ids_with_digests)]
+
+
 @dataclass(slots=True)
 class OrderState:
     order_id: str
@@ -136,7 +148,9 @@ class OrderState:
     cancel_request: Cancellation | None = None
     cancelled: Cancellation | None = None
     held: list[Held] = field(default_factory=list)
-    seen: set[str] = field(default_factory=set)
+    #: Event id -> `policy.event_digest` of the event, so that a redelivery is a no-op
+    #: and another event reusing the id is not mistaken for one.
+    seen: SeenIds = field(default_factory=dict)
 
     def packages_for_tracking(self, tracking_number: str) -> list[Package]:
         """Usually one; several when the warehouse shipped packages under one number, and a

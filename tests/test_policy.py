@@ -322,6 +322,19 @@ def test_a_cancellation_request_after_the_order_was_cancelled_is_explained() -> 
     assert "cancel-1" in driver.decisions()[-1].detail
 
 
+def test_an_event_reusing_another_events_id_is_a_dead_letter_and_a_redelivery_is_not() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed(event_id="e1"))
+    driver.pipe(order_placed(event_id="e1"))  # redelivered
+    driver.pipe(order_cancelled(when=at(0, 2), event_id="e1"))  # a producer's bug
+
+    assert driver.refunds() == []
+    assert [(d.reason, d.key) for d in driver.dead_letters()] == [("duplicate_event_id", "o1")]
+    assert driver.dead_letters()[0].message == (
+        "event id 'e1' is already used by another event of order 'o1'"
+    )
+
+
 def test_r6_not_received_but_tracking_shows_delivered_is_denied() -> None:
     driver = TestDriver()
     _shipped_order(driver)

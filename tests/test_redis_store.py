@@ -192,7 +192,7 @@ def new_store(scratch: tuple[redis.Redis, str]) -> Callable[[], RedisTaskStore]:
 
 
 def _write_a_batch(store: StateStore) -> OrderState:
-    state = OrderState("o1", seen={"e1", "e2"})
+    state = OrderState("o1", seen={"e1": 1, "e2": 1})
     store.save_order(state)
     store.save_orphans(OrphanBucket("TN9", [Held("{}", "test:1", 5, "tracking:TN9")], {"e9"}))
     store.link_tracking("TN1", "o1")
@@ -280,7 +280,7 @@ def test_discard_makes_nothing_visible(
 ) -> None:
     store = new_store()
     store.claim({})
-    committed = OrderState("o1", seen={"e0"})
+    committed = OrderState("o1", seen={"e0": 1})
     store.save_order(committed)
     store.set_timer(Timer(50, order_owner("o1"), "deadline:p0"))
     store.stage({PARTITION: 1})
@@ -529,7 +529,7 @@ def test_state_survives_a_redis_crash_with_aof(redis_server: LocalRedis) -> None
         state = _write_a_batch(store)
         store.stage({PARTITION: 1})
         store.apply()
-        store.save_order(OrderState("o2", seen={"e3"}))
+        store.save_order(OrderState("o2", seen={"e3": 1}))
         store.stage({PARTITION: 2})  # Kafka commits, then Redis dies before apply()
 
         redis_server.restart(crash=True)
@@ -537,7 +537,7 @@ def test_state_survives_a_redis_crash_with_aof(redis_server: LocalRedis) -> None
         owner = RedisTaskStore(client, app=app, task=TASK)
         owner.claim({PARTITION: 2})
         assert owner.load_order("o1") == state
-        assert owner.load_order("o2") == OrderState("o2", seen={"e3"})
+        assert owner.load_order("o2") == OrderState("o2", seen={"e3": 1})
         assert owner.order_for_tracking("TN1") == "o1"
         assert owner.get_clock() == 42
         assert owner.pop_due_timer(1_000) == Timer(100, order_owner("o1"), "deadline:p1")
@@ -740,7 +740,7 @@ def test_prefetch_loads_a_batch_in_one_round_trip(scratch: tuple[redis.Redis, st
     seed = RedisTaskStore(client, app=app, task=TASK)
     seed.claim({})
     for i in range(1_000):
-        seed.save_order(OrderState(f"o{i}", seen={f"e{i}"}))
+        seed.save_order(OrderState(f"o{i}", seen={f"e{i}": 1}))
     for i in range(50):
         seed.save_orphans(OrphanBucket(f"TN{i}", seen={f"t{i}"}))
         seed.link_tracking(f"L{i}", f"o{i}")
@@ -769,7 +769,7 @@ def test_prefetch_loads_a_batch_in_one_round_trip(scratch: tuple[redis.Redis, st
             assert count() == 1
             assert store.load_order("o-later") is None  # not due by 500: not prefetched
             assert count() == 2
-        assert store.load_order("o7") == OrderState("o7", seen={"e7"})
+        assert store.load_order("o7") == OrderState("o7", seen={"e7": 1})
         assert store.load_order("missing") is None
         assert store.load_orphans("TN3") == OrphanBucket("TN3", seen={"t3"})
         assert store.order_for_tracking("L3") == "o3"

@@ -1,8 +1,14 @@
 """Copies of order state: the policy core relies on them to leave a given state untouched."""
 
+import json
 from dataclasses import fields
 
+from processor.config import load_policy
+from processor.events import parse_event_json
+from processor.policy import apply_event
 from processor.state import (
+    ORDER_STATE_ADAPTER,
+    UNKNOWN_DIGEST,
     Cancellation,
     Claim,
     Held,
@@ -15,6 +21,7 @@ from processor.state import (
     replace_claim,
     replace_package,
 )
+from tests.factories import order_cancelled
 
 
 def _package() -> Package:
@@ -59,7 +66,7 @@ def _state() -> OrderState:
         cancel_request=Cancellation("r1", "ev-request", 7),
         cancelled=Cancellation("r2", "ev-cancelled", 8),
         held=[Held("{}", "test:1", 9, "order")],
-        seen={"ev-placed"},
+        seen={"ev-placed": 1},
     )
 
 
@@ -92,3 +99,15 @@ def test_replacing_a_claim_changes_only_the_named_fields() -> None:
     assert replace_claim(claim, status="settled") == Claim(
         **{f.name: getattr(claim, f.name) for f in fields(Claim)} | {"status": "settled"}
     )
+
+
+def test_a_state_stored_before_digests_loads_and_takes_every_id_as_a_redelivery() -> None:
+    """Redis holds states whose `seen` is a list of ids: each reads as a known id of
+    unknown content, deduplicated by id alone as it was."""
+    state = ORDER_STATE_ADAPTER.validate_json(b'{"order_id": "o1", "seen": ["e1"]}')
+    assert state.seen == {"e1": UNKNOWN_DIGEST}
+
+    again = parse_event_json(json.dumps(order_cancelled(event_id="e1")))
+    result = apply_event(state, "o1", again, "test", load_policy())
+
+    assert (result.state, result.timers_before, result.outputs) == (state, None, [])

@@ -27,7 +27,7 @@ def store(request: pytest.FixtureRequest) -> Iterator[StateStore]:
 
 
 def test_an_order_round_trips(store: StateStore) -> None:
-    state = OrderState("o1", seen={"e1", "e2"})
+    state = OrderState("o1", seen={"e1": 1, "e2": 1})
     store.save_order(state)
 
     assert store.load_order("o1") == state
