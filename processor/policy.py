@@ -625,6 +625,18 @@ def _scan_package(step: _Step, package: Package, event: TrackingUpdate) -> None:
     match event.status:
         case "delivered":
             _delivered(step, package, event)
+        case "lost" if package.delivered_at is not None and package.delivered_at <= event.at:
+            # policy.txt: no refund at all when tracking indicates successful delivery.
+            step.decide(
+                "anomaly",
+                "lost_after_delivery",
+                "R3b",
+                f"package {package.package_id} declared lost after tracking showed it "
+                f"delivered ({package.delivered_event_id}); no automatic refund",
+                (*evidence, package.delivered_event_id or ""),
+                subject=f"package:{package.package_id}",
+                package_id=package.package_id,
+            )
         case "lost":
             _refund_package(
                 step, package, "lost", "R3b", evidence=evidence, why="courier declared it lost"

@@ -206,6 +206,23 @@ def test_r3b_lost_scan_refunds_at_once_and_only_once() -> None:
     assert driver.decisions()[0].rule == "R3b"
 
 
+def test_r3b_a_lost_scan_after_a_delivery_scan_is_an_anomaly_not_a_refund() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(scan("delivered", when=at(3), event_id="delivered-1"))
+    driver.pipe(scan("lost", when=at(4)))
+    driver.advance_to(at(30))
+
+    assert driver.refunds() == []
+    (anomaly,) = driver.decisions()
+    assert (anomaly.outcome, anomaly.code, anomaly.rule) == (
+        "anomaly",
+        "lost_after_delivery",
+        "R3b",
+    )
+    assert "delivered-1" in anomaly.evidence_event_ids
+
+
 def test_r4_cancellation_after_shipping_is_denied() -> None:
     driver = TestDriver()
     _shipped_order(driver)
