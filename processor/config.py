@@ -1,6 +1,7 @@
 """Policy parameters: the knobs of the refund rules, loaded from `config/policy.yaml`."""
 
 from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -34,15 +35,16 @@ class PolicyConfig(BaseModel):
     orphan_ttl: timedelta = timedelta(days=7)
     default_partial_resolution: Literal["refund", "reship"] = "refund"
 
-    @property
+    # Cached: the rules read them for nearly every event.
+    @cached_property
     def lost_after_ms(self) -> int:
         return self.lost_after_days * MS_PER_DAY
 
-    @property
+    @cached_property
     def allowed_lateness_ms(self) -> int:
         return int(self.allowed_lateness.total_seconds() * 1000)
 
-    @property
+    @cached_property
     def orphan_ttl_ms(self) -> int:
         return int(self.orphan_ttl.total_seconds() * 1000)
 

@@ -41,6 +41,9 @@ def _id_name(*parts: str) -> str:
     order "o1|claim:c" cancelled named the same refund. A part without either character
     is unchanged, and so is every id issued for such parts before the escaping.
     """
+    name = "|".join(parts)
+    if name.count("|") == len(parts) - 1 and "\\" not in name:
+        return name  # nearly always, and a decision's id is made for every one
     return "|".join(part.replace("\\", "\\\\").replace("|", "\\|") for part in parts)
 
 

@@ -254,10 +254,10 @@ def apply_event(
     """
     if state is None:
         return apply_in_full(OrderState(order_id), event, origin, config, {})
-    known = state.seen.get(event.event_id)
-    if known is not None and known in (UNKNOWN_DIGEST, event_digest(event)):
-        return Result(state, None)
-    if changes_nothing(state, event, config):
+    if event.event_id in state.seen:
+        if state.seen[event.event_id] in (UNKNOWN_DIGEST, event_digest(event)):
+            return Result(state, None)
+    elif changes_nothing(state, event, config):
         return Result(state, None)
     return apply_in_full(state.clone(), event, origin, config, timers(state, config))
 
@@ -311,7 +311,10 @@ def changes_nothing(state: OrderState, event: Event, config: PolicyConfig) -> bo
         return False
     if event.status not in _IN_COURIER_HANDS:
         return True
-    return all(p.picked_up_at is not None and p.picked_up_at <= event.at for p in packages)
+    for package in packages:
+        if package.picked_up_at is None or package.picked_up_at > event.at:
+            return False
+    return True
 
 
 def fire_timer(state: OrderState, name: str, deadline: int, config: PolicyConfig) -> Result:
@@ -437,7 +440,7 @@ def _reject(step: _Step, event: Event, origin: str, reason: str, message: str) -
 def _apply(step: _Step, event: Event, origin: str) -> None:
     state = step.state
     digest = event_digest(event)
-    if state.seen.get(event.event_id, digest) not in (digest, UNKNOWN_DIGEST):
+    if event.event_id in state.seen and state.seen[event.event_id] not in (digest, UNKNOWN_DIGEST):
         # `apply_event` let it through: its id, but not its content, is known.
         step.emit(
             DeadLetter(
@@ -590,10 +593,13 @@ def _packages_scanned(
     packages = state.packages_for_tracking(event.tracking_number)
     if not packages:
         return None
+    waited_until = event.at + config.orphan_ttl_ms
+    if len(packages) == 1:  # nearly always; a scan per event makes the check add up
+        return packages if packages[0].shipped_at < waited_until else []
     return [
         p
         for p in packages
-        if p.shipped_at < event.at + config.orphan_ttl_ms
+        if p.shipped_at < waited_until
         and not any(
             p.delivered_at is not None and p.delivered_at <= q.shipped_at <= event.at
             for q in packages
