@@ -117,7 +117,8 @@ class Ledger:
 
     `by_package` counts, per package, the units refunded out of it (its own refund, or a
     claim naming it): the SKU counts alone let a split order's second package pay again
-    for a unit of the first one.
+    for a unit of the first one. Under the empty key (`ledger.UNSHIPPED`) it keeps the
+    units a cancellation refunded that no package had carried since.
     """
 
     refunded: dict[str, int] = field(default_factory=dict)
@@ -153,8 +154,8 @@ class OrderState:
     seen: SeenIds = field(default_factory=dict)
 
     def packages_for_tracking(self, tracking_number: str) -> list[Package]:
-        """Usually one; several when the warehouse shipped packages under one number, and a
-        scan of it is then news of each (tracking is the only proof of delivery)."""
+        """Usually one; several when the warehouse shipped packages under one number
+        (`policy._packages_scanned` says which of them a scan is news of)."""
         found = []  # a loop: half the cost of a comprehension, on every scan
         for package in self.packages.values():
             if package.tracking_number == tracking_number:
