@@ -29,7 +29,7 @@ from processor.events import (
     TrackingUpdate,
     parse_event_json,
 )
-from processor.ledger import UNSHIPPED
+from processor.ledger import UNSHIPPED, reshipped
 from processor.outputs import DeadLetter, Decision, iso_millis, output_to_dict
 from processor.policy import DEADLINE_TIMER_PREFIX, EXPIRE_HELD_TIMER, timers
 from processor.replay import replay
@@ -486,6 +486,7 @@ def _ledger_json(state: OrderState) -> dict[str, Any] | None:
                     if by_package.get(p.package_id, {}).get(sku)
                 },
                 "refunded_unshipped": by_package.get(UNSHIPPED, {}).get(sku, 0),
+                "reshipped": reshipped(state.ledger, sku),
                 "ordered_minor": priced.quantity * priced.unit_price_minor,
                 "refunded_minor": refunded * priced.unit_price_minor,
             }
@@ -656,7 +657,8 @@ def render_text(explanation: Explanation) -> str:
     ledger = data["ledger"]
     if ledger is not None:
         out += ["", f"Ledger (amounts in minor units of {ledger['currency']})"]
-        rows = [["SKU", "unit price", "ordered", "shipped", "refunded", "paid", "refunded amount"]]
+        header = "SKU|unit price|ordered|shipped|refunded|reshipped|paid|refunded amount"
+        rows = [header.split("|")]
         for sku in ledger["skus"]:
             shipped = sum(sku["shipped"].values())
             per_package = ", ".join(f"{p}: {q}" for p, q in sku["shipped"].items())
@@ -670,6 +672,7 @@ def render_text(explanation: Explanation) -> str:
                     str(sku["ordered"]),
                     f"{shipped} ({per_package})" if per_package else "0",
                     f"{sku['refunded']} ({', '.join(out_of)})" if out_of else str(sku["refunded"]),
+                    str(sku["reshipped"]),
                     str(sku["ordered_minor"]),
                     str(sku["refunded_minor"]),
                 ]

@@ -3,8 +3,8 @@
 This is the one place that enforces the money invariants: a unit is refunded at most
 once, never more units than were ordered nor, out of a package, than it carried, and
 the shipping fee is added exactly once, by the refund that leaves every ordered unit
-refunded. So an order's refunds never add up to more than its total. Nor is a unit
-reshipped once it is refunded.
+refunded. So an order's refunds never add up to more than its total. A reshipped unit
+counts as compensated too: a unit is refunded or reshipped, once.
 """
 
 from collections.abc import Mapping
@@ -17,6 +17,9 @@ from processor.state import Ledger, Order, Package
 #: `Ledger.by_package` key of the units an order's cancellation refunded, which no package
 #: carried then (a package id is never empty): `ship_after_cancellation` moves them.
 UNSHIPPED: Final = ""
+
+#: `Ledger.reshipped` key of the units reshipped for a claim on the whole order.
+WHOLE_ORDER: Final = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,25 +38,33 @@ class Settlement:
         return " + ".join(parts) + f" = {self.amount_minor}"
 
 
-def unrefunded(
+def uncompensated(
     order: Order, ledger: Ledger, units: Mapping[str, int], package: Package | None = None
 ) -> dict[str, int]:
-    """The part of `units` no refund has covered yet, by SKU: what a refund may still pay
-    for, and a reship may still send. Within what was ordered and, for a refund of a
-    `package` or of a claim naming it, within what that package carried and no refund took
-    out of it (SKUs the order or the package lacks are left out)."""
+    """The part of `units` no refund or reship has covered yet, by SKU: what a refund may
+    still pay for, and a reship may still send. Within what was ordered and, for a refund
+    or reship concerning a `package`, within what that package carried and no refund or
+    reship took out of it (SKUs the order or the package lacks are left out)."""
     taken = ledger.by_package.get(package.package_id, {}) if package is not None else {}
+    resent = ledger.reshipped.get(package.package_id, {}) if package is not None else {}
     left: dict[str, int] = {}
     for sku in sorted(units):
         priced = order.lines.get(sku)
         if priced is None:
             continue
-        quantity = min(units[sku], priced.quantity - ledger.refunded.get(sku, 0))
+        covered = ledger.refunded.get(sku, 0) + reshipped(ledger, sku)
+        quantity = min(units[sku], priced.quantity - covered)
         if package is not None:
-            quantity = min(quantity, package.lines.get(sku, 0) - taken.get(sku, 0))
+            carried = package.lines.get(sku, 0)
+            quantity = min(quantity, carried - taken.get(sku, 0) - resent.get(sku, 0))
         if quantity > 0:
             left[sku] = quantity
     return left
+
+
+def reshipped(ledger: Ledger, sku: str) -> int:
+    """Units of `sku` sent again, for any claim."""
+    return sum(units.get(sku, 0) for units in ledger.reshipped.values())
 
 
 def settle_refund(
@@ -67,7 +78,7 @@ def settle_refund(
     """Refunds what is left of `units` (out of `package`, if given); None when nothing is
     (the caller denies it). The units are counted against `package`, or the `out_of` key
     of `Ledger.by_package` (`UNSHIPPED`)."""
-    left = unrefunded(order, ledger, units, package)
+    left = uncompensated(order, ledger, units, package)
     if not left:
         return None
     key = package.package_id if package is not None else out_of
@@ -97,8 +108,24 @@ def settle_refund(
             shipping_fee_refunded=ledger.shipping_fee_refunded or fee > 0 or everything_refunded,
             refunded_minor=ledger.refunded_minor + amount,
             by_package=by_package,
+            reshipped=ledger.reshipped,
         ),
     )
+
+
+def settle_reship(
+    order: Order, ledger: Ledger, units: Mapping[str, int], package: Package | None = None
+) -> tuple[dict[str, int], Ledger] | None:
+    """Reships what is left of `units` (for a claim on `package`, if given): the units
+    to send and the ledger after it; None when nothing is left (the caller denies it)."""
+    left = uncompensated(order, ledger, units, package)
+    if not left:
+        return None
+    key = package.package_id if package is not None else WHOLE_ORDER
+    resent = dict(ledger.reshipped.get(key, {}))
+    for sku, quantity in left.items():
+        resent[sku] = resent.get(sku, 0) + quantity
+    return left, replace(ledger, reshipped=ledger.reshipped | {key: resent})
 
 
 def ship_after_cancellation(ledger: Ledger, package: Package) -> Ledger:

@@ -26,7 +26,7 @@ from processor.events import (
     event_to_json,
     parse_event_json,
 )
-from processor.ledger import UNSHIPPED, settle_refund, ship_after_cancellation, unrefunded
+from processor.ledger import UNSHIPPED, settle_refund, settle_reship, ship_after_cancellation
 from processor.outputs import (
     DeadLetter,
     Decision,
@@ -133,6 +133,25 @@ class _Step:
             )
         )
 
+    def covered(self) -> str:
+        """How a unit is paid for already, as the decision log words it."""
+        return "refunded or reshipped" if self.state.ledger.reshipped else "refunded"
+
+    def left_out(
+        self, asked: Mapping[str, int], granted: Mapping[str, int], within: Package | None
+    ) -> str:
+        """The decision detail's tail naming the units of `asked` a refund or reship did
+        not cover, and why; empty when it covered them all."""
+        short = {
+            sku: n - granted.get(sku, 0) for sku, n in asked.items() if n > granted.get(sku, 0)
+        }
+        if not short:
+            return ""
+        beyond = "what was ordered or the package carried" if within else "what was ordered"
+        return f"; left out, as {self.covered()} already or beyond {beyond}: " + ", ".join(
+            f"{n} x {sku}" for sku, n in sorted(short.items())
+        )
+
     def deny_nothing_left(
         self,
         units: Mapping[str, int],
@@ -150,7 +169,7 @@ class _Step:
         if within is not None and not set(units) & set(within.lines):
             code, why = "not_in_package", f"package {within.package_id} carried none of them"
         else:
-            code, why = "already_refunded", "every unit was already refunded"
+            code, why = "already_refunded", f"every unit was already {self.covered()}"
         self.decide(
             "denied",
             code,
@@ -212,15 +231,8 @@ class _Step:
                 policy_version=self.config.policy_version,
             )
         )
-        detail = f"{what}: refunded {settled.describe()}"
         granted = {line.sku: line.quantity for line in settled.lines}
-        if short := {
-            sku: n - granted.get(sku, 0) for sku, n in units.items() if n > granted.get(sku, 0)
-        }:
-            beyond = "what was ordered or the package carried" if within else "what was ordered"
-            detail += f"; not paid, as refunded already or beyond {beyond}: " + ", ".join(
-                f"{n} x {sku}" for sku, n in sorted(short.items())
-            )
+        detail = f"{what}: refunded {settled.describe()}" + self.left_out(units, granted, within)
         self.decide(
             "refunded",
             reason,
@@ -991,12 +1003,13 @@ def _resolve_partial(step: _Step, claim: Claim, rule: str, evidence: tuple[str, 
         return
     # A unit refunded already (its package lost, say) is paid for: not sent again.
     claimed, within = _claimed_units(state, claim), _claimed_package(state, claim)
-    units = unrefunded(state.order, state.ledger, claimed, within)
-    if not units:
+    settled = settle_reship(state.order, state.ledger, claimed, within)
+    if settled is None:
         step.deny_nothing_left(
             claimed, within, rule, what, evidence, subject=subject, claim_id=claim.claim_id
         )
         return
+    units, state.ledger = settled
     command_id = reship_command_id(state.order_id, claim.claim_id)
     step.emit(
         ReshipCommand(
@@ -1015,7 +1028,8 @@ def _resolve_partial(step: _Step, claim: Claim, rule: str, evidence: tuple[str, 
         claim.claim_type,
         rule,
         f"{claim.claim_type} claim {claim.claim_id}: reship "
-        + ", ".join(f"{q} x {sku}" for sku, q in sorted(units.items())),
+        + ", ".join(f"{q} x {sku}" for sku, q in sorted(units.items()))
+        + step.left_out(claimed, units, within),
         evidence,
         subject=subject,
         claim_id=claim.claim_id,

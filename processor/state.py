@@ -119,12 +119,17 @@ class Ledger:
     claim naming it): the SKU counts alone let a split order's second package pay again
     for a unit of the first one. Under the empty key (`ledger.UNSHIPPED`) it keeps the
     units a cancellation refunded that no package had carried since.
+
+    `reshipped` counts the units sent again, under the package a claim named, or the empty
+    key (`ledger.WHOLE_ORDER`) for a claim on the order: a unit is compensated once, by a
+    refund or a reship.
     """
 
     refunded: dict[str, int] = field(default_factory=dict)
     shipping_fee_refunded: bool = False
     refunded_minor: int = 0
     by_package: dict[str, dict[str, int]] = field(default_factory=dict)
+    reshipped: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 #: The digest of an event id kept before digests were (a list of ids in the JSON): it

@@ -495,6 +495,52 @@ def test_a_reship_sends_no_unit_a_refund_already_paid_for() -> None:
     assert _codes(driver.decisions())[-1] == ("denied", "already_refunded")
 
 
+def test_a_refund_after_a_reship_pays_only_for_the_units_not_sent_again() -> None:
+    """p1 carried 2 A and a B, the buyer got one A: a wrong-quantity claim reships it. When
+    p1 then comes back, the merchant is paid for one A and B, not for the A sent again, and
+    not the shipping fee: the merchant keeps that A."""
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1"))
+    driver.pipe(scan("delivered", "TN-p1", when=at(3)))
+    driver.pipe(claim_filed("wrong_quantity", "c1", package_id="p1", lines={"A": 1}, when=at(4)))
+    driver.pipe(claim_reviewed("c1", resolution="reship", when=at(5)))
+    driver.pipe(return_received("p1", when=at(12)))
+
+    (reship,) = driver.read(ReshipCommand)
+    assert [(line.sku, line.quantity) for line in reship.lines] == [("A", 1)]
+    (refund,) = driver.refunds()
+    assert [(line.sku, line.quantity) for line in refund.lines] == [("A", 1), ("B", 1)]
+    assert (refund.amount_minor, refund.shipping_fee_minor) == (3500, 0)
+
+
+def test_a_reshipped_unit_is_not_sent_again_nor_refunded_by_a_claim_on_the_order() -> None:
+    """A missing-item reship of one A (the order's), then a second missing-item claim and
+    a damaged claim on the whole order: of A, only the unit not sent again is left."""
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1"))
+    driver.pipe(scan("delivered", "TN-p1", when=at(3)))
+    driver.pipe(claim_filed("missing_item", "c1", lines={"A": 1}, when=at(4)))
+    driver.pipe(claim_reviewed("c1", resolution="reship", when=at(5)))
+    driver.pipe(claim_filed("missing_item", "c2", lines={"A": 2}, when=at(6)))
+    driver.pipe(claim_reviewed("c2", resolution="reship", when=at(7)))
+    driver.pipe(claim_filed("damaged", "c3", lines={"A": 2}, when=at(8)))
+    driver.pipe(claim_reviewed("c3", when=at(9)))
+
+    assert [
+        (r.claim_id, [(line.sku, line.quantity) for line in r.lines])
+        for r in driver.read(ReshipCommand)
+    ] == [("c1", [("A", 1)]), ("c2", [("A", 1)])]
+    second = next(d for d in driver.decisions() if d.claim_id == "c2")
+    assert second.detail.endswith(
+        "; left out, as refunded or reshipped already or beyond what was ordered: 1 x A"
+    )
+    denied = driver.decisions()[-1]
+    assert (denied.claim_id, denied.outcome, denied.code) == ("c3", "denied", "already_refunded")
+    assert denied.detail.endswith("every unit was already refunded or reshipped")
+
+
 def test_a_claim_on_a_refunded_package_pays_nothing_though_another_package_has_the_sku() -> None:
     """p1 and p2 carry one A each; p1 is refunded as lost. A damaged claim on p1 finds
     nothing of p1 left to pay: p2's A, delivered, is not p1's."""
@@ -534,7 +580,7 @@ def test_a_claim_on_a_package_pays_at_most_what_that_package_carried() -> None:
     assert ("denied", "already_refunded") in _codes(driver.decisions())
     paid = next(d for d in driver.decisions() if d.command_id == claim.command_id)
     assert paid.detail.endswith(
-        "; not paid, as refunded already or beyond what was ordered or the package carried: "
+        "; left out, as refunded already or beyond what was ordered or the package carried: "
         "1 x A, 1 x B"
     )
 

@@ -71,6 +71,11 @@ def assert_money_invariants(events: list[dict[str, Any]], outputs: list[Output])
             assert line.quantity > 0
             assert line.amount_minor == line.quantity * prices[line.sku]
             units[(refund.order_id, line.sku)] += line.quantity
+    reships = [o for o in outputs if isinstance(o, ReshipCommand)]
+    for reship in reships:
+        for reshipped in reship.lines:
+            assert reshipped.quantity > 0
+            units[(reship.order_id, reshipped.sku)] += reshipped.quantity
     for order_id, amount in paid.items():
         order = orders[order_id]
         total = order["shipping_fee_minor"] + sum(
@@ -79,21 +84,20 @@ def assert_money_invariants(events: list[dict[str, Any]], outputs: list[Output])
         assert amount <= total, f"{order_id} refunded {amount} of {total}"
     for (order_id, sku), quantity in units.items():
         ordered = {line["sku"]: line["quantity"] for line in orders[order_id]["lines"]}
-        assert quantity <= ordered[sku], f"{order_id} refunded {quantity} x {sku}"
+        assert quantity <= ordered[sku], f"{order_id} refunded or reshipped {quantity} x {sku}"
     command_ids = [r.command_id for r in refunds]
     assert len(command_ids) == len(set(command_ids)), "the same refund was issued twice"
     fees = [(r.order_id, r.shipping_fee_minor) for r in refunds if r.shipping_fee_minor]
     assert len(fees) == len({order_id for order_id, _ in fees}), "shipping fee refunded twice"
-    assert_no_package_refunded_beyond_what_it_carried(events, refunds)
-    assert_no_reship_of_a_refunded_unit(orders, outputs)
+    assert_no_package_compensated_beyond_what_it_carried(events, [*refunds, *reships])
 
 
-def assert_no_package_refunded_beyond_what_it_carried(
-    events: list[dict[str, Any]], refunds: list[RefundCommand]
+def assert_no_package_compensated_beyond_what_it_carried(
+    events: list[dict[str, Any]], compensations: list[RefundCommand | ReshipCommand]
 ) -> None:
-    """The refunds of a package and of the claims naming it pay for its units at most once:
-    per SKU alone, a split order's second package could pay again for the first's. (A
-    missing-item claim is the order's, whichever package it names.)"""
+    """The refunds of a package and the refunds and reships of the claims naming it cover
+    its units at most once: per SKU alone, a split order's second package could pay again
+    for the first's. (A missing-item claim is the order's, whichever package it names.)"""
     carried: dict[tuple[str, str], dict[str, int]] = {}
     claimed: dict[tuple[str, str], str] = {}
     for event in events:
@@ -102,36 +106,18 @@ def assert_no_package_refunded_beyond_what_it_carried(
             carried.setdefault(key, {line["sku"]: line["quantity"] for line in event["lines"]})
         elif event["type"] == "claim_filed" and key[1] and event["claim_type"] != "missing_item":
             claimed.setdefault((key[0], event["claim_id"]), key[1])
-    paid: dict[tuple[str, str, str], int] = defaultdict(int)
-    for refund in refunds:
-        package_id = refund.package_id or claimed.get((refund.order_id, refund.claim_id or ""))
+    covered: dict[tuple[str, str, str], int] = defaultdict(int)
+    for output in compensations:
+        own = output.package_id if isinstance(output, RefundCommand) else None
+        package_id = own or claimed.get((output.order_id, output.claim_id or ""))
         if package_id is None:
             continue
-        lines = carried[(refund.order_id, package_id)]
-        for line in refund.lines:
-            paid[(refund.order_id, package_id, line.sku)] += line.quantity
-            assert paid[(refund.order_id, package_id, line.sku)] <= lines.get(line.sku, 0), (
-                f"{refund.order_id}: package {package_id} paid for {line.sku} beyond its units"
+        lines = carried[(output.order_id, package_id)]
+        for line in output.lines:
+            covered[(output.order_id, package_id, line.sku)] += line.quantity
+            assert covered[(output.order_id, package_id, line.sku)] <= lines.get(line.sku, 0), (
+                f"{output.order_id}: package {package_id} covered {line.sku} beyond its units"
             )
-
-
-def assert_no_reship_of_a_refunded_unit(
-    orders: dict[str, dict[str, Any]], outputs: list[Output]
-) -> None:
-    """A reship sends no unit that the refunds emitted before it already paid for."""
-    refunded: dict[tuple[str, str], int] = defaultdict(int)
-    for output in outputs:
-        if isinstance(output, RefundCommand):
-            for line in output.lines:
-                refunded[(output.order_id, line.sku)] += line.quantity
-        elif isinstance(output, ReshipCommand):
-            ordered = {line["sku"]: line["quantity"] for line in orders[output.order_id]["lines"]}
-            for reshipped in output.lines:
-                already = refunded[(output.order_id, reshipped.sku)]
-                assert already + reshipped.quantity <= ordered[reshipped.sku], (
-                    f"{output.order_id}: reshipped {reshipped.quantity} x {reshipped.sku} "
-                    f"after refunding {already} of {ordered[reshipped.sku]}"
-                )
 
 
 def assert_every_command_has_its_decision(outputs: list[Output]) -> None:

@@ -111,3 +111,13 @@ def test_a_state_stored_before_digests_loads_and_takes_every_id_as_a_redelivery(
     result = apply_event(state, "o1", again, "test", load_policy())
 
     assert (result.state, result.timers_before, result.outputs) == (state, None, [])
+
+
+def test_a_state_stored_before_reships_were_counted_loads_with_none_reshipped() -> None:
+    stored = {"refunded": {"A": 1}, "shipping_fee_refunded": False, "refunded_minor": 1000}
+    state = ORDER_STATE_ADAPTER.validate_json(json.dumps({"order_id": "o1", "ledger": stored}))
+    assert state.ledger == Ledger({"A": 1}, False, 1000, by_package={}, reshipped={})
+
+    reshipped = Ledger({"A": 1}, False, 1000, reshipped={"p1": {"A": 1}})
+    stored_now = ORDER_STATE_ADAPTER.dump_json(OrderState("o1", ledger=reshipped))
+    assert ORDER_STATE_ADAPTER.validate_json(stored_now).ledger == reshipped
