@@ -281,11 +281,14 @@ def apply_in_full(
     timers `due`: what `changes_nothing` must agree with (tests/test_properties.py)."""
     result = Result(state, due)
     at = event.at
-    if due and min(due.values()) < at:  # rare: the stream clock fires most timers
-        overdue = [(deadline, name) for name, deadline in due.items() if deadline < at]
-        overdue.sort()
-        for deadline, name in overdue:
-            _fire(_Step(state, config, f"timer:{name}", deadline, result), name, event)
+    needed = due
+    # Rare: the stream clock fires most timers. One at a time, each from the timers the
+    # state needs after the last: an expiry of held events expires the oldest only, and
+    # the next one's may be due before this event too.
+    while needed and min(needed.values()) < at:
+        deadline, name = min((d, n) for n, d in needed.items())
+        _fire(_Step(state, config, f"timer:{name}", deadline, result), name, event)
+        needed = timers(state, config)
     step = _Step(state, config, event.event_id, at, result)
     _apply(step, event, origin)
     _revisit_pending_claims(step)

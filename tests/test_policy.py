@@ -153,6 +153,41 @@ def test_a_scan_older_than_orphan_ttl_before_its_package_is_a_dead_letter_whatev
     assert outputs[0] == outputs[1] == ([("p1", "lost")], [("unknown_tracking_number", "TN-p1")])
 
 
+def test_every_event_held_past_orphan_ttl_for_its_order_is_a_dead_letter_whatever_the_clock() -> (
+    None
+):
+    """Two events wait for order_placed, which comes 7 days 1 hour after the second: both
+    expire first. Before the order's event fired only the expiry it found due, the first
+    event's, so the shipment was applied and its package refunded as lost, unless another
+    order's event had moved the clock past the second expiry."""
+    outputs = []
+    for busy in (False, True):
+        driver = TestDriver()
+        driver.pipe(cancellation_requested(when=at(0)))
+        driver.pipe(shipped("p1", when=at(1)))
+        driver.pipe(scan("lost", "TN-p1", when=at(1, 2)))
+        if busy:
+            driver.pipe(order_placed("o2", when=at(8, 0.5)))
+        driver.pipe(order_placed(when=at(8, 1)))
+        driver.advance_to(at(40))
+        outputs.append(
+            (
+                [(r.package_id, r.reason) for r in driver.refunds()],
+                [(d.reason, d.key) for d in driver.dead_letters()],
+            )
+        )
+
+    assert outputs[0] == outputs[1]
+    assert outputs[0] == (
+        [],
+        [
+            ("unknown_order", "o1"),
+            ("unknown_order", "o1"),
+            ("unknown_tracking_number", "o1"),
+        ],
+    )
+
+
 def test_a_tracking_number_used_again_after_a_delivery_is_the_new_packages() -> None:
     """p1 is delivered on day 3; p2 ships under the same number on day 10 and is lost:
     only p2 is refunded."""
