@@ -16,8 +16,16 @@ from collections.abc import Callable
 from processor.config import PolicyConfig
 from processor.events import Event, TrackingUpdate, event_to_json, parse_event_json
 from processor.outputs import Output
-from processor.policy import Result, apply_event, expire_orphans, fire_timer, timers
-from processor.state import Held, OrphanBucket
+from processor.policy import (
+    Result,
+    apply_event,
+    event_digest,
+    expire_orphans,
+    fire_timer,
+    reused_event_id,
+    timers,
+)
+from processor.state import UNKNOWN_DIGEST, Held, OrphanBucket
 from processor.store import StateStore, Timer, order_owner, tracking_owner
 
 EXPIRE_ORPHANS_TIMER = "expire-orphans"
@@ -58,7 +66,7 @@ class Engine:
             assert isinstance(event, TrackingUpdate)
             order_id = self.store.order_for_tracking(event.tracking_number)
             if order_id is None:
-                self._hold_orphan(event, origin)
+                self._hold_orphan(event, origin, outputs)
             else:
                 self._forward(order_id, event, origin, outputs)
         self.advance_clock(event.at - self._lateness_ms, outputs)
@@ -133,15 +141,19 @@ class Engine:
         else:
             self.store.delete_orphans(key)
 
-    def _hold_orphan(self, event: TrackingUpdate, origin: str) -> None:
+    def _hold_orphan(self, event: TrackingUpdate, origin: str, outputs: list[Output]) -> None:
         """A tracking update nobody has claimed yet waits in its tracking number's bucket."""
         tracking_number = event.tracking_number
         bucket = self.store.load_orphans(tracking_number) or OrphanBucket(tracking_number)
-        if event.event_id in bucket.seen:
+        digest = event_digest(event)
+        if (known := bucket.seen.get(event.event_id)) is not None:
+            if known not in (digest, UNKNOWN_DIGEST):
+                holder = f"tracking number {tracking_number!r}"
+                outputs.append(reused_event_id(event, origin, tracking_number, holder))
             return
         if bucket.held:
             self.store.cancel_timer(self._orphan_timer(bucket))
-        bucket.seen.add(event.event_id)
+        bucket.seen[event.event_id] = digest
         bucket.held.append(
             Held(event_to_json(event), origin, event.at, f"tracking:{tracking_number}")
         )

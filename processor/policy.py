@@ -452,21 +452,25 @@ def _reject(step: _Step, event: Event, origin: str, reason: str, message: str) -
     )
 
 
+def reused_event_id(event: Event, origin: str, key: str, holder: str) -> DeadLetter:
+    """The dead letter of an event whose id another event already seen by `holder` (an
+    order, or a tracking number's waiting updates) uses: a producer's bug, not a
+    redelivery, so neither is dropped in silence."""
+    return DeadLetter(
+        origin=origin,
+        reason="duplicate_event_id",
+        message=f"event id {event.event_id!r} is already used by another event of {holder}",
+        payload=event_to_json(event),
+        key=key,
+    )
+
+
 def _apply(step: _Step, event: Event, origin: str) -> None:
     state = step.state
     digest = event_digest(event)
     if event.event_id in state.seen and state.seen[event.event_id] not in (digest, UNKNOWN_DIGEST):
         # `apply_event` let it through: its id, but not its content, is known.
-        step.emit(
-            DeadLetter(
-                origin=origin,
-                reason="duplicate_event_id",
-                message=f"event id {event.event_id!r} is already used by another event "
-                f"of order {state.order_id!r}",
-                payload=event_to_json(event),
-                key=state.order_id,
-            )
-        )
+        step.emit(reused_event_id(event, origin, state.order_id, f"order {state.order_id!r}"))
         return
     state.seen[event.event_id] = digest
     if state.order is None and not isinstance(event, OrderPlaced):

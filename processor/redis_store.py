@@ -239,7 +239,7 @@ def _decode_offsets(raw: bytes | None) -> dict[str, int]:
 
 def _copy_bucket(bucket: OrphanBucket) -> OrphanBucket:
     """The engine changes buckets it loaded in place: the store hands out and keeps copies."""
-    return OrphanBucket(bucket.tracking_number, list(bucket.held), set(bucket.seen))
+    return OrphanBucket(bucket.tracking_number, list(bucket.held), dict(bucket.seen))
 
 
 class _Missing(Enum):

@@ -194,7 +194,7 @@ class OrphanBucket:
 
     tracking_number: str
     held: list[Held] = field(default_factory=list)
-    seen: set[str] = field(default_factory=set)
+    seen: SeenIds = field(default_factory=dict)
 
 
 _Record = TypeVar("_Record", Package, Claim)

@@ -164,3 +164,18 @@ def test_a_timer_set_behind_the_clock_fires_at_once() -> None:
 
     assert [(r.package_id, r.reason) for r in driver.refunds()] == [("p1", "lost")]
     assert driver.timers("o1") == {}
+
+
+def test_an_update_reusing_the_id_of_one_waiting_for_its_package_is_a_dead_letter() -> None:
+    """Another update with the id of one waiting in its tracking number's bucket is a
+    `duplicate_event_id` dead letter, as it is once the number is linked; the same update
+    again is a redelivery. Before, the bucket dropped both in silence."""
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    waiting = scan("in_transit", "TN-X", order_id=None, when=at(1), event_id="s1")
+    driver.pipe(waiting)
+    driver.pipe(waiting)
+    driver.pipe(scan("delivered", "TN-X", order_id=None, when=at(2), event_id="s1"))
+
+    assert _dead(driver) == [("duplicate_event_id", "test:4", "TN-X")]
+    assert "tracking number 'TN-X'" in driver.dead_letters()[0].message

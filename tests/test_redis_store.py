@@ -194,7 +194,7 @@ def new_store(scratch: tuple[redis.Redis, str]) -> Callable[[], RedisTaskStore]:
 def _write_a_batch(store: StateStore) -> OrderState:
     state = OrderState("o1", seen={"e1": 1, "e2": 1})
     store.save_order(state)
-    store.save_orphans(OrphanBucket("TN9", [Held("{}", "test:1", 5, "tracking:TN9")], {"e9"}))
+    store.save_orphans(OrphanBucket("TN9", [Held("{}", "test:1", 5, "tracking:TN9")], {"e9": 1}))
     store.link_tracking("TN1", "o1")
     store.set_timer(Timer(100, order_owner("o1"), "deadline:p1"))
     store.set_clock(42)
@@ -247,7 +247,7 @@ def test_stage_then_apply_makes_the_batch_visible_to_a_fresh_instance(
     assert fresh.claim({PARTITION: 10}) == 2
     assert fresh.load_order("o1") == state
     assert fresh.load_orphans("TN9") == OrphanBucket(
-        "TN9", [Held("{}", "test:1", 5, "tracking:TN9")], {"e9"}
+        "TN9", [Held("{}", "test:1", 5, "tracking:TN9")], {"e9": 1}
     )
     assert fresh.order_for_tracking("TN1") == "o1"
     assert fresh.get_clock() == 42
@@ -742,7 +742,7 @@ def test_prefetch_loads_a_batch_in_one_round_trip(scratch: tuple[redis.Redis, st
     for i in range(1_000):
         seed.save_order(OrderState(f"o{i}", seen={f"e{i}": 1}))
     for i in range(50):
-        seed.save_orphans(OrphanBucket(f"TN{i}", seen={f"t{i}"}))
+        seed.save_orphans(OrphanBucket(f"TN{i}", seen={f"t{i}": 1}))
         seed.link_tracking(f"L{i}", f"o{i}")
     seed.set_timer(Timer(100, order_owner("o-timer"), "deadline:p1"))
     seed.set_timer(Timer(200, tracking_owner("TN-timer"), "expire-orphans"))
@@ -771,7 +771,7 @@ def test_prefetch_loads_a_batch_in_one_round_trip(scratch: tuple[redis.Redis, st
             assert count() == 2
         assert store.load_order("o7") == OrderState("o7", seen={"e7": 1})
         assert store.load_order("missing") is None
-        assert store.load_orphans("TN3") == OrphanBucket("TN3", seen={"t3"})
+        assert store.load_orphans("TN3") == OrphanBucket("TN3", seen={"t3": 1})
         assert store.order_for_tracking("L3") == "o3"
         assert store.order_for_tracking("TN3") is None
 
@@ -812,14 +812,14 @@ def test_loaded_orphan_buckets_are_copies(new_store: Callable[[], RedisTaskStore
     leave that change behind in the store's cache."""
     store = new_store()
     store.claim({})
-    store.save_orphans(OrphanBucket("TN", seen={"e1"}))
+    store.save_orphans(OrphanBucket("TN", seen={"e1": 1}))
     store.stage({PARTITION: 1})
     store.apply()
 
     bucket = store.load_orphans("TN")
     assert bucket is not None
-    bucket.seen.add("e2")
-    assert store.load_orphans("TN") == OrphanBucket("TN", seen={"e1"})
+    bucket.seen["e2"] = 1
+    assert store.load_orphans("TN") == OrphanBucket("TN", seen={"e1": 1})
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ def test_an_order_round_trips(store: StateStore) -> None:
 
 
 def test_orphan_buckets_round_trip_and_delete(store: StateStore) -> None:
-    bucket = OrphanBucket("TN1", [Held("{}", "test:1", 5, "tracking:TN1")], {"e1"})
+    bucket = OrphanBucket("TN1", [Held("{}", "test:1", 5, "tracking:TN1")], {"e1": 1})
     store.save_orphans(bucket)
     assert store.load_orphans("TN1") == bucket
 
