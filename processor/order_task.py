@@ -55,6 +55,7 @@ class OrderTask:
         self.synced = not direct
         self._watermarks: dict[str, tuple[int, bool]] = {}  # read from the internal topic
         self._local: dict[str, tuple[int, bool]] = {}  # the direct inputs', from the router
+        self._idle_trusted: frozenset[str] = frozenset()  # `trust_idle`
         # Received, not decided yet. Sorted when taken from (`take_ready`): a stable sort
         # keeps events of one time in the order they came, and costs little on what are
         # mostly sorted runs already (the rest of the last sort, each input's events).
@@ -100,6 +101,12 @@ class OrderTask:
         """A direct input's watermark, from the router that hands its events over."""
         self._local[source] = (at, idle)
 
+    def trust_idle(self, sources: frozenset[str]) -> None:
+        """The inputs whose routers' idle reports the log has not outgrown since
+        (`router.trusted`): only they may be left out of the watermark, whatever the
+        reports this task has read say."""
+        self._idle_trusted = sources
+
     def sync(self) -> None:
         """The task has read a record this instance wrote to its partition since it set the
         task up: every record routed here before, by whichever instance, has been read, so
@@ -109,7 +116,11 @@ class OrderTask:
     def watermark(self) -> int | None:
         """How far every input has been routed; None until each has reported."""
         reported = self._watermarks | self._local if self.synced else self._watermarks
-        return combined_watermark(self._sources, reported)
+        trusted = self._idle_trusted
+        return combined_watermark(
+            self._sources,
+            {source: (at, idle and source in trusted) for source, (at, idle) in reported.items()},
+        )
 
     def clock_target(self) -> int | None:
         """The clock `release` will advance to, so the timers due by then can be prefetched."""

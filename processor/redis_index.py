@@ -14,8 +14,10 @@ from processor.router import Progress
 TRACKING_BUCKETS: Final = 64
 
 # The progress hash holds, per input partition, `<source>`: its router's report,
-# `<watermark>:<idle>:<routed>:<drained>` (flags 0/1), and `<source>#epoch`: how many
-# times a router claimed it (Kafka topic names cannot hold a `#`).
+# `<watermark>:<idle>:<routed>:<drained>` (flags 0/1), `<source>#end`: the offset a
+# drained report rests on (`Progress.end`; a field of its own, which routers of before it
+# skip), and `<source>#epoch`: how many times a router claimed it (Kafka topic names
+# cannot hold a `#`).
 
 #: ARGV: sources. Bumps each one's epoch and deletes its report; returns the new epochs
 #: and the whole hash.
@@ -23,23 +25,22 @@ _CLAIM_SOURCES_LUA: Final = """
 local epochs = {}
 for i, source in ipairs(ARGV) do
   epochs[i] = redis.call('HINCRBY', KEYS[1], source .. '#epoch', 1)
-  redis.call('HDEL', KEYS[1], source)
+  redis.call('HDEL', KEYS[1], source, source .. '#end')
 end
 return {epochs, redis.call('HGETALL', KEYS[1])}
 """
 
-#: ARGV: (source, epoch, report) triples. Writes a report under the epoch that holds its
-#: source, or that nothing holds (Redis lost the hash: the report takes it); returns the
-#: sources refused and the whole hash.
+#: ARGV: (source, epoch, report, end) quadruples. Writes a report under the epoch that
+#: holds its source, or that nothing holds (Redis lost the hash: the report takes it);
+#: returns the sources refused and the whole hash.
 _SHARE_PROGRESS_LUA: Final = """
 local refused = {}
-for i = 1, #ARGV, 3 do
+for i = 1, #ARGV, 4 do
   local source, epoch = ARGV[i], ARGV[i + 1]
   local held = redis.call('HGET', KEYS[1], source .. '#epoch')
-  if held == epoch then
-    redis.call('HSET', KEYS[1], source, ARGV[i + 2])
-  elseif not held then
-    redis.call('HSET', KEYS[1], source .. '#epoch', epoch, source, ARGV[i + 2])
+  if held == epoch or not held then
+    redis.call('HSET', KEYS[1], source .. '#epoch', epoch, source, ARGV[i + 2],
+      source .. '#end', ARGV[i + 3])
   else
     refused[#refused + 1] = source
   end
@@ -56,13 +57,17 @@ def _parse_progress(fields: Mapping[bytes, bytes] | list[bytes]) -> dict[str, Pr
         else zip(fields[::2], fields[1::2], strict=True)
     )
     progress: dict[str, Progress] = {}
-    for source, value in pairs:
-        if b"#" not in source:
+    ends: dict[str, int] = {}
+    for field, value in pairs:
+        source, _, suffix = field.decode().partition("#")
+        if not suffix:
             watermark, idle, routed, drained = value.decode().split(":")
-            progress[source.decode()] = Progress(
-                int(watermark), idle == "1", int(routed), drained == "1"
-            )
-    return progress
+            progress[source] = Progress(int(watermark), idle == "1", int(routed), drained == "1")
+        elif suffix == "end":
+            ends[source] = int(value)
+    return {
+        source: report._replace(end=ends.get(source, -1)) for source, report in progress.items()
+    }
 
 
 class RedisTrackingIndex:
@@ -122,7 +127,12 @@ class RedisTrackingIndex:
         and every router's progress."""
         args: list[str | int] = []
         for source, epoch, p in reports:
-            args += [source, epoch, f"{p.watermark}:{int(p.idle)}:{p.routed}:{int(p.drained)}"]
+            args += [
+                source,
+                epoch,
+                f"{p.watermark}:{int(p.idle)}:{p.routed}:{int(p.drained)}",
+                p.end,
+            ]
         with metrics.REDIS_INDEX.time():
             refused, reported = self._share_script(keys=[self._progress], args=args)
         return [source.decode() for source in refused], _parse_progress(reported)

@@ -74,6 +74,31 @@ class Progress(NamedTuple):
     idle: bool  # for order tasks: leave this partition out of the minimum
     routed: int  # routed_until, holds ignored: how far expiry may look
     drained: bool  # read to its end and quiet for idle_partition_wait, pending or not
+    end: int = -1  # when drained: the offset it was read to, which the log then ended at
+
+
+def trusted(reported: Mapping[str, Progress], ends: Mapping[str, int]) -> dict[str, Progress]:
+    """The reports with their idle and drained claims taken back where the log has grown
+    past the end they rest on, or its end is not known (`ends`: each input partition's end
+    offset, asked of the broker after the reports were read).
+
+    A report stands until its router reports again. One whose router stalls, in a long
+    batch, a pause or a stop short of the session timeout, would otherwise leave its input
+    out of every clock while new records wait in it, and tasks would fire deadlines their
+    delivered scans are in that backlog for; so would a report made just before a burst
+    of records arrived.
+    """
+    return {
+        source: report
+        if not report.drained or 0 <= ends.get(source, report.end + 1) <= report.end
+        else report._replace(idle=False, drained=False)
+        for source, report in reported.items()
+    }
+
+
+def claiming_idle(reported: Mapping[str, Progress]) -> list[str]:
+    """The sources whose reports claim they are drained: the ends `trusted` needs."""
+    return sorted(source for source, report in reported.items() if report.drained)
 
 
 @dataclass(slots=True)
@@ -231,15 +256,17 @@ class Router:
         self,
         now: float,
         idle_after_s: float,
-        caught_up: Mapping[str, bool],
+        caught_up: Mapping[str, int],
         progress: int | None,
         all_inputs_drained: bool,
     ) -> list[tuple[str, Progress]]:
         """What to report for every source this router owns.
 
-        A source is drained when it has nothing left to read and nothing arrived for
-        `idle_after_s`: a source that is merely slow (or paused by a rebalance) must
-        hold the watermark back, or order tasks would run ahead of its backlog.
+        A source is drained when it has nothing left to read (`caught_up`: the offset it
+        was read to, for each source read to the end the broker last told of) and nothing
+        arrived for `idle_after_s`: a source that is merely slow (or paused by a
+        rebalance) must hold the watermark back, or order tasks would run ahead of its
+        backlog. Readers trust the claim while the log ends where it did (`trusted`).
 
         A pending update holds its source's watermark just below itself while its
         package_shipped may still be in some router's backlog: until `progress` (how far
@@ -254,14 +281,16 @@ class Router:
         clock = None if progress is None else progress - self._lateness_ms
         for name, source in sorted(self._sources.items()):
             routed = source.routed_until or 0
-            quiet = caught_up.get(name, False) and now - source.quiet_since >= idle_after_s
+            end = caught_up.get(name, -1)
+            quiet = end >= 0 and now - source.quiet_since >= idle_after_s
             holding = (
                 []
                 if all_inputs_drained
                 else [i for i in source.pending if clock is None or clock <= i.event.at]
             )
             watermark = _held_back(source, holding)
-            reports.append((name, Progress(watermark, quiet and not holding, routed, quiet)))
+            report = Progress(watermark, quiet and not holding, routed, quiet, end if quiet else -1)
+            reports.append((name, report))
         return reports
 
 

@@ -25,6 +25,7 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     TIMESTAMP_LOG_APPEND_TIME,
     Consumer,
+    IsolationLevel,
     KafkaError,
     KafkaException,
     Message,
@@ -35,6 +36,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     ClusterMetadata,
     NewTopic,
+    OffsetSpec,
 )
 
 from processor import metrics
@@ -66,7 +68,9 @@ from processor.router import (
     Routed,
     Router,
     all_drained,
+    claiming_idle,
     expiry_progress,
+    trusted,
 )
 from processor.serde import DecodeError, Serde
 from processor.settings import Settings, make_serde
@@ -90,6 +94,9 @@ TRANSACTION_TIMEOUT_MS = 10_000
 METADATA_TIMEOUT_S = 60
 #: How long to wait at start for the first broker to answer (`cluster_metadata`).
 CONNECT_TIMEOUT_S = 30
+#: How long a batch waits for the end offsets of the inputs reported drained (`_trusted`):
+#: inside the transaction's timeout; unanswered, none of them counts as drained.
+END_OFFSETS_TIMEOUT_S = 2.0
 #: Waits between attempts while Redis is unreachable (doubling from the first to the last).
 REDIS_BACKOFF_S = (0.5, 8.0)
 #: CPython's collector thresholds in a processor's process (`Runner.__init__`); the
@@ -655,8 +662,36 @@ class Runner:
             )
 
     def _claim_sources(self, sources: list[str]) -> None:
-        epochs, self._router_progress = self._index.claim_sources(sources)
+        epochs, reported = self._index.claim_sources(sources)
+        self._router_progress = self._trusted(reported)
         self._source_epochs.update(epochs)
+
+    def _trusted(self, reported: dict[str, Progress]) -> dict[str, Progress]:
+        """Every router's reports, with the drained inputs whose log grew since taken
+        back (`router.trusted`): one request for the end offsets of those inputs, asked
+        as a read_committed consumer reads them, whenever a report claims one."""
+        claims = claiming_idle(reported)
+        if not claims:
+            return reported
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        partitions = {
+            TopicPartition(topic, int(partition)): latest
+            for topic, _, partition in (source.rpartition(":") for source in claims)
+        }
+        asked = self._admin.list_offsets(
+            partitions,
+            isolation_level=IsolationLevel.READ_COMMITTED,
+            request_timeout=END_OFFSETS_TIMEOUT_S,
+        )
+        ends: dict[str, int] = {}
+        for tp, future in asked.items():
+            try:
+                ends[f"{tp.topic}:{tp.partition}"] = future.result().offset
+            except KafkaException as exc:  # not trusted drained this batch
+                _log.warning(
+                    "end offset unknown", topic=tp.topic, partition=tp.partition, error=str(exc)
+                )
+        return trusted(reported, ends)
 
     def _committed_moved(self, read: TopicPartition) -> bool:
         """Whether the group's committed offset of `read`'s partition changed since `read`."""
@@ -859,15 +894,16 @@ class Runner:
         record = self._serde.decode(item["payload"], self._by_order)
         return parse_event(record), item["order_id"], item["origin"], item["arrived"]
 
-    def _caught_up(self) -> dict[str, bool]:
-        """Per input partition: has the consumer read everything the broker holds? Also
-        reports every assigned partition's lag (high watermark minus position).
+    def _caught_up(self) -> dict[str, int]:
+        """The input partitions the consumer has read everything of that the broker last
+        told of, and the offset it read each to. Also reports every assigned partition's
+        lag (high watermark minus position).
 
         The consumer has no position for a partition it has read nothing from since it
         was assigned; the router's or the task's (the committed offset) stands in for it,
         or a partition consumed to its end before it moved would never count as idle again.
         """
-        caught_up: dict[str, bool] = {}
+        caught_up: dict[str, int] = {}
         assigned = self._consumer.assignment()
         for tp in self._consumer.position(assigned) if assigned else []:
             low, high = self._consumer.get_watermark_offsets(tp, cached=True)
@@ -880,7 +916,9 @@ class Runner:
                 source = f"{tp.topic}:{tp.partition}"
                 if tp.offset < 0:
                     position = self._router.position(source)
-                caught_up[source] = 0 <= high <= max(position or 0, 0)
+                read_to = max(position or 0, 0)
+                if 0 <= high <= read_to:
+                    caught_up[source] = read_to
             if high >= 0:  # else no fetch has told us the high watermark yet
                 behind = max(high - (position if position is not None else max(low, 0)), 0)
                 self._partition_gauges.lag(tp.topic, tp.partition, behind)
@@ -891,9 +929,13 @@ class Runner:
         caught_up = self._caught_up()
         self._pace()
         reports = self._router.watermarks(now, self._idle_s, caught_up, progress, drained)
-        self._refused, self._router_progress = self._index.share_progress(
+        self._refused, reported = self._index.share_progress(
             [(source, self._source_epochs[source], report) for source, report in reports]
         )
+        self._router_progress = self._trusted(reported)
+        idle = frozenset(source for source, p in self._router_progress.items() if p.idle)
+        for task_slot in self._tasks.values():
+            task_slot.task.trust_idle(idle)
         if self._refused:
             _log.warning(
                 "input partitions claimed by another instance: not sharing their progress",

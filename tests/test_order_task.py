@@ -188,3 +188,18 @@ def test_events_are_decided_oldest_first_and_in_the_order_received_within_one_ti
 
         assert decide_up_to(task, len(steps) + offset, watermark) == [name for *_, name in passed]
         assert task.buffered() == len(waiting)
+
+
+def test_an_input_reported_idle_is_left_out_only_while_the_runner_trusts_the_report() -> None:
+    """Reports stand until their router reports again: the runner says which idle ones
+    the log has not outgrown since (`router.trusted`)."""
+    task = OrderTask(InMemoryStore(), load_policy(), frozenset({SOURCE, OTHER}))
+    task.receive_watermark(0, SOURCE, day(5), idle=False)
+    task.receive_watermark(1, OTHER, day(1), idle=True)
+    assert task.watermark() == day(1)
+
+    task.trust_idle(frozenset({OTHER}))
+    assert task.watermark() == day(5)
+
+    task.trust_idle(frozenset())
+    assert task.watermark() == day(1)

@@ -12,7 +12,7 @@ from processor.redis_index import RedisTrackingIndex
 from processor.router import Progress
 
 ORDERS, TRACKING = "orders:0", "tracking:0"
-DRAINED = Progress(5_000, True, 5_000, True)
+DRAINED = Progress(5_000, True, 5_000, True, end=42)
 BEHIND = Progress(1_000, False, 1_000, False)
 
 
@@ -103,3 +103,20 @@ def test_after_redis_lost_the_progress_the_first_report_holds_it_until_a_claim(
     assert seen == {}
     assert zombie.share_progress([(ORDERS, zombie_epochs[ORDERS], DRAINED)]) == ([ORDERS], {})
     assert owner.share_progress([(ORDERS, again[ORDERS], BEHIND)]) == ([], {ORDERS: BEHIND})
+
+
+def test_a_report_of_a_router_of_before_the_end_offsets_reads_as_resting_on_no_end(
+    client: redis.Redis, app: str
+) -> None:
+    """Routers of before `Progress.end` write the report alone: readable, and trusted
+    drained by no one (`router.trusted`). Routers of before read the new hash as they
+    did, skipping the `#end` fields with the `#epoch` ones; a claim clears both."""
+    index = RedisTrackingIndex(client, app)
+    epochs, _ = index.claim_sources([ORDERS])
+    client.hset(f"{app}:router-progress", ORDERS, "5000:1:5000:1")
+    assert index.read_progress() == {ORDERS: DRAINED._replace(end=-1)}
+
+    index.share_progress([(ORDERS, epochs[ORDERS], DRAINED)])
+    assert client.hget(f"{app}:router-progress", f"{ORDERS}#end") == b"42"
+    index.claim_sources([ORDERS])
+    assert client.hget(f"{app}:router-progress", f"{ORDERS}#end") is None

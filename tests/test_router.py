@@ -13,7 +13,7 @@ import redis
 from processor.config import load_policy
 from processor.events import Event, parse_event_json, to_millis
 from processor.redis_index import RedisTrackingIndex
-from processor.router import Inbound, Router, TrackingIndex
+from processor.router import Inbound, Progress, Router, TrackingIndex, claiming_idle, trusted
 from tests.factories import T0, at, scan, shipped
 
 SOURCE = "tracking:0"
@@ -153,3 +153,50 @@ def test_an_update_read_again_that_resolved_before_is_routed_again(index: Tracki
     again = router.route([unresolved(4, replayed=True)], 0.0, progress=None)
 
     assert [order_id for order_id, _ in again.routed] == ["o1"]
+
+
+def test_a_source_read_to_its_end_and_quiet_is_reported_drained_at_the_offset_it_ended(
+    index: TrackingIndex,
+) -> None:
+    router = Router(index, load_policy())
+    router.assign(SOURCE, now=0.0, committed=7)
+
+    ((_, early),) = router.watermarks(0.5, 1.0, {SOURCE: 7}, None, all_inputs_drained=False)
+    ((_, behind),) = router.watermarks(2.0, 1.0, {}, None, all_inputs_drained=False)
+    ((_, quiet),) = router.watermarks(2.0, 1.0, {SOURCE: 7}, None, all_inputs_drained=False)
+
+    assert (early.drained, early.end) == (False, -1)
+    assert (behind.drained, behind.end) == (False, -1)
+    assert (quiet.idle, quiet.drained, quiet.end) == (True, True, 7)
+
+
+DRAINED_AT_7 = Progress(100, True, 100, True, end=7)
+
+
+@pytest.mark.parametrize(
+    ("ends", "trusted_drained"),
+    [
+        ({SOURCE: 7}, True),
+        ({SOURCE: 6}, True),  # records deleted by retention leave it as it was
+        ({SOURCE: 8}, False),  # a record came after the report
+        ({}, False),  # the broker did not say
+    ],
+    ids=["same end", "shorter", "grown", "unknown"],
+)
+def test_a_drained_report_is_trusted_while_the_log_ends_where_it_did(
+    ends: dict[str, int], trusted_drained: bool
+) -> None:
+    behind = Progress(50, False, 50, False)
+    reported = {SOURCE: DRAINED_AT_7, "orders:0": behind}
+
+    assert claiming_idle(reported) == [SOURCE]
+    taken_back = DRAINED_AT_7._replace(idle=False, drained=False)
+    assert trusted(reported, ends) == {
+        SOURCE: DRAINED_AT_7 if trusted_drained else taken_back,
+        "orders:0": behind,
+    }
+
+
+def test_a_drained_report_of_a_router_of_before_the_end_offsets_is_not_trusted() -> None:
+    old = Progress(100, True, 100, True)
+    assert not trusted({SOURCE: old}, {SOURCE: 0})[SOURCE].drained

@@ -7,11 +7,13 @@ read_committed consumer until the refunds match the offline replay's, or a deadl
 
 import itertools
 import json
+import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import redis
 import structlog.testing
 from confluent_kafka import (
     TIMESTAMP_CREATE_TIME,
@@ -33,6 +35,7 @@ from processor.events import Event, parse_event
 from processor.generate import generate_history
 from processor.localstack.kafka import KafkaAdmin
 from processor.partitioner import default_partition
+from processor.redis_index import RedisTrackingIndex
 from processor.router import Commit, Inbound, Routed
 from processor.runner import (
     ROUTED_RECORD_BYTES,
@@ -314,6 +317,57 @@ def test_a_tracking_number_nobody_ships_holds_the_clock_only_until_every_input_p
 
     assert sorted(seen) == sorted(expected)
     live.assert_none_failed()
+
+
+def test_an_idle_report_is_not_trusted_once_records_arrive_behind_it(live: LiveHarness) -> None:
+    """i1 reports its inputs drained, then stalls, shorter than the session timeout (a
+    long batch, a pause), while the second half of the history arrives. Its reports
+    stand until it reports again: trusted, they left its inputs out of i0's tasks'
+    clocks, and i0 fired the deadlines whose delivered scans waited in i1's backlog
+    (found in review: dozens of lost refunds the replay does not issue)."""
+    lines = generate_history(400, seed=11)
+    expected = expected_refunds(lines)
+    half = len(lines) // 2
+    live.publish(lines[:half])
+    live.start("i0")
+    second = live.start("i1")
+    live.await_stable_group({"i0", "i1"}, timeout_s=90)
+    assignment = live.group_assignment()
+    assert assignment is not None
+    inputs = {live.topics["orders"], live.topics["tracking"]}
+    owned = {
+        name: {f"{topic}:{p}" for topic, p in partitions if topic in inputs}
+        for name, partitions in assignment.items()
+    }
+    index = RedisTrackingIndex(redis.Redis.from_url(live.redis_url), live.app)
+
+    def drained_at_their_ends(sources: set[str]) -> bool:
+        reported = index.read_progress()
+        ends = {f"{t}:{p}": end for t in inputs for p, end in live.end_offsets(t).items()}
+        return all(
+            source in reported and reported[source].drained and reported[source].end >= ends[source]
+            for source in sources
+        )
+
+    await_condition(
+        lambda: drained_at_their_ends(owned["i0"] | owned["i1"]), 120, "every input drained"
+    )
+    second.process.send_signal(signal.SIGSTOP)
+    try:
+        live.publish(lines[half:])
+        await_condition(
+            lambda: drained_at_their_ends(owned["i0"]), 60, "i0 routed all of its inputs"
+        )
+        assert live.group_assignment() == assignment, "the stall moved partitions"
+    finally:
+        # A stall past its transaction's timeout fences it: it exits, for its supervisor.
+        second.may_fail_with = "This instance has been fenced by a newer instance"
+        second.process.send_signal(signal.SIGCONT)
+    seen = live.refunds_when_done(expected, timeout_s=240)
+
+    assert len(seen) == len(set(seen)), "a refund command issued twice"
+    extra = set(seen) - expected
+    assert not extra, f"{len(extra)} refunds the replay does not issue: {sorted(extra)[:3]}"
 
 
 def test_an_input_arrives_at_its_log_append_time_else_when_it_was_received() -> None:
