@@ -662,6 +662,18 @@ def _scan_package(step: _Step, package: Package, event: TrackingUpdate) -> None:
                 subject=f"package:{package.package_id}",
                 package_id=package.package_id,
             )
+        case "lost" if package.back_event_id is not None and package.settled_by is None:
+            # Back at the warehouse, and not refunded: R2b refused an opened return.
+            step.decide(
+                "anomaly",
+                "lost_after_return",
+                "R3b",
+                f"package {package.package_id} declared lost after it came back to the "
+                f"warehouse ({package.back_event_id}); no automatic refund",
+                (*evidence, package.back_event_id),
+                subject=f"package:{package.package_id}",
+                package_id=package.package_id,
+            )
         case "lost":
             _refund_package(
                 step, package, "lost", "R3b", evidence=evidence, why="courier declared it lost"

@@ -258,6 +258,26 @@ def test_r3b_a_lost_scan_after_a_delivery_scan_is_an_anomaly_not_a_refund() -> N
     assert "delivered-1" in anomaly.evidence_event_ids
 
 
+def test_r3b_a_lost_scan_after_the_package_came_back_opened_is_an_anomaly_not_a_refund() -> None:
+    """The warehouse has the package, and refused to refund it (R2b): a later `lost` scan
+    contradicts it, for staff to settle. Before, it paid the package and the fee."""
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(return_received("p1", "opened", when=at(10), event_id="back-1"))
+    driver.pipe(scan("lost", when=at(11)))
+    driver.advance_to(at(60))
+
+    assert driver.refunds() == []
+    denied, anomaly = driver.decisions()
+    assert (denied.code, anomaly.outcome, anomaly.code, anomaly.rule) == (
+        "return_not_intact",
+        "anomaly",
+        "lost_after_return",
+        "R3b",
+    )
+    assert "back-1" in anomaly.evidence_event_ids
+
+
 def test_r4_cancellation_after_shipping_is_denied() -> None:
     driver = TestDriver()
     _shipped_order(driver)
