@@ -293,6 +293,18 @@ def cluster_metadata(admin: AdminClient, timeout_s: float = CONNECT_TIMEOUT_S) -
                 ) from exc
 
 
+class InputPartitionsChangedError(RuntimeError):
+    """An input gained or lost partitions while the processor ran.
+
+    The order tasks' clocks wait for every input partition the processor started with:
+    one added since holds records no clock waits for, and its deadlines would fire past
+    them. So an instance stops at the first rebalance that shows the change (adding
+    partitions triggers one in every instance), and its supervisor starts it again with
+    the new partitions. Records the new partitions got before that are late data, as in
+    the replay of a file they are appended to: stop the processor to add partitions.
+    """
+
+
 def topic_partitions(admin: AdminClient, topic: str) -> list[int]:
     """The topic's partitions, once the broker's metadata has them.
 
@@ -406,11 +418,7 @@ class Runner:
         self._tally = metrics.BatchTally()  # the batch in progress: its checkpoint's
         self._admin = AdminClient(settings.kafka.admin_config(), logger=_rdkafka_log)
         self._by_order_partitions = self._ensure_topics()
-        self._sources = frozenset(
-            f"{topic}:{partition}"
-            for topic in self._inputs
-            for partition in topic_partitions(self._admin, topic)
-        )
+        self._sources = self._input_partitions()
         self._consumer = Consumer(
             settings.kafka.consumer_config(settings.group_id), logger=_rdkafka_log
         )
@@ -595,6 +603,7 @@ class Runner:
         """
         if not self._unclaimed:
             return
+        self._check_inputs_unchanged()
         now = time.monotonic()
         new_sources = [
             f"{topic}:{partition}"
@@ -659,6 +668,23 @@ class Runner:
                 offset=offsets.get(source),
                 batch_marker=offsets.get(source + "#batch"),
                 epoch=epoch,
+            )
+
+    def _input_partitions(self) -> frozenset[str]:
+        return frozenset(
+            f"{topic}:{partition}"
+            for topic in self._inputs
+            for partition in topic_partitions(self._admin, topic)
+        )
+
+    def _check_inputs_unchanged(self) -> None:
+        now = self._input_partitions()
+        if now != self._sources:
+            raise InputPartitionsChangedError(
+                f"the inputs' partitions changed while the processor ran, from "
+                f"{len(self._sources)} to {len(now)} (added: {sorted(now - self._sources)}, "
+                f"removed: {sorted(self._sources - now)}); stopping so that it starts again "
+                f"with them"
             )
 
     def _claim_sources(self, sources: list[str]) -> None:

@@ -26,6 +26,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AclOperation,
     AclPermissionType,
     AdminClient,
+    NewPartitions,
     NewTopic,
     ResourcePatternType,
     ResourceType,
@@ -368,6 +369,29 @@ def test_an_idle_report_is_not_trusted_once_records_arrive_behind_it(live: LiveH
     assert len(seen) == len(set(seen)), "a refund command issued twice"
     extra = set(seen) - expected
     assert not extra, f"{len(extra)} refunds the replay does not issue: {sorted(extra)[:3]}"
+
+
+def test_an_instance_stops_when_an_input_gains_a_partition(live: LiveHarness) -> None:
+    """Clocks wait for the input partitions the processor started with: one added while
+    it runs would hold records no clock waits for (found in review: lost refunds for
+    packages whose delivered scans were in it). The rebalance the new partition brings
+    stops the instance, naming the partition, for its supervisor to start it again."""
+    live.configure(librdkafka={"topic.metadata.refresh.interval.ms": "1000"})
+    live.publish(generate_history(20, seed=3, malformed_share=0))
+    instance = live.start("i0")
+    live.await_stable_group({"i0"}, timeout_s=60)
+    tracking = live.topics["tracking"]
+    added = f"{tracking}:{len(live.partitions(tracking))}"
+    instance.may_fail_with = "the inputs' partitions changed while the processor ran"
+
+    live.admin.client.create_partitions(
+        [NewPartitions(tracking, len(live.partitions(tracking)) + 1)]
+    )[tracking].result(timeout=30)
+
+    await_condition(lambda: not instance.running, timeout_s=60, what="the instance stops")
+    assert instance.process.returncode == 1
+    assert f"added: ['{added}']" in instance.log_text()
+    live.assert_none_failed()
 
 
 def test_an_input_arrives_at_its_log_append_time_else_when_it_was_received() -> None:
