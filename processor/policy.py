@@ -1020,7 +1020,7 @@ def _resolve_partial(step: _Step, claim: Claim, rule: str, evidence: tuple[str, 
             what=what,
         )
         return
-    # A unit refunded already (its package lost, say) is paid for: not sent again.
+    # A unit refunded (its package lost, say) or reshipped already is not sent again.
     claimed, within = _claimed_units(state, claim), _claimed_package(state, claim)
     settled = settle_reship(state.order, state.ledger, claimed, within)
     if settled is None:
