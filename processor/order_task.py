@@ -14,6 +14,7 @@ has decided them (docs/live.md, "Direct delivery").
 
 import bisect
 import itertools
+from collections.abc import Mapping
 from operator import itemgetter
 
 from processor.config import PolicyConfig
@@ -53,9 +54,11 @@ class OrderTask:
         #: Whether the watermarks of the `direct` inputs come from the local router yet
         #: (`sync`); a task without direct inputs has nothing to wait for.
         self.synced = not direct
-        self._watermarks: dict[str, tuple[int, bool]] = {}  # read from the internal topic
-        self._local: dict[str, tuple[int, bool]] = {}  # the direct inputs', from the router
-        self._idle_trusted: frozenset[str] = frozenset()  # `trust_idle`
+        # Per input: its watermark and, when reported idle, the end offset that rests on
+        # (-1: not idle). Read from the internal topic, and the direct inputs' from the router.
+        self._watermarks: dict[str, tuple[int, int]] = {}
+        self._local: dict[str, tuple[int, int]] = {}
+        self._log_ends: Mapping[str, int] = {}  # `trust_idle`
         # Received, not decided yet. Sorted when taken from (`take_ready`): a stable sort
         # keeps events of one time in the order they came, and costs little on what are
         # mostly sorted runs already (the rest of the last sort, each input's events).
@@ -93,19 +96,28 @@ class OrderTask:
         self._oldest = oldest if self._oldest is None else min(self._oldest, oldest)
         self._undecided = None
 
-    def receive_watermark(self, offset: int, source: str, at: int, idle: bool) -> None:
-        self._watermarks[source] = (at, idle)
+    def receive_watermark(self, offset: int, source: str, at: int, idle_at_end: int) -> None:
+        """`idle_at_end`: for an input reported idle, the offset its router had read it to
+        (where its log ended then); -1 when not idle."""
+        self._watermarks[source] = (at, idle_at_end)
         self._next_offset = offset + 1
 
-    def receive_local_watermark(self, source: str, at: int, idle: bool) -> None:
+    def receive_local_watermark(self, source: str, at: int, idle_at_end: int) -> None:
         """A direct input's watermark, from the router that hands its events over."""
-        self._local[source] = (at, idle)
+        self._local[source] = (at, idle_at_end)
 
-    def trust_idle(self, sources: frozenset[str]) -> None:
-        """The inputs whose routers' idle reports the log has not outgrown since
-        (`router.trusted`): only they may be left out of the watermark, whatever the
-        reports this task has read say."""
-        self._idle_trusted = sources
+    def idle_claims(self) -> set[str]:
+        """The inputs the reports this task holds say are idle: `trust_idle` needs their
+        logs' ends."""
+        return {source for source, (_, end) in self._reports().items() if end >= 0}
+
+    def trust_idle(self, log_ends: Mapping[str, int]) -> None:
+        """The inputs' end offsets, asked of the broker after this batch's reports were
+        read: an input reported idle is left out of the watermark only while its log still
+        ends where that report says it did. A report stands until its router reports
+        again, and records that came since may wait in the input, or in this task's
+        partition behind the report (found in review)."""
+        self._log_ends = log_ends
 
     def sync(self) -> None:
         """The task has read a record this instance wrote to its partition since it set the
@@ -115,12 +127,19 @@ class OrderTask:
 
     def watermark(self) -> int | None:
         """How far every input has been routed; None until each has reported."""
-        reported = self._watermarks | self._local if self.synced else self._watermarks
-        trusted = self._idle_trusted
+        ends = self._log_ends
         return combined_watermark(
             self._sources,
-            {source: (at, idle and source in trusted) for source, (at, idle) in reported.items()},
+            {
+                source: (at, end >= 0 and ends.get(source) == end)
+                for source, (at, end) in self._reports().items()
+            },
         )
+
+    def _reports(self) -> dict[str, tuple[int, int]]:
+        """Per input, the report this task goes by: the local router's for a direct input
+        once synced, else the last one read from the internal topic."""
+        return self._watermarks | self._local if self.synced else self._watermarks
 
     def clock_target(self) -> int | None:
         """The clock `release` will advance to, so the timers due by then can be prefetched."""

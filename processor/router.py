@@ -15,7 +15,7 @@ routed them (docs/live.md).
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from processor.config import PolicyConfig
 from processor.events import Event, PackageShipped, TrackingUpdate
@@ -67,6 +67,10 @@ class RouteResult:
     dead_letters: list[tuple[Inbound, DeadLetter]] = field(default_factory=list)
 
 
+#: `Progress.end` of a report that claims no idle or drained input.
+NOT_IDLE: Final = -1
+
+
 class Progress(NamedTuple):
     """What a router reports for one input partition it owns (shared through Redis)."""
 
@@ -74,7 +78,7 @@ class Progress(NamedTuple):
     idle: bool  # for order tasks: leave this partition out of the minimum
     routed: int  # routed_until, holds ignored: how far expiry may look
     drained: bool  # read to its end and quiet for idle_partition_wait, pending or not
-    end: int = -1  # when drained: the offset it was read to, which the log then ended at
+    end: int = NOT_IDLE  # when drained: the offset it was read to, where its log then ended
 
 
 def trusted(reported: Mapping[str, Progress], ends: Mapping[str, int]) -> dict[str, Progress]:
@@ -90,7 +94,7 @@ def trusted(reported: Mapping[str, Progress], ends: Mapping[str, int]) -> dict[s
     """
     return {
         source: report
-        if not report.drained or 0 <= ends.get(source, report.end + 1) <= report.end
+        if not report.drained or (report.end >= 0 and ends.get(source) == report.end)
         else report._replace(idle=False, drained=False)
         for source, report in reported.items()
     }
@@ -281,7 +285,7 @@ class Router:
         clock = None if progress is None else progress - self._lateness_ms
         for name, source in sorted(self._sources.items()):
             routed = source.routed_until or 0
-            end = caught_up.get(name, -1)
+            end = caught_up.get(name, NOT_IDLE)
             quiet = end >= 0 and now - source.quiet_since >= idle_after_s
             holding = (
                 []
@@ -289,7 +293,9 @@ class Router:
                 else [i for i in source.pending if clock is None or clock <= i.event.at]
             )
             watermark = _held_back(source, holding)
-            report = Progress(watermark, quiet and not holding, routed, quiet, end if quiet else -1)
+            report = Progress(
+                watermark, quiet and not holding, routed, quiet, end if quiet else NOT_IDLE
+            )
             reports.append((name, report))
         return reports
 

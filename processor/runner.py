@@ -13,7 +13,7 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import FrameType
@@ -62,6 +62,7 @@ from processor.partitioner import default_partition
 from processor.redis_index import RedisTrackingIndex
 from processor.redis_store import FencedError, RedisTaskStore, StateAheadOfKafkaError
 from processor.router import (
+    NOT_IDLE,
     Commit,
     Inbound,
     Progress,
@@ -689,16 +690,17 @@ class Runner:
 
     def _claim_sources(self, sources: list[str]) -> None:
         epochs, reported = self._index.claim_sources(sources)
-        self._router_progress = self._trusted(reported)
+        self._router_progress = trusted(reported, self._log_ends(claiming_idle(reported)))
         self._source_epochs.update(epochs)
 
-    def _trusted(self, reported: dict[str, Progress]) -> dict[str, Progress]:
-        """Every router's reports, with the drained inputs whose log grew since taken
-        back (`router.trusted`): one request for the end offsets of those inputs, asked
-        as a read_committed consumer reads them, whenever a report claims one."""
-        claims = claiming_idle(reported)
+    def _log_ends(self, sources: Iterable[str]) -> dict[str, int]:
+        """The end offsets of input partitions, as a read_committed consumer reads them, in
+        one request: what idle and drained reports are checked against (`router.trusted`,
+        `OrderTask.trust_idle`). Those the broker does not give are left out, so no
+        report of them is trusted."""
+        claims = sorted(sources)
         if not claims:
-            return reported
+            return {}
         latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
         partitions = {
             TopicPartition(topic, int(partition)): latest
@@ -713,11 +715,11 @@ class Runner:
         for tp, future in asked.items():
             try:
                 ends[f"{tp.topic}:{tp.partition}"] = future.result().offset
-            except KafkaException as exc:  # not trusted drained this batch
+            except KafkaException as exc:  # no report of it trusted this batch
                 _log.warning(
                     "end offset unknown", topic=tp.topic, partition=tp.partition, error=str(exc)
                 )
-        return trusted(reported, ends)
+        return ends
 
     def _committed_moved(self, read: TopicPartition) -> bool:
         """Whether the group's committed offset of `read`'s partition changed since `read`."""
@@ -910,9 +912,8 @@ class Runner:
             task.sync()
         record = self._serde.decode(message.value() or b"", self._by_order)
         if record["type"] == "watermark":
-            task.receive_watermark(
-                offset, record["source"], to_millis(record["occurred_at"]), record["idle"]
-            )
+            end = record["end_offset"] if record["idle"] else NOT_IDLE
+            task.receive_watermark(offset, record["source"], to_millis(record["occurred_at"]), end)
         else:
             task.receive(offset, [self._routed_event(item) for item in record["events"]])
 
@@ -958,17 +959,20 @@ class Runner:
         self._refused, reported = self._index.share_progress(
             [(source, self._source_epochs[source], report) for source, report in reports]
         )
-        self._router_progress = self._trusted(reported)
-        idle = frozenset(source for source, p in self._router_progress.items() if p.idle)
+        claims = set(claiming_idle(reported))
         for task_slot in self._tasks.values():
-            task_slot.task.trust_idle(idle)
+            claims |= task_slot.task.idle_claims()
+        ends = self._log_ends(claims)
+        self._router_progress = trusted(reported, ends)
+        for task_slot in self._tasks.values():
+            task_slot.task.trust_idle(ends)
         if self._refused:
             _log.warning(
                 "input partitions claimed by another instance: not sharing their progress",
                 partitions=self._refused,
             )
         for source, report in reports:
-            value = self._watermark_record(source, report.watermark, report.idle)
+            value = self._watermark_record(source, report.watermark, report.end, report.idle)
             for partition in range(self._by_order_partitions):
                 slot = self._tasks.get(partition)
                 if slot is not None and source in slot.task.direct:
@@ -988,16 +992,23 @@ class Runner:
         handed over again, so no report there may let its clock pass them; nor may the
         input count as idle there while they wait.
         """
-        task.receive_local_watermark(source, report.watermark, report.idle)
+        task.receive_local_watermark(
+            source, report.watermark, report.end if report.idle else NOT_IDLE
+        )
         hold = task.hold()
         if hold is None:
-            return self._watermark_record(source, report.watermark, report.idle)
-        return self._watermark_record(source, min(report.watermark, hold), idle=False)
+            return self._watermark_record(source, report.watermark, report.end, report.idle)
+        return self._watermark_record(source, min(report.watermark, hold), NOT_IDLE, idle=False)
 
-    def _watermark_record(self, source: str, watermark: int, idle: bool) -> bytes:
+    def _watermark_record(self, source: str, watermark: int, end: int, idle: bool) -> bytes:
         return self._serde.encode(
             "watermark",
-            {"source": source, "occurred_at": from_millis(watermark), "idle": idle},
+            {
+                "source": source,
+                "occurred_at": from_millis(watermark),
+                "idle": idle,
+                "end_offset": end if idle else NOT_IDLE,
+            },
             self._by_order,
         )
 

@@ -442,6 +442,22 @@ def _default_catalog() -> SchemaCatalog:
     return _load_catalog(schemas_dir())
 
 
+@lru_cache(maxsize=1)
+def previous_schemas() -> tuple[MessageSchema, ...]:
+    """Earlier versions of our records (``previous/*.avsc`` in :func:`schemas_dir`), which
+    every default serde still reads: after an upgrade, the internal topic still holds
+    records the version before wrote."""
+    catalog = _default_catalog()
+    found = []
+    for path in sorted((schemas_dir() / "previous").glob("*.avsc")):
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SchemaLoadError(f"{path}: {exc}") from exc
+        found.append(catalog.message_schema(raw))
+    return tuple(found)
+
+
 def _load_catalog(directory: Path) -> SchemaCatalog:
     files = sorted(directory.glob("*.avsc"))
     if not files:
@@ -539,6 +555,7 @@ class Serde:
         if readers is None:
             catalog = load_schemas()
             readers = catalog
+            writers = [*writers, *previous_schemas()]
             self._named_types = catalog.named_types
         self._registry = registry
         self._registry_schema = _registry_schema_factory() if registry is not None else None

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from processor.config import load_policy
 from processor.events import Event, parse_event_json, to_millis
 from processor.order_task import DirectEvent, OrderTask, RoutedEvent
+from processor.router import NOT_IDLE
 from processor.store import InMemoryStore
 from tests.factories import T0, at, order_placed
 
@@ -28,7 +29,7 @@ def make_task() -> OrderTask:
 
 
 def decide_up_to(task: OrderTask, offset: int, days: float) -> list[str]:
-    task.receive_watermark(offset, SOURCE, day(days), idle=False)
+    task.receive_watermark(offset, SOURCE, day(days), idle_at_end=NOT_IDLE)
     ready = task.take_ready()
     task.release()
     return ready
@@ -82,8 +83,8 @@ def handed(offset: int, order_id: str, days: float) -> DirectEvent:
 
 def decide_direct_up_to(task: OrderTask, days: float) -> list[str]:
     """Both inputs at `days`: the direct one from the router, the other by a record."""
-    task.receive_local_watermark(SOURCE, day(days), idle=False)
-    task.receive_watermark(0, OTHER, day(days), idle=False)
+    task.receive_local_watermark(SOURCE, day(days), idle_at_end=NOT_IDLE)
+    task.receive_watermark(0, OTHER, day(days), idle_at_end=NOT_IDLE)
     ready = task.take_ready()
     task.release()
     return ready
@@ -119,11 +120,11 @@ def test_an_update_handed_over_after_newer_ones_holds_its_older_offset() -> None
 def test_local_watermarks_count_only_once_the_task_is_synced() -> None:
     task = make_direct_task()
     task.receive_direct([handed(1, "o1", 1)])
-    task.receive_local_watermark(SOURCE, day(5), idle=False)
-    task.receive_watermark(7, OTHER, day(5), idle=False)
+    task.receive_local_watermark(SOURCE, day(5), idle_at_end=NOT_IDLE)
+    task.receive_watermark(7, OTHER, day(5), idle_at_end=NOT_IDLE)
     assert task.take_ready() == [], "records routed here before may still be unread"
 
-    task.receive_watermark(8, SOURCE, day(1) - 1, idle=False)  # a held report, read back
+    task.receive_watermark(8, SOURCE, day(1) - 1, idle_at_end=NOT_IDLE)  # a held report, read back
     assert task.take_ready() == [], "the report read back holds the handed event"
 
     task.sync()
@@ -190,16 +191,19 @@ def test_events_are_decided_oldest_first_and_in_the_order_received_within_one_ti
         assert task.buffered() == len(waiting)
 
 
-def test_an_input_reported_idle_is_left_out_only_while_the_runner_trusts_the_report() -> None:
-    """Reports stand until their router reports again: the runner says which idle ones
-    the log has not outgrown since (`router.trusted`)."""
+def test_an_input_reported_idle_is_left_out_only_while_its_log_ends_where_the_report_says() -> None:
+    """A report stands until its router reports again: the runner gives the inputs' end
+    offsets, asked after the reports were read. Records that came since may wait in the
+    input, or in this task's partition behind the report it read (found in review: a
+    report trusted by the router's newer one let the clock pass them)."""
     task = OrderTask(InMemoryStore(), load_policy(), frozenset({SOURCE, OTHER}))
-    task.receive_watermark(0, SOURCE, day(5), idle=False)
-    task.receive_watermark(1, OTHER, day(1), idle=True)
-    assert task.watermark() == day(1)
+    task.receive_watermark(0, SOURCE, day(5), idle_at_end=NOT_IDLE)
+    task.receive_watermark(1, OTHER, day(1), idle_at_end=40)
+    assert task.idle_claims() == {OTHER}
+    assert task.watermark() == day(1)  # no end known yet
 
-    task.trust_idle(frozenset({OTHER}))
+    task.trust_idle({OTHER: 40})
     assert task.watermark() == day(5)
 
-    task.trust_idle(frozenset())
+    task.trust_idle({OTHER: 52})  # records came after the report
     assert task.watermark() == day(1)

@@ -177,11 +177,11 @@ DRAINED_AT_7 = Progress(100, True, 100, True, end=7)
     ("ends", "trusted_drained"),
     [
         ({SOURCE: 7}, True),
-        ({SOURCE: 6}, True),  # records deleted by retention leave it as it was
         ({SOURCE: 8}, False),  # a record came after the report
+        ({SOURCE: 6}, False),  # the log was cut below it (a topic made again, say)
         ({}, False),  # the broker did not say
     ],
-    ids=["same end", "shorter", "grown", "unknown"],
+    ids=["same end", "grown", "cut", "unknown"],
 )
 def test_a_drained_report_is_trusted_while_the_log_ends_where_it_did(
     ends: dict[str, int], trusted_drained: bool

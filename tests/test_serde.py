@@ -31,6 +31,7 @@ from processor.serde import (
     SchemaLoadError,
     Serde,
     load_schemas,
+    previous_schemas,
     record_name,
     schemas_dir,
     type_name,
@@ -663,6 +664,23 @@ def test_newer_reader_fills_defaults_for_data_of_the_current_writer() -> None:
     with pytest.raises(DecodeError) as caught:
         Serde.single_object(readers=readers_with(newer)).decode(data, TOPIC)
     assert caught.value.reason == "unknown_schema"
+
+
+def test_records_of_an_earlier_version_in_schemas_previous_still_decode() -> None:
+    """After an upgrade the internal topic still holds watermarks the version before wrote,
+    without `end_offset`: they read as not resting on any end."""
+    (earlier,) = (m for m in previous_schemas() if m.name == "refunds.Watermark")
+    assert earlier.fingerprint != catalog()["watermark"].fingerprint
+    before = Serde.single_object(readers=readers_with(earlier))
+    watermark = {
+        "source": "orders:0",
+        "occurred_at": datetime(2026, 3, 1, tzinfo=UTC),
+        "idle": True,
+    }
+    data = before.encode("watermark", watermark, TOPIC)
+
+    decoded = Serde.single_object().decode(data, TOPIC)
+    assert decoded == {"type": "watermark", **watermark, "end_offset": -1}
 
 
 def test_current_reader_drops_the_field_a_newer_writer_added() -> None:
