@@ -95,9 +95,12 @@ TRANSACTION_TIMEOUT_MS = 10_000
 METADATA_TIMEOUT_S = 60
 #: How long to wait at start for the first broker to answer (`cluster_metadata`).
 CONNECT_TIMEOUT_S = 30
-#: How long a batch waits for the end offsets of the inputs reported drained (`_trusted`):
-#: inside the transaction's timeout; unanswered, none of them counts as drained.
+#: How long a batch waits for the end offsets of the inputs reported idle (`_log_ends`):
+#: inside the transaction's timeout; unanswered, none of them counts as idle.
 END_OFFSETS_TIMEOUT_S = 2.0
+#: How long a rebalance waits for the inputs' partitions to be listed
+#: (`_check_inputs_unchanged`), inside its batch's transaction.
+INPUTS_CHECK_TIMEOUT_S = 5.0
 #: Waits between attempts while Redis is unreachable (doubling from the first to the last).
 REDIS_BACKOFF_S = (0.5, 8.0)
 #: CPython's collector thresholds in a processor's process (`Runner.__init__`); the
@@ -419,7 +422,11 @@ class Runner:
         self._tally = metrics.BatchTally()  # the batch in progress: its checkpoint's
         self._admin = AdminClient(settings.kafka.admin_config(), logger=_rdkafka_log)
         self._by_order_partitions = self._ensure_topics()
-        self._sources = self._input_partitions()
+        self._sources = frozenset(
+            f"{topic}:{partition}"
+            for topic in self._inputs
+            for partition in topic_partitions(self._admin, topic)
+        )
         self._consumer = Consumer(
             settings.kafka.consumer_config(settings.group_id), logger=_rdkafka_log
         )
@@ -671,15 +678,26 @@ class Runner:
                 epoch=epoch,
             )
 
-    def _input_partitions(self) -> frozenset[str]:
-        return frozenset(
-            f"{topic}:{partition}"
-            for topic in self._inputs
-            for partition in topic_partitions(self._admin, topic)
-        )
-
     def _check_inputs_unchanged(self) -> None:
-        now = self._input_partitions()
+        """Compares the inputs' partitions, as assigned and as the broker lists them, with
+        those the processor started with. The listing waits `INPUTS_CHECK_TIMEOUT_S` at
+        most, inside the batch's transaction; a topic it does not give in full is left to
+        the next rebalance."""
+        now = set(self._sources) | {
+            f"{tp.topic}:{tp.partition}"
+            for tp in self._consumer.assignment()
+            if tp.topic != self._by_order
+        }
+        try:
+            listed = self._admin.list_topics(timeout=INPUTS_CHECK_TIMEOUT_S).topics
+        except KafkaException as exc:
+            _log.warning("input partitions not listed", error=str(exc))
+            listed = {}
+        for topic in self._inputs:
+            meta = listed.get(topic)
+            if meta is not None and meta.error is None and meta.partitions:
+                now = {s for s in now if s.rpartition(":")[0] != topic}
+                now |= {f"{topic}:{partition}" for partition in meta.partitions}
         if now != self._sources:
             raise InputPartitionsChangedError(
                 f"the inputs' partitions changed while the processor ran, from "
