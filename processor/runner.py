@@ -961,7 +961,8 @@ class Runner:
                 source = f"{tp.topic}:{tp.partition}"
                 if tp.offset < 0:
                     position = self._router.position(source)
-                read_to = max(position or 0, 0)
+                # Records below the log start are gone (retention): nothing left to read.
+                read_to = max(position or 0, low, 0)
                 if 0 <= high <= read_to:
                     caught_up[source] = read_to
             if high >= 0:  # else no fetch has told us the high watermark yet

@@ -20,6 +20,7 @@ from confluent_kafka import (
     TIMESTAMP_LOG_APPEND_TIME,
     TIMESTAMP_NOT_AVAILABLE,
     Producer,
+    TopicPartition,
 )
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AclBinding,
@@ -49,7 +50,14 @@ from processor.runner import (
     topic_partitions,
 )
 from processor.serde import Serde
-from tests.factories import at, cancellation_requested, order_cancelled, order_placed, scan
+from tests.factories import (
+    at,
+    cancellation_requested,
+    order_cancelled,
+    order_placed,
+    scan,
+    shipped,
+)
 from tests.live import PROCESSOR_USER, LiveHarness, SecuredKafka, await_condition, expected_refunds
 
 
@@ -392,6 +400,35 @@ def test_an_instance_stops_when_an_input_gains_a_partition(live: LiveHarness) ->
     assert instance.process.returncode == 1
     assert f"added: ['{added}']" in instance.log_text()
     live.assert_none_failed()
+
+
+def test_an_input_partition_emptied_by_retention_counts_as_idle(live: LiveHarness) -> None:
+    """A partition whose records all expired has no position for a new group to resume
+    from: read to its end all the same, it must count as idle, or every task's clock
+    waits for it for good (found in review)."""
+    history = [
+        json.dumps(event)
+        for event in (order_placed("o1"), shipped("p1", order_id="o1"), scan("lost", "TN-p1"))
+    ]
+    expected = expected_refunds(history)
+    assert len(expected) == 1
+    tracking = live.topics["tracking"]
+    partitions = live.partitions(tracking)
+    emptied = next(p for p in partitions if p != default_partition(b"o1", len(partitions)))
+    producer = Producer(live.settings.kafka.producer_config())
+    producer.produce(tracking, value=b"expired long ago", partition=emptied)
+    assert producer.flush(30) == 0
+    gone = live.admin.client.delete_records([TopicPartition(tracking, emptied, 1)])
+    for future in gone.values():
+        future.result(timeout=30)
+    assert live.start_offsets(tracking)[emptied] == live.end_offsets(tracking)[emptied] == 1
+    live.publish(history)
+
+    live.start()
+    seen = live.read_refunds_until(expected, timeout_s=60)
+    live.stop_all()
+
+    assert set(seen) == expected
 
 
 def test_an_input_arrives_at_its_log_append_time_else_when_it_was_received() -> None:
