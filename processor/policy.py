@@ -1028,7 +1028,9 @@ def _resolve_partial(step: _Step, claim: Claim, rule: str, evidence: tuple[str, 
             claimed, within, rule, what, evidence, subject=subject, claim_id=claim.claim_id
         )
         return
-    units, state.ledger = settled
+    units, ledger = settled
+    left_out = step.left_out(claimed, units, within)  # worded by the ledger before it
+    state.ledger = ledger
     command_id = reship_command_id(state.order_id, claim.claim_id)
     step.emit(
         ReshipCommand(
@@ -1048,7 +1050,7 @@ def _resolve_partial(step: _Step, claim: Claim, rule: str, evidence: tuple[str, 
         rule,
         f"{claim.claim_type} claim {claim.claim_id}: reship "
         + ", ".join(f"{q} x {sku}" for sku, q in sorted(units.items()))
-        + step.left_out(claimed, units, within),
+        + left_out,
         evidence,
         subject=subject,
         claim_id=claim.claim_id,

@@ -569,6 +569,19 @@ def test_a_refund_after_a_reship_pays_only_for_the_units_not_sent_again() -> Non
     assert (refund.amount_minor, refund.shipping_fee_minor) == (3500, 0)
 
 
+def test_a_first_reship_says_it_left_out_what_was_never_ordered() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(claim_filed("wrong_quantity", lines={"A": 3}))
+    driver.pipe(claim_reviewed(resolution="reship"))
+
+    (decision,) = driver.decisions()
+    assert decision.detail == (
+        "wrong_quantity claim c1: reship 2 x A; "
+        "left out, as refunded already or beyond what was ordered: 1 x A"
+    )
+
+
 def test_a_reshipped_unit_is_not_sent_again_nor_refunded_by_a_claim_on_the_order() -> None:
     """A missing-item reship of one A (the order's), then a second missing-item claim and
     a damaged claim on the whole order: of A, only the unit not sent again is left."""
