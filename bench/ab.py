@@ -7,7 +7,7 @@ to the next. Running the two versions one after the other, round after round, pa
 each figure with one taken minutes apart: a change that is faster in every round is
 faster, whatever the hour did to both. (`docs/live.md` quotes such rounds.)
 
-    uv run python bench/ab.py --base REV [--rounds 3] [--bench live|live-cpu|replay|stages]
+    uv run python bench/ab.py --base REV [--rounds 4] [--bench live|live-cpu|replay|stages]
         [-- ARGS passed to the benchmark]
 
 The base is checked out into a temporary git worktree (removed at the end) and runs with
@@ -80,7 +80,7 @@ def run(bench: Bench, checkout: Path, args: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="git revision to compare against")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)  # even: each side first as often
     parser.add_argument("--bench", choices=sorted(BENCHES), default="live")
     parser.add_argument("args", nargs="*", help="after --: arguments for the benchmark")
     options = parser.parse_args()
