@@ -81,7 +81,7 @@ def order_history(
                 carrier_status=status.upper(),
                 location=None,
             )
-        if draw(st.integers(0, 9)) == 0:
+        if draw(st.integers(0, 4)) == 0:
             add(
                 ship + draw(st.integers(1, 40 * 24 * 60)),
                 "return_received",
@@ -107,7 +107,9 @@ def order_history(
         )
     for index in range(draw(st.integers(0, 2))):
         claim_id = f"{order_id}-c{index}"
-        filed = placed + draw(st.integers(1, 35 * 24 * 60))
+        # Often within days, so that a package's refund (returned, lost) can follow its
+        # claim's refund or reship and must not pay for the same units again.
+        filed = placed + draw(st.integers(1, draw(st.sampled_from([5, 35])) * 24 * 60))
         add(
             filed,
             "claim_filed",
