@@ -67,8 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     replay_cmd.add_argument("--policy", type=Path, help="policy YAML (default config/policy.yaml)")
 
     generate_cmd = commands.add_parser("generate", help="write a realistic JSONL history")
-    generate_cmd.add_argument("--orders", type=int, required=True)
-    generate_cmd.add_argument("--seed", type=int, default=1)
+    generate_cmd.add_argument("--orders", type=int, required=True, help="how many orders")
+    generate_cmd.add_argument(
+        "--seed", type=int, default=1, help="same seed, same history (default 1; the demo's is 7)"
+    )
     generate_cmd.add_argument("--out", type=Path, help="file to write (default stdout)")
 
     publish_cmd = commands.add_parser(
@@ -76,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
         help="write JSONL events into the input topics as Avro",
         description="Writes JSONL events into the input topics as Avro. An invalid line is "
         "reported with its number and not published; the others are, and the exit status "
-        "is then 1.",
+        "is then 1 (generated histories hold about 2% malformed lines on purpose). Exit "
+        "status 2: it could not go on (Kafka unreachable, a missing topic, events not "
+        "delivered).",
     )
     publish_cmd.add_argument("events", type=Path, help="JSON events, one per line")
     run_cmd = commands.add_parser("run", help="the live processor (Kafka + Redis)")
@@ -108,8 +112,10 @@ def _parser() -> argparse.ArgumentParser:
         help="generate a history, process it live (local Kafka and Redis unless given), "
         "print what was refunded and why",
     )
-    demo_cmd.add_argument("--orders", type=int, default=2000)
-    demo_cmd.add_argument("--seed", type=int, default=7)
+    demo_cmd.add_argument("--orders", type=int, default=2000, help="how many (default 2000)")
+    demo_cmd.add_argument(
+        "--seed", type=int, default=7, help="of the generated history (default 7)"
+    )
     demo_cmd.add_argument("--instances", type=int, default=1, help="processor instances")
     demo_cmd.add_argument(
         "--redis-url", metavar="URL", help="Redis to use (default $REDIS_URL, else a local one)"
@@ -163,7 +169,11 @@ def _generate(args: argparse.Namespace, out: TextIO) -> None:
     if args.out is None:
         write_history(out, orders=args.orders, seed=args.seed)
         return
-    with args.out.open("w", encoding="utf-8") as target:
+    try:
+        target = args.out.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot write {args.out}: {exc.strerror}") from exc
+    with target:
         write_history(target, orders=args.orders, seed=args.seed)
 
 
@@ -195,7 +205,10 @@ def _run(args: argparse.Namespace) -> int:
         server = MetricsServer(settings.metrics)
     except OSError as exc:
         where = f"{settings.metrics.host}:{settings.metrics.port}"
-        raise CliError(f"cannot serve metrics on {where} (metrics.host/port): {exc}") from None
+        raise CliError(
+            f"cannot serve metrics on {where} (metrics.host/port): {exc}; for another "
+            f"instance on this host, REFUND_METRICS__PORT=0 takes any free port"
+        ) from None
     try:
         with server:
             _log.info("metrics served", url=f"{server.url}/metrics")

@@ -92,7 +92,7 @@ def _check_topic(producer: Any, topic: str, bootstrap: str, timeout_s: float) ->
     try:
         metadata = producer.list_topics(topic=topic, timeout=timeout_s)
     except KafkaException as exc:
-        raise PublishError(f"cannot reach Kafka at {bootstrap}: {exc.args[0]}") from None
+        raise PublishError(f"cannot reach Kafka at {bootstrap}: {exc.args[0].str()}") from None
     found = metadata.topics.get(topic)
     if found is None or (
         found.error is not None and found.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART

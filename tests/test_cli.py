@@ -119,6 +119,14 @@ def test_replay_of_a_missing_file_fails_clearly(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_generate_into_a_missing_folder_fails_clearly(tmp_path: Path) -> None:
+    result = run_cli("generate", "--orders", "3", "--out", str(tmp_path / "nope" / "h.jsonl"))
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("refund-processor: error: cannot write ")
+    assert "Traceback" not in result.stderr
+
+
 def test_replay_rejects_a_zone_less_now(tmp_path: Path) -> None:
     history = tmp_path / "history.jsonl"
     history.write_text("")
