@@ -317,9 +317,10 @@ class _Instances:
 def _explain_hint(options: DemoOptions) -> str:
     """The run's state is gone with it; the same history, regenerated, explains any order."""
     return (
-        "Why, for one order: refund-processor generate --orders "
-        f"{options.orders} --seed {options.seed} --out demo.jsonl && "
-        "refund-processor explain ORDER_ID --from demo.jsonl"
+        "Why, for one order (ORDER_ID: ord-1 to "
+        f"ord-{options.orders}): uv run refund-processor generate --orders {options.orders} "
+        f"--seed {options.seed} --out demo.jsonl && uv run refund-processor explain ORDER_ID "
+        "--from demo.jsonl"
     )
 
 

@@ -1,8 +1,10 @@
 """`python -m processor.localstack up|down|status`: Kafka and Redis in the background for demos.
 
 `up` starts a Kafka broker and a Redis (AOF on) that outlive the command and prints
-`KAFKA_BOOTSTRAP_SERVERS=...` and `REDIS_URL=...` on stdout (progress goes to stderr), e.g.
-`set -a; eval "$(python -m processor.localstack up)"; set +a`. The broker creates no topic
+`KAFKA_BOOTSTRAP_SERVERS=...` and `REDIS_URL=...` (for the tests and the demo) and the same
+as `REFUND_KAFKA__BOOTSTRAP_SERVERS` and `REFUND_REDIS__URL` (for every other command) on
+stdout (progress goes to stderr), e.g. `set -a; eval "$(python -m processor.localstack
+up)"; set +a`. The broker creates no topic
 by itself, so `up` creates the default input topics, 6 partitions each, with time
 retention off: `publish` stamps records with their event times, months old for a
 generated history, which the default 7-day retention would delete. It is idempotent: a stack
@@ -55,9 +57,14 @@ def _alive(service: ServiceState) -> bool:
 
 
 def _env_lines(state: dict[str, ServiceState]) -> list[str]:
+    """The tests' and the demo's names, and the settings' own, which every other
+    command reads (processor/settings.py)."""
+    kafka, redis = state["kafka"]["address"], state["redis"]["address"]
     return [
-        f"KAFKA_BOOTSTRAP_SERVERS={state['kafka']['address']}",
-        f"REDIS_URL={state['redis']['address']}",
+        f"KAFKA_BOOTSTRAP_SERVERS={kafka}",
+        f"REDIS_URL={redis}",
+        f"REFUND_KAFKA__BOOTSTRAP_SERVERS={kafka}",
+        f"REFUND_REDIS__URL={redis}",
     ]
 
 

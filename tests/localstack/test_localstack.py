@@ -209,7 +209,12 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
     try:
         assert up.returncode == 0, up.stderr
         env = dict(line.split("=", 1) for line in up.stdout.splitlines())
-        assert set(env) == {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"}
+        assert env == {
+            "KAFKA_BOOTSTRAP_SERVERS": env["REFUND_KAFKA__BOOTSTRAP_SERVERS"],
+            "REDIS_URL": env["REFUND_REDIS__URL"],
+            "REFUND_KAFKA__BOOTSTRAP_SERVERS": env["KAFKA_BOOTSTRAP_SERVERS"],
+            "REFUND_REDIS__URL": env["REDIS_URL"],
+        }
         assert redis.Redis.from_url(env["REDIS_URL"]).ping()
         brokers = KafkaAdmin(env["KAFKA_BOOTSTRAP_SERVERS"]).client.list_topics(timeout=10).brokers
         assert len(brokers) == 1
