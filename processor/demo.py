@@ -393,7 +393,13 @@ def render_report(report: DemoReport) -> list[RenderableType]:
         f"{options.orders:,} orders over {HISTORY_DAYS} days (seed {options.seed}): "
         f"{report.events:,} input events, {report.malformed} of them malformed",
         refunds_table(live),
-        f"Reships: {live.reships:,}\nDecisions: {live.outcomes.total():,} ({outcomes})",
+        f"Reships: {live.reships:,}\nDecisions: {live.outcomes.total():,} ({outcomes})"
+        + (
+            "; a pending one is logged while its order waits, and the decision that ends "
+            "the wait counts as well"
+            if live.outcomes["pending"]
+            else ""
+        ),
         Columns(
             [
                 counts_table("Denials", "code", live.denials),
