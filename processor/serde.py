@@ -184,9 +184,11 @@ def topic_record_subject(topic: str, record: str) -> str:
 def schemas_dir() -> Path:
     """Directory holding the ``.avsc`` files.
 
-    ``$REFUND_PROCESSOR_SCHEMAS_DIR`` if set; else ``schemas/`` inside the package (for an
-    installed wheel that ships them there), else ``schemas/`` beside the package (a source
-    checkout). Independent of pyproject and of the working directory.
+    ``$REFUND_PROCESSOR_SCHEMAS_DIR`` if set (a copy of ``schemas/`` with its ``previous/``,
+    or records an earlier version left in the internal topic cannot be read); else
+    ``schemas/`` inside the package (for an installed wheel that ships them there), else
+    ``schemas/`` beside the package (a source checkout). Independent of pyproject and of
+    the working directory.
     """
     env = os.environ.get(SCHEMAS_DIR_ENV)
     if env:
