@@ -8,7 +8,7 @@ from typing import Final, cast
 import redis
 
 from processor import metrics
-from processor.router import Progress
+from processor.router import NOT_IDLE, Progress
 
 #: Hashes the tracking-number index is spread over (RedisTrackingIndex).
 TRACKING_BUCKETS: Final = 64
@@ -66,7 +66,8 @@ def _parse_progress(fields: Mapping[bytes, bytes] | list[bytes]) -> dict[str, Pr
         elif suffix == "end":
             ends[source] = int(value)
     return {
-        source: report._replace(end=ends.get(source, -1)) for source, report in progress.items()
+        source: report._replace(end=ends.get(source, NOT_IDLE))
+        for source, report in progress.items()
     }
 
 

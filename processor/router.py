@@ -82,8 +82,8 @@ class Progress(NamedTuple):
 
 
 def trusted(reported: Mapping[str, Progress], ends: Mapping[str, int]) -> dict[str, Progress]:
-    """The reports with their idle and drained claims taken back where the log has grown
-    past the end they rest on, or its end is not known (`ends`: each input partition's end
+    """The reports with their idle and drained claims taken back where the log no longer
+    ends where they rest on, or its end is not known (`ends`: each input partition's end
     offset, asked of the broker after the reports were read).
 
     A report stands until its router reports again. One whose router stalls, in a long

@@ -450,14 +450,17 @@ def previous_schemas() -> tuple[MessageSchema, ...]:
     every default serde still reads: after an upgrade, the internal topic still holds
     records the version before wrote."""
     catalog = _default_catalog()
-    found = []
-    for path in sorted((schemas_dir() / "previous").glob("*.avsc")):
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise SchemaLoadError(f"{path}: {exc}") from exc
-        found.append(catalog.message_schema(raw))
-    return tuple(found)
+    return tuple(
+        catalog.message_schema(_read_json(path))
+        for path in sorted((schemas_dir() / "previous").glob("*.avsc"))
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SchemaLoadError(f"{path}: {exc}") from exc
 
 
 def _load_catalog(directory: Path) -> SchemaCatalog:
@@ -468,11 +471,7 @@ def _load_catalog(directory: Path) -> SchemaCatalog:
     origins: dict[str, str] = {}
     normalizer = _Normalizer(definitions, origins)
     for path in files:
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise SchemaLoadError(f"{path}: {exc}") from exc
-        normalizer.walk(raw, "", str(path))
+        normalizer.walk(_read_json(path), "", str(path))
     messages: dict[str, MessageSchema] = {}
     for message_type in MESSAGE_TYPES:
         name = record_name(message_type)

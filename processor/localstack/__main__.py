@@ -3,14 +3,14 @@
 `up` starts a Kafka broker and a Redis (AOF on) that outlive the command and prints
 `KAFKA_BOOTSTRAP_SERVERS=...` and `REDIS_URL=...` (for the tests and the demo) and the same
 as `REFUND_KAFKA__BOOTSTRAP_SERVERS` and `REFUND_REDIS__URL` (for every other command) on
-stdout (progress goes to stderr), e.g. `set -a; eval "$(python -m processor.localstack
-up)"; set +a`. The broker creates no topic
-by itself, so `up` creates the default input topics, 6 partitions each, with time
-retention off: `publish` stamps records with their event times, months old for a
-generated history, which the default 7-day retention would delete. It is idempotent: a stack
-that is already up is reused. Everything lives in `.stack/` under the current directory:
-`state.json` (addresses, PIDs, dirs), `env` (the same KEY=VALUE lines), and each service's
-data and logs in `kafka/` and `redis/`. `down` stops both and removes `.stack/`'s contents.
+stdout, progress on stderr: `set -a; eval "$(python -m processor.localstack up)"; set +a`.
+The broker creates no topic by itself, so `up` creates the default input topics, 6
+partitions each, with time retention off: `publish` stamps records with their event
+times, months old for a generated history, which the default 7-day retention would
+delete. It is idempotent: a stack that is already up is reused. Everything lives in
+`.stack/` under the current directory: `state.json` (addresses, PIDs, dirs), `env` (the
+same KEY=VALUE lines), and each service's data and logs in `kafka/` and `redis/`. `down`
+stops both and removes `.stack/`'s contents.
 With those variables set, the test fixtures use this stack instead of starting their own.
 """
 
