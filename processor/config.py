@@ -1,5 +1,6 @@
 """Policy parameters: the knobs of the refund rules, loaded from `config/policy.yaml`."""
 
+import difflib
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
@@ -7,6 +8,7 @@ from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -22,6 +24,31 @@ MS_PER_DAY = 86_400_000
 
 class PolicyConfigError(ValueError):
     """A policy file that cannot be used; the message names the file and the key."""
+
+
+def describe_problem(error: ErrorDetails, model: type[BaseModel]) -> str:
+    """``dotted.key: message`` for one of `model`'s validation errors, with what to write
+    instead where pydantic's message does not say: the format of a duration, the key
+    that a misspelt one resembles. (Its messages never quote the value: no secret.)"""
+    where = ".".join(str(part) for part in error["loc"])
+    text = f"{where or '<top level>'}: {error['msg']}"
+    if error["type"].startswith("time_delta"):
+        return f"{text} (an ISO 8601 duration, e.g. PT1H or P7D)"
+    if error["type"] == "extra_forbidden" and error["loc"]:
+        section: type[BaseModel] | None = model
+        for part in error["loc"][:-1]:
+            field = section.model_fields.get(str(part)) if section else None
+            annotation = field.annotation if field else None
+            section = (
+                annotation
+                if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+                else None
+            )
+        known = list(section.model_fields) if section else []
+        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        if close:
+            return f"{text} (did you mean {close[0]!r}?)"
+    return text
 
 
 class PolicyConfig(BaseModel):
@@ -63,7 +90,5 @@ def load_policy(path: Path | None = None) -> PolicyConfig:
     try:
         return PolicyConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(describe_problem(err, PolicyConfig) for err in exc.errors())
         raise PolicyConfigError(f"policy file {path}: {problems}") from exc

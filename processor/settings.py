@@ -37,7 +37,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic.fields import FieldInfo
-from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -45,6 +44,7 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as _SourceError
 
+from processor.config import describe_problem
 from processor.serde import Serde
 
 __all__ = [
@@ -530,7 +530,7 @@ def load_settings(path: Path | None = None) -> Settings:
         for error in exc.errors(include_url=False, include_input=False):
             env = _env_var_for(error["loc"])
             source = f" (from environment variable {env})" if env else ""
-            problems.append(f"{_problem(error)}{source}")
+            problems.append(f"{describe_problem(error, Settings)}{source}")
         raise SettingsError(f"settings file {path}: {'; '.join(problems)}") from None
     except _SourceError as exc:  # an environment variable that is not valid JSON, etc.
         raise SettingsError(f"{ENV_PREFIX}* environment with settings file {path}: {exc}") from None
@@ -545,13 +545,11 @@ def validate_settings(values: Mapping[str, Any], source: str) -> Settings:
     try:
         return Settings.model_validate(values)
     except ValidationError as exc:
-        problems = [_problem(error) for error in exc.errors(include_url=False, include_input=False)]
+        problems = [
+            describe_problem(error, Settings)
+            for error in exc.errors(include_url=False, include_input=False)
+        ]
         raise SettingsError(f"{source}: {'; '.join(problems)}") from None
-
-
-def _problem(error: ErrorDetails) -> str:
-    """``dotted.key: message`` (pydantic's messages do not quote the value)."""
-    return f"{'.'.join(str(part) for part in error['loc']) or '<settings>'}: {error['msg']}"
 
 
 # --------------------------------------------------------------------------- serde

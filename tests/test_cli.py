@@ -149,6 +149,22 @@ def test_replay_names_a_bad_policy_key(tmp_path: Path) -> None:
     assert "lost_after_days" in result.stderr
 
 
+def test_replay_says_what_a_bad_policy_value_or_key_should_be(tmp_path: Path) -> None:
+    history = tmp_path / "history.jsonl"
+    history.write_text("")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("policy_version: x\nallowed_lateness: 1h\nlost_afterdays: 3\n")
+
+    result = run_cli("replay", str(history), "--policy", str(policy))
+
+    assert result.returncode == 2
+    assert "allowed_lateness: " in result.stderr
+    assert "(an ISO 8601 duration, e.g. PT1H or P7D)" in result.stderr
+    assert "lost_afterdays: Extra inputs are not permitted (did you mean 'lost_after_days'?)" in (
+        result.stderr
+    )
+
+
 SECRETS = {
     "REFUND_KAFKA__SASL_PASSWORD": "kafka-s3cret",
     "REFUND_KAFKA__SSL_KEY_PASSWORD": "key-s3cret",

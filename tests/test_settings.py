@@ -215,7 +215,10 @@ def test_a_bad_value_is_named_by_file_and_dotted_key(tmp_path: Path) -> None:
 def test_a_misspelt_key_is_an_error_not_a_silent_default(tmp_path: Path) -> None:
     path = _write(tmp_path, "kafka:\n  bootstrap_server: typo:9092\n")
 
-    with pytest.raises(SettingsError, match=r"kafka\.bootstrap_server: Extra inputs"):
+    with pytest.raises(
+        SettingsError,
+        match=r"kafka\.bootstrap_server: Extra inputs .* \(did you mean 'bootstrap_servers'\?\)",
+    ):
         load_settings(path)
 
 
