@@ -22,10 +22,11 @@ from processor.policy import (
     event_digest,
     expire_orphans,
     fire_timer,
+    is_redelivery,
     reused_event_id,
     timers,
 )
-from processor.state import UNKNOWN_DIGEST, Held, OrphanBucket
+from processor.state import Held, OrphanBucket
 from processor.store import StateStore, Timer, order_owner, tracking_owner
 
 EXPIRE_ORPHANS_TIMER = "expire-orphans"
@@ -145,15 +146,14 @@ class Engine:
         """A tracking update nobody has claimed yet waits in its tracking number's bucket."""
         tracking_number = event.tracking_number
         bucket = self.store.load_orphans(tracking_number) or OrphanBucket(tracking_number)
-        digest = event_digest(event)
         if (known := bucket.seen.get(event.event_id)) is not None:
-            if known not in (digest, UNKNOWN_DIGEST):
+            if not is_redelivery(known, event):
                 holder = f"tracking number {tracking_number!r}"
                 outputs.append(reused_event_id(event, origin, tracking_number, holder))
             return
         if bucket.held:
             self.store.cancel_timer(self._orphan_timer(bucket))
-        bucket.seen[event.event_id] = digest
+        bucket.seen[event.event_id] = event_digest(event)
         bucket.held.append(
             Held(event_to_json(event), origin, event.at, f"tracking:{tracking_number}")
         )

@@ -267,7 +267,7 @@ def apply_event(
     if state is None:
         return apply_in_full(OrderState(order_id), event, origin, config, {})
     if event.event_id in state.seen:
-        if state.seen[event.event_id] in (UNKNOWN_DIGEST, event_digest(event)):
+        if is_redelivery(state.seen[event.event_id], event):
             return Result(state, None)
     elif changes_nothing(state, event, config):
         return Result(state, None)
@@ -299,6 +299,12 @@ def event_digest(event: Event) -> int:
     """What `OrderState.seen` keeps of an event besides its id: a redelivery has the same,
     another event that reuses the id (a producer's bug) almost surely not."""
     return zlib.crc32(f"{event.type}|{event.at}".encode()) or 1
+
+
+def is_redelivery(known: int, event: Event) -> bool:
+    """Whether `event`, whose id was seen with digest `known`, is that event again rather
+    than another one under its id (ids kept before digests match any event)."""
+    return known == UNKNOWN_DIGEST or known == event_digest(event)
 
 
 def changes_nothing(state: OrderState, event: Event, config: PolicyConfig) -> bool:
@@ -467,12 +473,12 @@ def reused_event_id(event: Event, origin: str, key: str, holder: str) -> DeadLet
 
 def _apply(step: _Step, event: Event, origin: str) -> None:
     state = step.state
-    digest = event_digest(event)
-    if event.event_id in state.seen and state.seen[event.event_id] not in (digest, UNKNOWN_DIGEST):
+    known = state.seen.get(event.event_id)
+    if known is not None and not is_redelivery(known, event):
         # `apply_event` let it through: its id, but not its content, is known.
         step.emit(reused_event_id(event, origin, state.order_id, f"order {state.order_id!r}"))
         return
-    state.seen[event.event_id] = digest
+    state.seen[event.event_id] = event_digest(event)
     if state.order is None and not isinstance(event, OrderPlaced):
         _hold(step, event, origin, "order")
         return
