@@ -647,6 +647,22 @@ def _tracking_update(step: _Step, event: TrackingUpdate, origin: str) -> None:
             _scan_package(step, package, event)
 
 
+def _lost_contradicted(package: Package, event: TrackingUpdate) -> tuple[str, str, str] | None:
+    """(anomaly code, what came first, its event id) when a `lost` scan contradicts what is
+    known of the package, for staff to settle rather than a refund: tracking showed it
+    delivered (policy.txt: no refund at all then), or it came back to the warehouse and
+    was not refunded (R2b refused an opened return)."""
+    if package.delivered_at is not None and package.delivered_at <= event.at:
+        return (
+            "lost_after_delivery",
+            "tracking showed it delivered",
+            package.delivered_event_id or "",
+        )
+    if package.back_event_id is not None and package.settled_by is None:
+        return "lost_after_return", "it came back to the warehouse", package.back_event_id
+    return None
+
+
 def _scan_package(step: _Step, package: Package, event: TrackingUpdate) -> None:
     if event.status in _IN_COURIER_HANDS and (
         package.picked_up_at is None or event.at < package.picked_up_at
@@ -656,27 +672,15 @@ def _scan_package(step: _Step, package: Package, event: TrackingUpdate) -> None:
     match event.status:
         case "delivered":
             _delivered(step, package, event)
-        case "lost" if package.delivered_at is not None and package.delivered_at <= event.at:
-            # policy.txt: no refund at all when tracking indicates successful delivery.
+        case "lost" if (contradicted := _lost_contradicted(package, event)) is not None:
+            code, after, proof = contradicted
             step.decide(
                 "anomaly",
-                "lost_after_delivery",
+                code,
                 "R3b",
-                f"package {package.package_id} declared lost after tracking showed it "
-                f"delivered ({package.delivered_event_id}); no automatic refund",
-                (*evidence, package.delivered_event_id or ""),
-                subject=f"package:{package.package_id}",
-                package_id=package.package_id,
-            )
-        case "lost" if package.back_event_id is not None and package.settled_by is None:
-            # Back at the warehouse, and not refunded: R2b refused an opened return.
-            step.decide(
-                "anomaly",
-                "lost_after_return",
-                "R3b",
-                f"package {package.package_id} declared lost after it came back to the "
-                f"warehouse ({package.back_event_id}); no automatic refund",
-                (*evidence, package.back_event_id),
+                f"package {package.package_id} declared lost after {after} ({proof}); "
+                "no automatic refund",
+                (*evidence, proof),
                 subject=f"package:{package.package_id}",
                 package_id=package.package_id,
             )
