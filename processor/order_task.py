@@ -21,7 +21,7 @@ from processor.config import PolicyConfig
 from processor.engine import Engine
 from processor.events import Event
 from processor.outputs import Output
-from processor.router import combined_watermark
+from processor.router import combined_watermark, rests_on
 from processor.store import StateStore
 
 #: An event of a routed record: (event, order id, origin, arrived). The order id is the
@@ -131,7 +131,7 @@ class OrderTask:
         return combined_watermark(
             self._sources,
             {
-                source: (at, end >= 0 and ends.get(source) == end)
+                source: (at, rests_on(end, ends.get(source)))
                 for source, (at, end) in self._reports().items()
             },
         )

@@ -80,6 +80,17 @@ class Progress(NamedTuple):
     drained: bool  # read to its end and quiet for idle_partition_wait, pending or not
     end: int = NOT_IDLE  # when drained: the offset it was read to, where its log then ended
 
+    @property
+    def idle_end(self) -> int:
+        """The end an order task's idle claim rests on: `end` when idle, else `NOT_IDLE`."""
+        return self.end if self.idle else NOT_IDLE
+
+
+def rests_on(end: int, log_end: int | None) -> bool:
+    """Whether an idle or drained claim made at `end` still holds: the log (`log_end`, as
+    the broker gave it after the claim was read; None: not given) ends exactly there."""
+    return end >= 0 and log_end == end
+
 
 def trusted(reported: Mapping[str, Progress], ends: Mapping[str, int]) -> dict[str, Progress]:
     """The reports with their idle and drained claims taken back where the log no longer
@@ -94,7 +105,7 @@ def trusted(reported: Mapping[str, Progress], ends: Mapping[str, int]) -> dict[s
     """
     return {
         source: report
-        if not report.drained or (report.end >= 0 and ends.get(source) == report.end)
+        if not report.drained or rests_on(report.end, ends.get(source))
         else report._replace(idle=False, drained=False)
         for source, report in reported.items()
     }

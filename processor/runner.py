@@ -991,7 +991,7 @@ class Runner:
                 partitions=self._refused,
             )
         for source, report in reports:
-            value = self._watermark_record(source, report.watermark, report.end, report.idle)
+            value = self._watermark_record(source, report.watermark, report.idle_end)
             for partition in range(self._by_order_partitions):
                 slot = self._tasks.get(partition)
                 if slot is not None and source in slot.task.direct:
@@ -1011,22 +1011,21 @@ class Runner:
         handed over again, so no report there may let its clock pass them; nor may the
         input count as idle there while they wait.
         """
-        task.receive_local_watermark(
-            source, report.watermark, report.end if report.idle else NOT_IDLE
-        )
+        task.receive_local_watermark(source, report.watermark, report.idle_end)
         hold = task.hold()
         if hold is None:
-            return self._watermark_record(source, report.watermark, report.end, report.idle)
-        return self._watermark_record(source, min(report.watermark, hold), NOT_IDLE, idle=False)
+            return self._watermark_record(source, report.watermark, report.idle_end)
+        return self._watermark_record(source, min(report.watermark, hold), NOT_IDLE)
 
-    def _watermark_record(self, source: str, watermark: int, end: int, idle: bool) -> bytes:
+    def _watermark_record(self, source: str, watermark: int, idle_end: int) -> bytes:
+        """`idle_end`: the end offset the input's idle claim rests on, `NOT_IDLE` if none."""
         return self._serde.encode(
             "watermark",
             {
                 "source": source,
                 "occurred_at": from_millis(watermark),
-                "idle": idle,
-                "end_offset": end if idle else NOT_IDLE,
+                "idle": idle_end >= 0,
+                "end_offset": idle_end,
             },
             self._by_order,
         )
