@@ -82,16 +82,14 @@ def settle_refund(
     if not left:
         return None
     key = package.package_id if package is not None else out_of
-    refunded = dict(ledger.refunded)
-    by_package = dict(ledger.by_package)
-    taken = dict(by_package.get(key, {})) if key is not None else {}
-    lines: list[RefundLine] = []
-    for sku, quantity in left.items():
-        refunded[sku] = refunded.get(sku, 0) + quantity
-        taken[sku] = taken.get(sku, 0) + quantity
-        lines.append(RefundLine(sku, quantity, quantity * order.lines[sku].unit_price_minor))
+    refunded = _plus(ledger.refunded, left)
+    by_package = ledger.by_package
     if key is not None:
-        by_package[key] = taken
+        by_package = by_package | {key: _plus(by_package.get(key, {}), left)}
+    lines = [
+        RefundLine(sku, quantity, quantity * order.lines[sku].unit_price_minor)
+        for sku, quantity in left.items()
+    ]
     everything_refunded = all(
         refunded.get(sku, 0) >= priced.quantity for sku, priced in order.lines.items()
     )
@@ -122,10 +120,17 @@ def settle_reship(
     if not left:
         return None
     key = package.package_id if package is not None else WHOLE_ORDER
-    resent = dict(ledger.reshipped.get(key, {}))
-    for sku, quantity in left.items():
-        resent[sku] = resent.get(sku, 0) + quantity
+    resent = _plus(ledger.reshipped.get(key, {}), left)
     return left, replace(ledger, reshipped=ledger.reshipped | {key: resent})
+
+
+def _plus(counts: Mapping[str, int], more: Mapping[str, int]) -> dict[str, int]:
+    """A copy of `counts` with `more` added, SKU by SKU (the ledger's records are never
+    changed in place: states share them)."""
+    added = dict(counts)
+    for sku, quantity in more.items():
+        added[sku] = added.get(sku, 0) + quantity
+    return added
 
 
 def ship_after_cancellation(ledger: Ledger, package: Package) -> Ledger:
