@@ -137,25 +137,25 @@ def test_replay_rejects_a_zone_less_now(tmp_path: Path) -> None:
     assert "needs a zone" in result.stderr
 
 
-def test_replay_names_a_bad_policy_key(tmp_path: Path) -> None:
+def _replay_with_policy(tmp_path: Path, policy_text: str) -> subprocess.CompletedProcess[str]:
+    """`replay` of an empty history under a policy file holding `policy_text`."""
     history = tmp_path / "history.jsonl"
     history.write_text("")
     policy = tmp_path / "policy.yaml"
-    policy.write_text("policy_version: x\nlost_after_days: -3\n")
+    policy.write_text(policy_text)
+    return run_cli("replay", str(history), "--policy", str(policy))
 
-    result = run_cli("replay", str(history), "--policy", str(policy))
+
+def test_replay_names_a_bad_policy_key(tmp_path: Path) -> None:
+    result = _replay_with_policy(tmp_path, "policy_version: x\nlost_after_days: -3\n")
 
     assert result.returncode == 2
     assert "lost_after_days" in result.stderr
 
 
 def test_replay_says_what_a_bad_policy_value_or_key_should_be(tmp_path: Path) -> None:
-    history = tmp_path / "history.jsonl"
-    history.write_text("")
-    policy = tmp_path / "policy.yaml"
-    policy.write_text("policy_version: x\nallowed_lateness: 1h\nlost_afterdays: 3\n")
-
-    result = run_cli("replay", str(history), "--policy", str(policy))
+    text = "policy_version: x\nallowed_lateness: 1h\nlost_afterdays: 3\n"
+    result = _replay_with_policy(tmp_path, text)
 
     assert result.returncode == 2
     assert "allowed_lateness: " in result.stderr
