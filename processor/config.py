@@ -58,8 +58,9 @@ class PolicyConfig(BaseModel):
 
     policy_version: str = Field(min_length=1, max_length=64)
     lost_after_days: int = Field(default=20, ge=1, le=365)
-    allowed_lateness: timedelta = timedelta(hours=1)
-    orphan_ttl: timedelta = timedelta(days=7)
+    #: Negative, the clock would run ahead of the events and fire deadlines early.
+    allowed_lateness: timedelta = Field(default=timedelta(hours=1), ge=timedelta(0))
+    orphan_ttl: timedelta = Field(default=timedelta(days=7), gt=timedelta(0))
     default_partial_resolution: Literal["refund", "reship"] = "refund"
 
     # Cached: the rules read them for nearly every event.
