@@ -658,9 +658,16 @@ def _lost_contradicted(package: Package, event: TrackingUpdate) -> tuple[str, st
             "tracking showed it delivered",
             package.delivered_event_id or "",
         )
-    if package.back_event_id is not None and package.settled_by is None:
+    if _return_refused(package):
+        assert package.back_event_id is not None
         return "lost_after_return", "it came back to the warehouse", package.back_event_id
     return None
+
+
+def _return_refused(package: Package) -> bool:
+    """Whether the package came back and was not refunded: R2b refused it as opened or
+    relabeled (any other return or RTO scan settles the package)."""
+    return package.back_event_id is not None and package.settled_by is None
 
 
 def _scan_package(step: _Step, package: Package, event: TrackingUpdate) -> None:
@@ -687,6 +694,16 @@ def _scan_package(step: _Step, package: Package, event: TrackingUpdate) -> None:
         case "lost":
             _refund_package(
                 step, package, "lost", "R3b", evidence=evidence, why="courier declared it lost"
+            )
+        case "rto_delivered" if _return_refused(package):
+            assert package.back_event_id is not None
+            _deny_not_intact(
+                step,
+                package,
+                "is back at origin, but the warehouse received it opened or relabeled "
+                f"({package.back_event_id})",
+                (*evidence, package.back_event_id),
+                rule="R1",
             )
         case "rto_delivered":
             if package.back_event_id is None:
@@ -1135,16 +1152,7 @@ def _return_received(step: _Step, event: ReturnReceived, origin: str) -> None:
             step, package, "return_received", "R2", evidence=evidence, why="came back intact"
         )
     elif package.settled_by is None:
-        step.decide(
-            "denied",
-            "return_not_intact",
-            "R2b",
-            f"package {package.package_id} came back {event.condition}: the policy refunds "
-            "only unopened returns with their original label",
-            evidence,
-            subject=f"package:{package.package_id}",
-            package_id=package.package_id,
-        )
+        _deny_not_intact(step, package, f"came back {event.condition}", evidence, rule="R2b")
     else:
         step.decide(
             "denied",
@@ -1156,3 +1164,21 @@ def _return_received(step: _Step, event: ReturnReceived, origin: str) -> None:
             subject=f"package:{package.package_id}",
             package_id=package.package_id,
         )
+
+
+def _deny_not_intact(
+    step: _Step, package: Package, what: str, evidence: tuple[str, ...], *, rule: str
+) -> None:
+    """R2b, and R1 after it: a return the warehouse found opened or relabeled is not paid,
+    whatever the courier's scan says of where the package is (policy.txt: an RTO "must
+    be unopened and with its original address label")."""
+    step.decide(
+        "denied",
+        "return_not_intact",
+        rule,
+        f"package {package.package_id} {what}: the policy refunds only unopened returns "
+        "with their original label",
+        evidence,
+        subject=f"package:{package.package_id}",
+        package_id=package.package_id,
+    )

@@ -97,6 +97,22 @@ def test_r2b_opened_return_is_denied_and_stops_the_lost_timer() -> None:
     assert driver.decisions()[0].rule == "R2b"
 
 
+def test_r1_an_rto_scan_after_the_warehouse_refused_the_return_pays_nothing() -> None:
+    """The warehouse has the package and found it opened (R2b); the courier's word that it
+    is back does not make it unopened. Before, the scan paid the package and the fee."""
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(return_received("p1", "opened", when=at(5), event_id="back-1"))
+    driver.pipe(scan("rto_delivered", when=at(5, 2)))
+    driver.advance_to(at(60))
+
+    assert driver.refunds() == []
+    refused, scan_denied = driver.decisions()
+    assert (refused.rule, scan_denied.rule) == ("R2b", "R1")
+    assert (scan_denied.outcome, scan_denied.code) == ("denied", "return_not_intact")
+    assert "back-1" in scan_denied.evidence_event_ids
+
+
 def test_r3_no_delivery_by_the_deadline_refunds_as_lost() -> None:
     driver = TestDriver()
     _shipped_order(driver)
