@@ -5,6 +5,7 @@ because a dead letter is only useful if an operator can count and fix it by reas
 """
 
 import codecs
+import re
 from collections.abc import Mapping
 from dataclasses import field
 from datetime import UTC, datetime, timedelta
@@ -63,6 +64,22 @@ def _amount(value: int) -> int:
             "invalid_amount",
             "amount must be between 0 and {maximum} minor units, got {value}",
             {"maximum": MAX_AMOUNT_MINOR, "value": value},
+        )
+    return value
+
+
+#: ISO 8601 text starts with the date. Pydantic also reads a string of digits as epoch
+#: seconds or milliseconds, whichever its size suggests: a guess, and "0" would be 1970.
+_ISO_DATE: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_text(value: object) -> object:
+    """A datetime (Avro's timestamp-millis), or text that starts as ISO 8601 does."""
+    if not isinstance(value, datetime) and not (
+        isinstance(value, str) and _ISO_DATE.match(value) is not None
+    ):
+        raise PydanticCustomError(
+            "not_iso_8601", "not an ISO 8601 date and time: {value}", {"value": repr(value)}
         )
     return value
 
@@ -145,7 +162,7 @@ def _payable(lines: list[OrderLine]) -> list[OrderLine]:
 @pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_CONFIG)
 class _Event:
     event_id: Id
-    occurred_at: Annotated[AwareDatetime, Strict(), AfterValidator(_since_1970)]
+    occurred_at: Annotated[AwareDatetime, BeforeValidator(_iso_text), AfterValidator(_since_1970)]
     #: Event time in epoch milliseconds, the unit the policy core computes in: derived
     #: once, neither given nor serialized.
     at: int = field(init=False, repr=False, compare=False)
@@ -312,6 +329,7 @@ _REASON_BY_ERROR_TYPE: Final = {
     "datetime_parsing": "invalid_timestamp",
     "datetime_from_date_parsing": "invalid_timestamp",
     "before_epoch": "invalid_timestamp",
+    "not_iso_8601": "invalid_timestamp",
     "invalid_quantity": "invalid_quantity",
     "invalid_amount": "invalid_amount",
     "invalid_currency": "invalid_currency",

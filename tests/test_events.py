@@ -60,6 +60,9 @@ def test_null_and_absent_nullable_fields_are_accepted() -> None:
         (order_placed() | {"occurred_at": "2026-03-01T10:00:00"}, "invalid_timestamp"),
         (order_placed() | {"occurred_at": "yesterday"}, "invalid_timestamp"),
         (order_placed() | {"occurred_at": 1772359200}, "invalid_timestamp"),
+        # Digits in a string are no ISO 8601 either (pydantic reads them as epoch time).
+        (order_placed() | {"occurred_at": "1772359200"}, "invalid_timestamp"),
+        (order_placed() | {"occurred_at": "0"}, "invalid_timestamp"),
         (order_placed() | {"occurred_at": "0001-01-01T00:00:00Z"}, "invalid_timestamp"),
         (order_placed() | {"occurred_at": "1969-12-31T23:59:59.999Z"}, "invalid_timestamp"),
         (order_placed(lines={"A": (0, 1000)}), "invalid_quantity"),
