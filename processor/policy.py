@@ -605,9 +605,10 @@ def _deny_cancellation(
 def _packages_scanned(
     state: OrderState, event: TrackingUpdate, config: PolicyConfig
 ) -> list[Package] | None:
-    """The packages a scan is news of: shipped under its number less than orphan_ttl after
-    it, and not delivered before another package took the number over by the time of the
-    scan. None while no package has the number: the scan waits for one.
+    """The packages a scan is news of: shipped under its number at most orphan_ttl after
+    it (as long as a held event waits: `expire_orphans`), and not delivered before another
+    package took the number over by the time of the scan. None while no package has the
+    number: the scan waits for one.
 
     An older scan waited longer than orphan_ttl for its package: it is a dead letter, as
     it would have become had the clock passed its wait before the package shipped.
@@ -620,11 +621,11 @@ def _packages_scanned(
         return None
     waited_until = event.at + config.orphan_ttl_ms
     if len(packages) == 1:  # nearly always; a scan per event makes the check add up
-        return packages if packages[0].shipped_at < waited_until else []
+        return packages if packages[0].shipped_at <= waited_until else []
     return [
         p
         for p in packages
-        if p.shipped_at < waited_until
+        if p.shipped_at <= waited_until
         and not any(
             p.delivered_at is not None and p.delivered_at <= q.shipped_at <= event.at
             for q in packages

@@ -169,6 +169,19 @@ def test_a_scan_older_than_orphan_ttl_before_its_package_is_a_dead_letter_whatev
     assert outputs[0] == outputs[1] == ([("p1", "lost")], [("unknown_tracking_number", "TN-p1")])
 
 
+def test_a_scan_whose_package_ships_exactly_orphan_ttl_later_is_applied() -> None:
+    """SPEC section 4: orphans wait "up to orphan_ttl", as a review waits for its claim;
+    before, the scan was a dead letter and the package refunded as lost."""
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(scan("rto_delivered", "TN-p1", order_id=None, when=at(1), event_id="s1"))
+    driver.pipe(shipped("p1", when=at(8)))  # exactly 7 days: orphan_ttl
+    driver.advance_to(at(40))
+
+    assert [(r.package_id, r.reason) for r in driver.refunds()] == [("p1", "rto_delivered")]
+    assert driver.dead_letters() == []
+
+
 def test_every_event_held_past_orphan_ttl_for_its_order_is_a_dead_letter_whatever_the_clock() -> (
     None
 ):
