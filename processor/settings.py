@@ -421,7 +421,14 @@ class Settings(BaseSettings):
     within the producer's transaction.timeout.ms (10 s, `Runner`), or the producer is
     fenced and the process exits; and its Redis scripts block the node for a few ms per
     1,000 orders they touch. Lower it on slower machines."""
-    idle_partition_wait_ms: int = Field(default=2000, ge=0)
+    idle_partition_wait_ms: int = Field(default=500, ge=0)
+    """How long an input partition read to its end stays quiet before order tasks leave it
+    out of their clock (SPEC section 6; Kafka Streams' ``max.task.idle.ms``, 0 there by
+    default). Records already on the broker do not need it: a partition counts as idle
+    only once read to the end the broker told of, and only while its log still ends there
+    (docs/live.md). It covers records still on their way from a producer, which matter
+    only when they are over `allowed_lateness` of event time behind the other inputs (a
+    history published while the processor runs). Every burst's last events wait for it."""
     purge_interval_ms: int = Field(default=30_000, ge=0)
     """How often each instance deletes the internal topic's records below the offsets its
     tasks committed (Kafka Streams' ``repartition.purge.interval.ms``): no owner reads

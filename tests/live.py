@@ -207,7 +207,6 @@ class LiveHarness:
                 "REFUND_APPLICATION_ID": self.app,
                 "REFUND_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
                 "REFUND_REDIS__URL": redis_url,
-                "REFUND_IDLE_PARTITION_WAIT_MS": "1500",
                 "REFUND_METRICS__PORT": "0",  # any free port: see Instance.metrics_url
             }
             | {f"REFUND_TOPICS__{name.upper()}": topic for name, topic in self.topics.items()}

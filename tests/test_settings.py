@@ -109,7 +109,7 @@ policy_file: /etc/policy.yaml
     assert settings.topics.tracking == "courier.tracking"
     assert settings.commit_interval_ms == 250
     assert settings.max_batch_records == 40_000
-    assert settings.idle_partition_wait_ms == 2000
+    assert settings.idle_partition_wait_ms == 500
     assert settings.policy_file == Path("/etc/policy.yaml")
     assert (settings.metrics.host, settings.metrics.port) == ("127.0.0.1", 9108)
     assert settings.metrics.ready_max_lag == 10_000
