@@ -80,7 +80,8 @@ _log = structlog.stdlib.get_logger(__name__)
 #: librdkafka's own log lines, through `logging` (so JSON, see processor/logs.py).
 _rdkafka_log = logging.getLogger(f"{__name__}.rdkafka")
 
-#: Redis errors that mean "unreachable for now" (incl. a restarting server loading its AOF).
+#: Redis errors that mean "unreachable for now" (incl. a restarting server loading its AOF),
+#: but for refused credentials (a subclass of ConnectionError: `credentials_refused`).
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 #: Offset metadata of a task's partition: the batch marker its Redis state was staged with.
@@ -295,6 +296,21 @@ def cluster_metadata(admin: AdminClient, timeout_s: float = CONNECT_TIMEOUT_S) -
                 raise RuntimeError(
                     f"no Kafka broker answered in {timeout_s:g} s: {error.str()}"
                 ) from exc
+
+
+class RedisCredentialsError(RuntimeError):
+    """Redis refused the processor's credentials: no retry will do better."""
+
+
+def credentials_refused(exc: Exception) -> None:
+    """Raises `RedisCredentialsError` for a Redis error that is refused credentials: a new
+    instance with a wrong password would otherwise take its share of the group's partitions
+    and retry them for ever as if Redis were down."""
+    if isinstance(exc, redis.AuthenticationError):
+        raise RedisCredentialsError(
+            f"Redis refused the credentials (settings redis.username and redis.password, "
+            f"REFUND_REDIS__PASSWORD): {exc}"
+        ) from exc
 
 
 class InputPartitionsChangedError(RuntimeError):
@@ -514,6 +530,7 @@ class Runner:
         except (KafkaException, FencedError, *REDIS_DOWN) as exc:
             if isinstance(exc, KafkaException) and exc.args[0].fatal():
                 raise
+            credentials_refused(exc)
             self._recover(checkpoint, exc)
         else:
             self._backoff_s = 0.0
@@ -571,6 +588,7 @@ class Runner:
                     checkpoint.apply()
                     break
                 except REDIS_DOWN as again:
+                    credentials_refused(again)
                     _log.warning(
                         "Redis unavailable: applying the committed batch",
                         error=str(again),

@@ -36,6 +36,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from processor.events import Event, parse_event
 from processor.generate import generate_history
 from processor.localstack.kafka import KafkaAdmin
+from processor.localstack.redis import LocalRedis
 from processor.partitioner import default_partition
 from processor.redis_index import RedisTrackingIndex
 from processor.router import Commit, Inbound, Routed
@@ -480,6 +481,23 @@ def test_the_start_gives_up_clearly_when_no_broker_answers() -> None:
     nobody = AdminClient({"bootstrap.servers": "127.0.0.1:1", "log_level": 0})
     with pytest.raises(RuntimeError, match=r"^no Kafka broker answered in 1\.5 s: "):
         cluster_metadata(nobody, timeout_s=1.5)
+
+
+def test_a_wrong_redis_password_stops_the_processor_naming_the_setting(
+    live: LiveHarness, redis_server: LocalRedis
+) -> None:
+    """Retried as if Redis were down, it held its share of the group's partitions for good."""
+    redis.Redis.from_url(redis_server.url).config_set("requirepass", "right-s3cret")
+    live.configure(
+        env={"REFUND_REDIS__URL": redis_server.url, "REFUND_REDIS__PASSWORD": "wrong-s3cret"}
+    )
+    instance = live.start()
+
+    assert instance.process.wait(timeout=90) == 1
+    log = instance.log_text()
+    assert "Redis refused the credentials" in log
+    assert "redis.password" in log
+    assert "wrong-s3cret" not in log
 
 
 def _shipped(event_id: str) -> Event:
