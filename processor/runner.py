@@ -13,7 +13,7 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import FrameType
@@ -92,6 +92,10 @@ WATERMARK_PREFIX = "watermark:"
 HANDLED_PREFIX = "handled:"
 #: librdkafka's transaction.timeout.ms unless the settings' passthrough sets it (see Runner).
 TRANSACTION_TIMEOUT_MS = 10_000
+#: How long a batch's transaction may keep failing to end (commit or abort, each call
+#: bounded by the transaction timeout) before the processor stops, exit 1, so that its
+#: supervisor starts a new producer (`end_transaction`).
+TRANSACTION_STUCK_S = 60.0
 #: How long to wait for a topic's complete metadata at start (`topic_partitions`).
 METADATA_TIMEOUT_S = 60
 #: How long to wait at start for the first broker to answer (`cluster_metadata`).
@@ -161,6 +165,7 @@ class Checkpoint:
 
     producer: Producer
     consumer: Consumer
+    timeout_s: float  # for each transactional call: the transaction's timeout
     stores: list[tuple[RedisTaskStore, dict[str, int]]] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     metadata: dict[tuple[str, int], str] = field(default_factory=dict)
@@ -179,16 +184,20 @@ class Checkpoint:
         ]
         started = time.perf_counter()
         if positions:
-            self.producer.send_offsets_to_transaction(
-                positions, self.consumer.consumer_group_metadata()
-            )
-        while True:
             try:
-                self.producer.commit_transaction()
-                break
+                self.producer.send_offsets_to_transaction(
+                    positions, self.consumer.consumer_group_metadata(), self.timeout_s
+                )
             except KafkaException as exc:
-                if not exc.args[0].retriable():
-                    raise
+                if exc.args[0].code() in (KafkaError._TIMED_OUT, KafkaError._TRANSPORT):
+                    # After this, the next batch's call waited for ever, whatever its
+                    # timeout, on a broker back from a stall (librdkafka 2.16; found in
+                    # review): a new producer is the way out.
+                    raise TransactionStuckError(
+                        f"the broker did not take the batch's offsets: {exc}"
+                    ) from exc
+                raise
+        end_transaction(self.producer.commit_transaction, self.timeout_s)
         metrics.TRANSACTION_COMMIT.observe(time.perf_counter() - started)
         self.committed = True
         self.tally.timers_fired = sum(store.timers_fired for store, _ in self.stores)
@@ -215,6 +224,34 @@ class Checkpoint:
                     error=str(exc),
                 )
             self.applied += 1
+
+
+class TransactionStuckError(RuntimeError):
+    """A batch's transaction could not be ended: a new producer's `init_transactions`
+    ends it (the broker aborts it, or fences this producer's)."""
+
+
+def end_transaction(
+    call: Callable[[float], None], timeout_s: float, stopping: Callable[[], bool] | None = None
+) -> None:
+    """Commits or aborts (`call`, each attempt bounded by `timeout_s`), again while it fails
+    retriably, as librdkafka asks, for `TRANSACTION_STUCK_S` at most or until `stopping()`.
+
+    Unbounded, librdkafka waited for ever after a broker stalled for longer than the
+    transaction timeout, and no signal could stop the process (found in review).
+    """
+    deadline = time.monotonic() + TRANSACTION_STUCK_S
+    while True:
+        try:
+            call(timeout_s)
+            return
+        except KafkaException as exc:
+            if not exc.args[0].retriable():
+                raise
+            if (stopping is not None and stopping()) or time.monotonic() > deadline:
+                raise TransactionStuckError(
+                    f"the transaction did not end in {TRANSACTION_STUCK_S:g} s: {exc}"
+                ) from exc
 
 
 def _log_committed(tally: metrics.BatchTally) -> None:
@@ -522,7 +559,7 @@ class Runner:
         metrics.BATCH_RECORDS.observe(len(messages))
         opened = time.perf_counter()
         self._producer.begin_transaction()
-        checkpoint = Checkpoint(self._producer, self._consumer)
+        checkpoint = Checkpoint(self._producer, self._consumer, self._transaction_timeout_s)
         self._tally = checkpoint.tally
         try:
             self._claim_assigned()
@@ -603,13 +640,11 @@ class Runner:
         # the transaction can fail for good with INVALID_TXN_STATE (librdkafka #4849;
         # seen when Redis failed right after a batch dead-lettered its first record).
         self._producer.flush(self._transaction_timeout_s)
-        while True:
-            try:
-                self._producer.abort_transaction()
-                break
-            except KafkaException as abort_error:
-                if not abort_error.args[0].retriable():
-                    raise
+        end_transaction(
+            self._producer.abort_transaction,
+            self._transaction_timeout_s,
+            stopping=lambda: not self.running,
+        )
         metrics.TRANSACTIONS_ABORTED.inc()
         self._rewind_until_done()
         if redis_down:

@@ -12,8 +12,10 @@ test-full`) are the full-size ones. Instances use the broker's minimum session t
 (`FAST_FAILOVER`), so a dead or stopped member loses its partitions in about 6 s.
 """
 
+import os
 import random
 import signal
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from confluent_kafka import Producer
 
 from processor.generate import generate_history
 from processor.localstack import process_state
-from processor.localstack.kafka import KafkaAdmin
+from processor.localstack.kafka import KafkaAdmin, LocalKafka
 from processor.localstack.redis import LocalRedis
 from processor.redis_index import RedisTrackingIndex
 from tests.live import (
@@ -38,6 +40,8 @@ from tests.live import (
 
 #: Small batches: many more transactions, so faults land in every step of one.
 BATCH_RECORDS = 100
+#: How long the broker stalls: over the runner's transaction.timeout.ms (10 s).
+STALL_S = 40
 #: How many chunks `_publish_with_bad_records` publishes, each followed by bad records.
 BAD_RECORD_CHUNKS = 10
 
@@ -357,3 +361,46 @@ def test_a_redis_restart_mid_run_loses_and_repeats_nothing(
     dead = Counter(value for _, _, value in live.read_dead_letters(len(bad) + 1, timeout_s=5))
     assert {value for value in dead if value in bad} == bad
     assert not {value: n for value, n in dead.items() if n > 1}, "dead-lettered twice"
+
+
+def test_a_broker_stalled_past_the_transaction_timeout_is_survived(
+    redis_url: str, unique_topic: Callable[[str], str], tmp_path: Path
+) -> None:
+    """The broker (a private one) stops answering for longer than transaction.timeout.ms
+    while an instance works, and comes back: the instance goes on, or stops so that its
+    supervisor (here the test) restarts it, and it stops on SIGTERM. It used to wait
+    for ever inside the next batch's commit, deaf to SIGTERM."""
+    lines, expected = _generated(200, seed=43)
+    half = len(lines) // 2
+    with (
+        LocalKafka() as kafka,
+        LiveHarness(
+            kafka.bootstrap_servers,
+            redis_url,
+            KafkaAdmin(kafka.bootstrap_servers),
+            unique_topic,
+            tmp_path,
+        ) as live,
+    ):
+        live.publish(lines[:half])
+        live.start("i0")
+        live.await_stable_group({"i0"}, timeout_s=60)
+        live.await_task_progress(timeout_s=60)
+        os.kill(kafka.pid, signal.SIGSTOP)
+        try:
+            time.sleep(STALL_S)  # the fault itself, not a wait for something
+        finally:
+            os.kill(kafka.pid, signal.SIGCONT)
+        live.publish(lines[half:])
+        with live.reader() as reader:
+
+            def refunded_or_restarted() -> bool:
+                if not live.running():
+                    live.start("i0")  # exited 1 on a fatal error: its supervisor's move
+                reader.poll(0.5)
+                return expected <= set(reader.seen)
+
+            await_condition(refunded_or_restarted, timeout_s=180, what="every refund")
+            live.stop_all()
+            seen = reader.read_all(timeout_s=120)
+    _assert_exactly_once(seen, expected, live)
