@@ -55,6 +55,14 @@ DEFAULT_CACHE_SIZE: Final = 10_000
 _HOLDER_TIMERS: Final = frozenset({EXPIRE_HELD_TIMER, EXPIRE_ORPHANS_TIMER})
 
 
+#: What a StateBehindKafkaError says to do.
+_LOST_STATE_ADVICE: Final = (
+    "Refusing to process: going on would decide on lost state (refunds paid twice or "
+    "never). Restore the task's state, or reset its offsets deliberately (to records still "
+    "in the topic: purge_interval_ms)."
+)
+
+
 class FencedError(RuntimeError):
     """Another owner claimed the task after us: we are a zombie and must not write."""
 
@@ -837,14 +845,21 @@ class RedisTaskStore:
         self._maybe_pending = False
         self._applied_raw = ""
 
-    def _fenced(self, epoch: int, during: str, current: Any) -> FencedError:
-        """Forgets all local state (a new owner has the task) and builds the error."""
+    def _fenced(self, epoch: int, during: str, current: Any) -> FencedError | StateBehindKafkaError:
+        """Forgets all local state (a new owner has the task, or Redis lost it) and builds
+        the error. A claim never removes the epoch: with none, Redis lost the task's state,
+        and waiting for a rebalance, as a fenced instance does, would wait for ever."""
         self._reset_local()
         self._epoch = None
-        now = "" if current is None else f" (epoch now {int(current)})"
+        if current is None:
+            return StateBehindKafkaError(
+                f"task {self.task}: Redis has no epoch for the task any more ({during}): it "
+                "lost the task's state (a restart without persistence, a flush, a failover "
+                f"to an empty replica). {_LOST_STATE_ADVICE}"
+            )
         return FencedError(
             f"task {self.task}: fenced in {during}: another owner claimed the task after our "
-            f"epoch {epoch}{now}; nothing was written"
+            f"epoch {epoch} (epoch now {int(current)}); nothing was written"
         )
 
     def _mismatch(
@@ -855,9 +870,7 @@ class RedisTaskStore:
             return StateBehindKafkaError(
                 f"task {self.task}: Redis state stands at offsets {applied}{pending} but Kafka "
                 f"committed {committed}: Redis lost writes Kafka acknowledged (e.g. a restart "
-                "without AOF fsync). Refusing to process: going on would decide on lost state "
-                "(refunds paid twice or never). Restore the task's state, or reset its offsets "
-                "deliberately (to records still in the topic: purge_interval_ms)."
+                f"without AOF fsync). {_LOST_STATE_ADVICE}"
             )
         return StateAheadOfKafkaError(
             f"task {self.task}: Redis state stands at offsets {applied}{pending} but Kafka "

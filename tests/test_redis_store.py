@@ -383,6 +383,23 @@ def test_a_fenced_instance_cannot_apply_and_writes_nothing(
     }
 
 
+@pytest.mark.parametrize("step", ["stage", "apply"])
+def test_redis_losing_the_task_mid_run_is_lost_state_not_a_fence(
+    client: redis.Redis, new_store: Callable[[], RedisTaskStore], step: str
+) -> None:
+    """With no epoch left, no owner will ever claim the task: read as a fence, the only
+    instance waited for a rebalance that never came and decided nothing more."""
+    store = new_store()
+    store.claim({})
+    _write_a_batch(store)
+    if step == "apply":
+        store.stage({PARTITION: 1})
+    client.delete(store.meta_key)  # what a restart without persistence leaves
+
+    with pytest.raises(StateBehindKafkaError, match="Redis has no epoch for the task"):
+        store.stage({PARTITION: 1}) if step == "stage" else store.apply()
+
+
 def test_a_stale_claim_leaves_the_current_owners_batch_for_the_next_claim(
     client: redis.Redis, new_store: Callable[[], RedisTaskStore]
 ) -> None:
