@@ -319,7 +319,9 @@ def cluster_metadata(admin: AdminClient, timeout_s: float = CONNECT_TIMEOUT_S) -
 
     A librdkafka call returns to Python only when it is done, so a signal waits for it:
     one long wait for a broker that does not answer would keep Ctrl-C from stopping the
-    start for half a minute.
+    start for half a minute. Between attempts the client's log lines are let out: only
+    they say why a broker that answers refused the connection (a SASL mechanism or TLS
+    setting that does not match).
     """
     deadline = time.monotonic() + timeout_s
     while True:
@@ -329,9 +331,11 @@ def cluster_metadata(admin: AdminClient, timeout_s: float = CONNECT_TIMEOUT_S) -
             error: KafkaError = exc.args[0]
             if error.code() not in (KafkaError._TRANSPORT, KafkaError._TIMED_OUT):
                 raise
+            admin.poll(0)
             if time.monotonic() >= deadline:
                 raise RuntimeError(
-                    f"no Kafka broker answered in {timeout_s:g} s: {error.str()}"
+                    f"no Kafka broker answered in {timeout_s:g} s: {error.str()} (the "
+                    "client's log lines before this say more)"
                 ) from exc
 
 

@@ -7,6 +7,7 @@ read_committed consumer until the refunds match the offline replay's, or a deadl
 
 import itertools
 import json
+import logging
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -481,6 +482,31 @@ def test_the_start_gives_up_clearly_when_no_broker_answers() -> None:
     nobody = AdminClient({"bootstrap.servers": "127.0.0.1:1", "log_level": 0})
     with pytest.raises(RuntimeError, match=r"^no Kafka broker answered in 1\.5 s: "):
         cluster_metadata(nobody, timeout_s=1.5)
+
+
+def test_the_start_logs_why_a_broker_refused_the_connection(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only librdkafka's log said that the broker offers no such SASL mechanism."""
+    client_log = logging.getLogger("tests.rdkafka")
+    admin = AdminClient(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": "nobody",
+            "sasl.password": "n0body-s3cret",
+        },
+        logger=client_log,
+    )
+    with (
+        caplog.at_level(logging.DEBUG, client_log.name),
+        pytest.raises(RuntimeError, match="the client's log lines before this say more"),
+    ):
+        cluster_metadata(admin, timeout_s=3)
+
+    assert "SASL" in caplog.text
+    assert "n0body-s3cret" not in caplog.text
 
 
 def test_a_wrong_redis_password_stops_the_processor_naming_the_setting(
