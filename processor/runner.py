@@ -651,6 +651,9 @@ class Runner:
         )
         metrics.TRANSACTIONS_ABORTED.inc()
         self._rewind_until_done()
+        # The lag gauges (and readiness) follow failing batches too, Redis down say: set
+        # only by batches that got through, they showed no lag for a whole outage.
+        self._caught_up()
         if redis_down:
             time.sleep(self._backoff_s)
 

@@ -24,6 +24,7 @@ from prometheus_client.samples import Sample
 from processor import metrics
 from processor.config import load_policy
 from processor.generate import generate_history
+from processor.localstack.redis import LocalRedis
 from processor.metrics import (
     REGISTRY,
     BatchHistogram,
@@ -426,4 +427,27 @@ def test_events_no_watermark_has_passed_are_counted_as_buffered(live: LiveHarnes
         return _total(_scrape(url)["refunds_events_buffered"]) == len(lines)
 
     await_condition(all_buffered, 120, "every order event held back by the empty input")
+    live.stop_all()
+
+
+def test_the_lag_grows_while_redis_is_down(live: LiveHarness, redis_server: LocalRedis) -> None:
+    """Set only by batches that got past Redis (routing a shipment writes to it), the lag
+    read 0 for a whole outage, and the instance stayed ready."""
+    live.configure(env={"REFUND_REDIS__URL": redis_server.url})
+    instance = live.start()
+    url = instance.metrics_url()
+    live.await_stable_group({instance.name}, timeout_s=60)
+    marks = live.log_marks()
+    redis_server.stop(crash=True)
+    try:
+        live.await_logged(marks, "Redis unavailable", timeout_s=60)
+        lines = generate_history(20, seed=3, malformed_share=0)  # shipments: index writes
+        live.publish(lines)
+        await_condition(
+            lambda: _total(_scrape(url)["refunds_consumer_lag_records"]) >= len(lines),
+            timeout_s=60,
+            what="the published records counted as lag",
+        )
+    finally:
+        redis_server.start()
     live.stop_all()
