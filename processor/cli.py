@@ -46,7 +46,8 @@ def _moment(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}") from None
     if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"time needs a zone, e.g. {text}Z: {text!r}")
+        example = f"{moment.isoformat()}Z"  # a date alone takes no zone: 2026-01-01Z fails
+        raise argparse.ArgumentTypeError(f"time needs a zone, e.g. {example}: {text!r}")
     return moment
 
 

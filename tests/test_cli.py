@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.console import run_cli
 from tests.factories import order_placed, scan, shipped
 
@@ -127,14 +129,21 @@ def test_generate_into_a_missing_folder_fails_clearly(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_replay_rejects_a_zone_less_now(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("given", "example"),
+    [("2026-04-01T00:00:00", "2026-04-01T00:00:00Z"), ("2026-04-01", "2026-04-01T00:00:00Z")],
+)
+def test_replay_rejects_a_zone_less_now_with_an_example_it_takes(
+    tmp_path: Path, given: str, example: str
+) -> None:
     history = tmp_path / "history.jsonl"
     history.write_text("")
 
-    result = run_cli("replay", str(history), "--now", "2026-04-01T00:00:00")
+    result = run_cli("replay", str(history), "--now", given)
 
     assert result.returncode == 2
-    assert "needs a zone" in result.stderr
+    assert f"time needs a zone, e.g. {example}: " in result.stderr
+    assert run_cli("replay", str(history), "--now", example).returncode == 0
 
 
 def _replay_with_policy(tmp_path: Path, policy_text: str) -> subprocess.CompletedProcess[str]:
