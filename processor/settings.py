@@ -149,6 +149,22 @@ class KafkaSettings(_Section):
     librdkafka: dict[str, str] = Field(default_factory=dict)
     """Any other librdkafka property, applied last to every client (not the owned keys)."""
 
+    @field_validator("librdkafka", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        """librdkafka takes every value as text; YAML reads `linger.ms: 5` as a number and
+        `enable.ssl.certificate.verification: false` as a boolean."""
+        if not isinstance(value, Mapping):
+            return value
+        return {
+            key: ("true" if item else "false")
+            if isinstance(item, bool)
+            else str(item)
+            if isinstance(item, int | float)
+            else item
+            for key, item in value.items()
+        }
+
     @field_validator("librdkafka")
     @classmethod
     def _not_owned(cls, value: dict[str, str]) -> dict[str, str]:

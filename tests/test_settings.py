@@ -436,6 +436,14 @@ def test_the_passthrough_is_applied_last() -> None:
     assert list(kafka.consumer_config("g"))[-2:] == ["linger.ms", "auto.commit.interval.ms"]
 
 
+def test_passthrough_numbers_and_booleans_in_yaml_are_librdkafkas_text(tmp_path: Path) -> None:
+    text = "kafka:\n  librdkafka:\n    linger.ms: 5\n    socket.keepalive.enable: true\n"
+
+    settings = load_settings(_write(tmp_path, text))
+
+    assert settings.kafka.librdkafka == {"linger.ms": "5", "socket.keepalive.enable": "true"}
+
+
 def test_clients_built_from_the_configs_work_against_a_real_broker(
     kafka_bootstrap: str, admin: KafkaAdmin, unique_topic: Callable[[str], str]
 ) -> None:
