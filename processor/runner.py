@@ -13,7 +13,7 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import FrameType
@@ -651,9 +651,6 @@ class Runner:
         )
         metrics.TRANSACTIONS_ABORTED.inc()
         self._rewind_until_done()
-        # The lag gauges (and readiness) follow failing batches too, Redis down say: set
-        # only by batches that got through, they showed no lag for a whole outage.
-        self._caught_up()
         if redis_down:
             time.sleep(self._backoff_s)
 
@@ -772,10 +769,10 @@ class Runner:
         self._source_epochs.update(epochs)
 
     def _log_ends(self, sources: Iterable[str]) -> dict[str, int]:
-        """The end offsets of input partitions, as a read_committed consumer reads them, in
-        one request: what idle and drained reports are checked against (`router.trusted`,
-        `OrderTask.trust_idle`). Those the broker does not give are left out, so no
-        report of them is trusted."""
+        """The end offsets of partitions (`topic:partition`), as a read_committed consumer
+        reads them, in one request: what idle and drained reports are checked against
+        (`router.trusted`, `OrderTask.trust_idle`), and lag after a rewind. Those the
+        broker does not give are left out, so no report of them is trusted."""
         claims = sorted(sources)
         if not claims:
             return {}
@@ -1228,13 +1225,30 @@ class Runner:
             if tp.topic != self._by_order:
                 self._router.revoke(f"{tp.topic}:{tp.partition}")
                 self._unclaimed.add((tp.topic, tp.partition))
+        rewound: dict[tuple[str, int], int] = {}
         for tp in self._consumer.committed(assignment, timeout=30):
             # No committed offset: back to where a new group starts (auto.offset.reset).
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
             if tp.topic == self._by_order and tp.partition in self._tasks:
                 self._tasks[tp.partition].position = max(tp.offset, 0)
+            rewound[(tp.topic, tp.partition)] = tp.offset
         self._must_rewind = False
+        self._report_lag(rewound)
+
+    def _report_lag(self, rewound: Mapping[tuple[str, int], int]) -> None:
+        """Each partition's lag from the offset a rewind left it at to its log's end, asked
+        of the broker in one request: the consumer's figures (`_caught_up`) are read only
+        by a batch that gets through, and while batches fail, on Redis down say, the
+        gauges (and readiness) would show the lag before the outage (found in review)."""
+        ends = self._log_ends(f"{topic}:{partition}" for topic, partition in rewound)
+        for (topic, partition), offset in rewound.items():
+            end = ends.get(f"{topic}:{partition}")
+            if end is not None:
+                tp = TopicPartition(topic, partition)
+                low, _ = self._consumer.get_watermark_offsets(tp, cached=True)
+                behind = end - max(offset, low, 0)
+                self._partition_gauges.lag(topic, partition, max(behind, 0))
 
     def _ensure_topics(self) -> int:
         """Creates missing topics; the internal one gets the orders topic's partition count."""
