@@ -15,6 +15,7 @@ values, and URLs may not carry passwords (they would leak wherever a URL is logg
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -539,6 +540,23 @@ def _env_var_for(loc: tuple[int | str, ...]) -> str | None:
     return None
 
 
+def _not_json(exc: _SourceError) -> str:
+    """pydantic-settings names the field whose environment value it could not parse, not
+    the variable: these are the variables under that field meant as JSON and not JSON."""
+    field = re.search(r'field "(\w+)"', str(exc))
+    if field is None:
+        return ""
+    prefix = (ENV_PREFIX + field.group(1)).upper()
+    names = []
+    for name, value in os.environ.items():
+        if name.upper().startswith(prefix) and value.lstrip().startswith(("{", "[")):
+            try:
+                json.loads(value)
+            except ValueError:
+                names.append(name)
+    return f" ({', '.join(sorted(names))}: not valid JSON)" if names else ""
+
+
 def load_settings(path: Path | None = None) -> Settings:
     """Settings from ``path`` (else ``$REFUND_CONFIG``, else :func:`default_settings_file`)
     with ``REFUND_*`` environment variables on top; raises :class:`SettingsError`."""
@@ -556,7 +574,9 @@ def load_settings(path: Path | None = None) -> Settings:
             problems.append(f"{describe_problem(error, Settings)}{source}")
         raise SettingsError(f"settings file {path}: {'; '.join(problems)}") from None
     except _SourceError as exc:  # an environment variable that is not valid JSON, etc.
-        raise SettingsError(f"{ENV_PREFIX}* environment with settings file {path}: {exc}") from None
+        raise SettingsError(
+            f"{ENV_PREFIX}* environment with settings file {path}: {exc}{_not_json(exc)}"
+        ) from None
     finally:
         _file_values.reset(token)
 

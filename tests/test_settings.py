@@ -116,6 +116,18 @@ policy_file: /etc/policy.yaml
     assert settings.schema_registry_url is None
 
 
+def test_an_environment_variable_that_is_not_json_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REFUND_KAFKA__LIBRDKAFKA", '{"linger.ms": 5')
+    monkeypatch.setenv("REFUND_KAFKA__CLIENT_ID", "a name")
+
+    with pytest.raises(SettingsError) as raised:
+        load_settings(_write(tmp_path, "{}\n"))
+
+    assert str(raised.value).endswith("(REFUND_KAFKA__LIBRDKAFKA: not valid JSON)")
+
+
 def test_environment_variables_win_over_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
