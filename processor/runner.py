@@ -184,19 +184,9 @@ class Checkpoint:
         ]
         started = time.perf_counter()
         if positions:
-            try:
-                self.producer.send_offsets_to_transaction(
-                    positions, self.consumer.consumer_group_metadata(), self.timeout_s
-                )
-            except KafkaException as exc:
-                if exc.args[0].code() in (KafkaError._TIMED_OUT, KafkaError._TRANSPORT):
-                    # After this, the next batch's call waited for ever, whatever its
-                    # timeout, on a broker back from a stall (librdkafka 2.16; found in
-                    # review): a new producer is the way out.
-                    raise TransactionStuckError(
-                        f"the broker did not take the batch's offsets: {exc}"
-                    ) from exc
-                raise
+            self.producer.send_offsets_to_transaction(
+                positions, self.consumer.consumer_group_metadata(), self.timeout_s
+            )
         end_transaction(self.producer.commit_transaction, self.timeout_s)
         metrics.TRANSACTION_COMMIT.observe(time.perf_counter() - started)
         self.committed = True
@@ -226,9 +216,29 @@ class Checkpoint:
             self.applied += 1
 
 
+#: Kafka errors after which a batch stops the process rather than being aborted and
+#: retried with the same producer (`kafka_timed_out`).
+KAFKA_TIMEOUTS = frozenset(
+    {KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._MSG_TIMED_OUT}
+)
+
+
 class TransactionStuckError(RuntimeError):
-    """A batch's transaction could not be ended: a new producer's `init_transactions`
-    ends it (the broker aborts it, or fences this producer's)."""
+    """A batch's transaction could not be ended, or a Kafka call of the batch timed out:
+    the process stops for its supervisor to start it with a new producer, and the broker
+    aborts the open transaction when its timeout runs out (each process's transactional
+    id is its own, so nothing fences it sooner)."""
+
+
+def kafka_timed_out(exc: KafkaException) -> None:
+    """Raises `TransactionStuckError` for a Kafka timeout in a batch: not to be aborted and
+    retried with the same producer. After a broker stalled for longer than the transaction
+    timeout, the batch that timed out was aborted, and the next one's
+    `send_offsets_to_transaction` waited for ever, whatever its timeout, deaf to SIGTERM
+    (librdkafka 2.16; found in review): a new producer is the way out."""
+    error: KafkaError = exc.args[0]
+    if error.code() in KAFKA_TIMEOUTS:
+        raise TransactionStuckError(f"a Kafka call of the batch timed out: {error.str()}") from exc
 
 
 def end_transaction(
@@ -248,7 +258,11 @@ def end_transaction(
         except KafkaException as exc:
             if not exc.args[0].retriable():
                 raise
-            if (stopping is not None and stopping()) or time.monotonic() > deadline:
+            if stopping is not None and stopping():
+                raise TransactionStuckError(
+                    f"stopping while the transaction failed to end: {exc}"
+                ) from exc
+            if time.monotonic() > deadline:
                 raise TransactionStuckError(
                     f"the transaction did not end in {TRANSACTION_STUCK_S:g} s: {exc}"
                 ) from exc
@@ -349,8 +363,8 @@ def credentials_refused(exc: Exception) -> None:
     and retry them for ever as if Redis were down."""
     if isinstance(exc, redis.AuthenticationError):
         raise RedisCredentialsError(
-            f"Redis refused the credentials (settings redis.username and redis.password, "
-            f"REFUND_REDIS__PASSWORD): {exc}"
+            f"Redis refused the credentials (redis.password or REFUND_REDIS__PASSWORD, and "
+            f"the user in redis.url): {exc}"
         ) from exc
 
 
@@ -549,10 +563,11 @@ class Runner:
     def run_once(self) -> None:
         """One batch: consume, route, decide, commit.
 
-        A batch that fails on a Kafka error that is not fatal, a fenced task, or an
-        unreachable Redis is aborted and rewound to the last commit (`_recover`), and the
-        next batch starts over from there: with Redis down, after a backoff, as long as it
-        takes. A fatal Kafka error ends the processor (its supervisor restarts it).
+        A batch that fails on a Kafka error that is neither fatal nor a timeout, a fenced
+        task, or an unreachable Redis is aborted and rewound to the last commit
+        (`_recover`), and the next batch starts over from there: with Redis down, after a
+        backoff, as long as it takes. A fatal Kafka error or a Kafka timeout
+        (`kafka_timed_out`) ends the processor (its supervisor restarts it).
         """
         messages = self._consumer.consume(
             num_messages=self.settings.max_batch_records, timeout=self._interval_s
@@ -569,8 +584,10 @@ class Runner:
             self._claim_assigned()
             self._process(messages, checkpoint)
         except (KafkaException, FencedError, *REDIS_DOWN) as exc:
-            if isinstance(exc, KafkaException) and exc.args[0].fatal():
-                raise
+            if isinstance(exc, KafkaException):
+                if exc.args[0].fatal():
+                    raise
+                kafka_timed_out(exc)
             credentials_refused(exc)
             self._recover(checkpoint, exc)
         else:

@@ -137,8 +137,8 @@ class Instance:
     log: Path
     killed: bool = False  # SIGKILLed by the test
     stopped: bool = False  # sent SIGTERM by the test
-    #: A message in its log that makes an exit with an error expected (the test provoked it).
-    may_fail_with: str | None = None
+    #: Messages in its log that make an exit with an error expected (the test provoked it).
+    may_fail_with: tuple[str, ...] = ()
 
     @property
     def running(self) -> bool:
@@ -152,7 +152,8 @@ class Instance:
             return False
         if self.stopped and code == -signal.SIGTERM:
             return False
-        return self.may_fail_with is None or self.may_fail_with not in self.log_text()
+        text = self.log_text()
+        return not any(message in text for message in self.may_fail_with)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

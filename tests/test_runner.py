@@ -371,8 +371,12 @@ def test_an_idle_report_is_not_trusted_once_records_arrive_behind_it(live: LiveH
         )
         assert live.group_assignment() == assignment, "the stall moved partitions"
     finally:
-        # A stall past its transaction's timeout fences it: it exits, for its supervisor.
-        second.may_fail_with = "This instance has been fenced by a newer instance"
+        # A stall past its transaction's timeout fences it, or times out a Kafka call of
+        # its batch: it exits, for its supervisor.
+        second.may_fail_with = (
+            "This instance has been fenced by a newer instance",
+            "TransactionStuckError",
+        )
         second.process.send_signal(signal.SIGCONT)
     seen = live.refunds_when_done(expected, timeout_s=240)
 
@@ -392,7 +396,7 @@ def test_an_instance_stops_when_an_input_gains_a_partition(live: LiveHarness) ->
     live.await_stable_group({"i0"}, timeout_s=60)
     tracking = live.topics["tracking"]
     added = f"{tracking}:{len(live.partitions(tracking))}"
-    instance.may_fail_with = "the inputs' partitions changed while the processor ran"
+    instance.may_fail_with = ("the inputs' partitions changed while the processor ran",)
 
     live.admin.client.create_partitions(
         [NewPartitions(tracking, len(live.partitions(tracking)) + 1)]

@@ -212,9 +212,13 @@ def test_a_stalled_instance_that_comes_back_writes_nothing(live: LiveHarness, si
             )
         finally:
             # If the stall outlasted the zombie's transaction timeout in mid-transaction,
-            # the broker aborted that transaction and fenced its producer: a fatal error,
-            # on which the processor exits for its supervisor to restart it.
-            zombie.may_fail_with = "This instance has been fenced by a newer instance"
+            # the broker aborted that transaction and fenced its producer (a fatal error),
+            # or a Kafka call of its batch timed out meanwhile: either way the processor
+            # exits for its supervisor to restart it.
+            zombie.may_fail_with = (
+                "This instance has been fenced by a newer instance",
+                "TransactionStuckError",
+            )
             zombie.process.send_signal(signal.SIGCONT)
         await_condition(
             lambda: (
