@@ -58,9 +58,15 @@ class PolicyConfig(BaseModel):
 
     policy_version: str = Field(min_length=1, max_length=64)
     lost_after_days: int = Field(default=20, ge=1, le=365)
-    #: Negative, the clock would run ahead of the events and fire deadlines early.
-    allowed_lateness: timedelta = Field(default=timedelta(hours=1), ge=timedelta(0))
-    orphan_ttl: timedelta = Field(default=timedelta(days=7), gt=timedelta(0))
+    #: Negative, the clock would run ahead of the events and fire deadlines early; the
+    #: rules count in milliseconds (under 1 ms, orphan_ttl would be 0), and deadlines must
+    #: stay within the dates Python can show.
+    allowed_lateness: timedelta = Field(
+        default=timedelta(hours=1), ge=timedelta(0), le=timedelta(days=365)
+    )
+    orphan_ttl: timedelta = Field(
+        default=timedelta(days=7), ge=timedelta(milliseconds=1), le=timedelta(days=365)
+    )
     default_partial_resolution: Literal["refund", "reship"] = "refund"
 
     # Cached: the rules read them for nearly every event.

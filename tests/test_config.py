@@ -14,9 +14,14 @@ from processor.config import PolicyConfig
         ("allowed_lateness", timedelta(days=-1)),
         ("orphan_ttl", timedelta(days=-7)),
         ("orphan_ttl", timedelta(0)),
+        # 0 in the milliseconds the rules count in: every held event would expire at once.
+        ("orphan_ttl", timedelta(microseconds=400)),
+        # Deadlines past the year 9999 cannot be shown (explain).
+        ("orphan_ttl", timedelta(days=3_000_000)),
+        ("allowed_lateness", timedelta(days=366)),
     ],
 )
-def test_a_duration_that_would_run_the_clock_wrong_is_refused(key: str, value: timedelta) -> None:
+def test_a_duration_the_rules_cannot_work_with_is_refused(key: str, value: timedelta) -> None:
     with pytest.raises(ValidationError, match=key):
         PolicyConfig.model_validate({"policy_version": "x", key: value})
 
