@@ -7,7 +7,7 @@ topics. Both run here, in the same process and run, so the ratio survives a nois
 better than the absolute figure.
 
     uv run python bench/live_bench.py [--orders 20000] [--seed 1] [--partitions 6]
-        [--idle-wait-ms 2000] [--max-batch-records 40000] [--baseline-runs 3] [--runs 3]
+        [--idle-wait-ms 500] [--max-batch-records 40000] [--baseline-runs 3] [--runs 3]
         [--profile [--profile-out FILE]]
 
 Setup: a real Kafka broker and redis-server (`LocalKafka` / `LocalRedis`, or the ones
@@ -47,7 +47,7 @@ its first retention check (30 s after start, then every 5 min) deletes them mid-
    After that nothing the processor writes can change any more: this is the "refund
    commands stop growing" point, by construction rather than by waiting for silence.
    Two tails are inherent and included: after its last record an input partition
-   counts as idle only after `idle_partition_wait_ms` (2 s by default,
+   counts as idle only after `idle_partition_wait_ms` (500 ms by default,
    `--idle-wait-ms`), and criterion c can lag by a batch or two, because B_p usually
    points just past a transaction marker that only the next watermark record's commit
    gets past. The rate up to a ("routed") is printed as well. Rate = input events /

@@ -58,8 +58,8 @@ _HOLDER_TIMERS: Final = frozenset({EXPIRE_HELD_TIMER, EXPIRE_ORPHANS_TIMER})
 #: What a StateBehindKafkaError says to do.
 _LOST_STATE_ADVICE: Final = (
     "Refusing to process: going on would decide on lost state (refunds paid twice or "
-    "never). Restore the task's state, or reset its offsets deliberately (to records still "
-    "in the topic: purge_interval_ms)."
+    "never). Restore Redis, or start over under a new application_id (docs/live.md, "
+    '"Recovering from StateBehindKafkaError").'
 )
 
 

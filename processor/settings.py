@@ -441,11 +441,13 @@ class Settings(BaseSettings):
     idle_partition_wait_ms: int = Field(default=500, ge=0)
     """How long an input partition read to its end stays quiet before order tasks leave it
     out of their clock (SPEC section 6; Kafka Streams' ``max.task.idle.ms``, 0 there by
-    default). Records already on the broker do not need it: a partition counts as idle
-    only once read to the end the broker told of, and only while its log still ends there
-    (docs/live.md). It covers records still on their way from a producer, which matter
-    only when they are over `allowed_lateness` of event time behind the other inputs (a
-    history published while the processor runs). Every burst's last events wait for it."""
+    default). Records already on the broker, and committed, do not need it: a partition
+    counts as idle only once read to the end the broker told of, and only while its log
+    still ends there (docs/live.md). It covers records still on their way from a
+    producer, or in a producer's open transaction (read_committed ends before it), which
+    matter only when they are over `allowed_lateness` of event time behind the other
+    inputs (a history published while the processor runs). Every burst's last events
+    wait for it."""
     purge_interval_ms: int = Field(default=30_000, ge=0)
     """How often each instance deletes the internal topic's records below the offsets its
     tasks committed (Kafka Streams' ``repartition.purge.interval.ms``): no owner reads
