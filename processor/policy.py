@@ -659,16 +659,15 @@ def _lost_contradicted(package: Package, event: TrackingUpdate) -> tuple[str, st
             "tracking showed it delivered",
             package.delivered_event_id or "",
         )
-    if _return_refused(package):
-        assert package.back_event_id is not None
-        return "lost_after_return", "it came back to the warehouse", package.back_event_id
+    if (refused := _refused_return(package)) is not None:
+        return "lost_after_return", "it came back to the warehouse", refused
     return None
 
 
-def _return_refused(package: Package) -> bool:
-    """Whether the package came back and was not refunded: R2b refused it as opened or
-    relabeled (any other return or RTO scan settles the package)."""
-    return package.back_event_id is not None and package.settled_by is None
+def _refused_return(package: Package) -> str | None:
+    """The event by which the package came back, if it was not refunded: R2b refused it
+    as opened or relabeled (any other return or RTO scan settles the package)."""
+    return package.back_event_id if package.settled_by is None else None
 
 
 def _scan_package(step: _Step, package: Package, event: TrackingUpdate) -> None:
@@ -696,14 +695,12 @@ def _scan_package(step: _Step, package: Package, event: TrackingUpdate) -> None:
             _refund_package(
                 step, package, "lost", "R3b", evidence=evidence, why="courier declared it lost"
             )
-        case "rto_delivered" if _return_refused(package):
-            assert package.back_event_id is not None
+        case "rto_delivered" if (refused := _refused_return(package)) is not None:
             _deny_not_intact(
                 step,
                 package,
-                "is back at origin, but the warehouse received it opened or relabeled "
-                f"({package.back_event_id})",
-                (*evidence, package.back_event_id),
+                f"is back at origin, but the warehouse received it opened or relabeled ({refused})",
+                (*evidence, refused),
                 rule="R1",
             )
         case "rto_delivered":
