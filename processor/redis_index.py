@@ -8,6 +8,7 @@ from typing import Final, cast
 import redis
 
 from processor import metrics
+from processor.redis_store import _LOST_STATE_ADVICE, StateBehindKafkaError
 from processor.router import NOT_IDLE, Progress
 
 #: Hashes the tracking-number index is spread over (RedisTrackingIndex).
@@ -31,21 +32,29 @@ return {epochs, redis.call('HGETALL', KEYS[1])}
 """
 
 #: ARGV: (source, epoch, report, end) quadruples. Writes a report under the epoch that
-#: holds its source, or that nothing holds (Redis lost the hash: the report takes it);
-#: returns the sources refused and the whole hash.
+#: holds its source; returns the sources refused (another epoch holds them), the whole
+#: hash, and the sources no epoch holds. A claim never removes an epoch, so with none
+#: Redis lost the hash: then nothing is written at all.
 _SHARE_PROGRESS_LUA: Final = """
-local refused = {}
+local refused, lost, held = {}, {}, {}
 for i = 1, #ARGV, 4 do
-  local source, epoch = ARGV[i], ARGV[i + 1]
-  local held = redis.call('HGET', KEYS[1], source .. '#epoch')
-  if held == epoch or not held then
-    redis.call('HSET', KEYS[1], source .. '#epoch', epoch, source, ARGV[i + 2],
-      source .. '#end', ARGV[i + 3])
+  held[i] = redis.call('HGET', KEYS[1], ARGV[i] .. '#epoch')
+  if not held[i] then
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+if #lost > 0 then
+  return {refused, {}, lost}
+end
+for i = 1, #ARGV, 4 do
+  local source = ARGV[i]
+  if held[i] == ARGV[i + 1] then
+    redis.call('HSET', KEYS[1], source, ARGV[i + 2], source .. '#end', ARGV[i + 3])
   else
     refused[#refused + 1] = source
   end
 end
-return {refused, redis.call('HGETALL', KEYS[1])}
+return {refused, redis.call('HGETALL', KEYS[1]), lost}
 """
 
 
@@ -125,7 +134,10 @@ class RedisTrackingIndex:
 
         Returns the sources another router claimed since, whose reports are not written
         (this instance is a zombie for them, or their claim came late: `Runner._process`),
-        and every router's progress."""
+        and every router's progress. Raises `StateBehindKafkaError`, writing nothing, if a
+        source has no epoch: Redis lost the hash, most likely the tracking index with it,
+        and routing on would dead-letter the updates it can no longer resolve.
+        """
         args: list[str | int] = []
         for source, epoch, p in reports:
             args += [
@@ -135,7 +147,14 @@ class RedisTrackingIndex:
                 p.end,
             ]
         with metrics.REDIS_INDEX.time():
-            refused, reported = self._share_script(keys=[self._progress], args=args)
+            refused, reported, lost = self._share_script(keys=[self._progress], args=args)
+        if lost:
+            raise StateBehindKafkaError(
+                f"input partitions {', '.join(source.decode() for source in lost)}: Redis has "
+                "no epoch for their router's progress any more: it lost the routers' state "
+                "(a restart without persistence, a flush, a failover to an empty replica). "
+                f"{_LOST_STATE_ADVICE}"
+            )
         return [source.decode() for source in refused], _parse_progress(reported)
 
     def read_progress(self) -> dict[str, Progress]:

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from processor.redis_index import RedisTrackingIndex
+from processor.redis_store import _LOST_STATE_ADVICE, StateBehindKafkaError
 from processor.router import Progress
 
 ORDERS, TRACKING = "orders:0", "tracking:0"
@@ -82,27 +83,40 @@ def test_after_redis_lost_the_progress_a_claim_fences_a_zombie_of_a_higher_epoch
     )
 
 
-def test_after_redis_lost_the_progress_the_first_report_holds_it_until_a_claim(
+def test_a_report_after_redis_lost_the_progress_is_lost_state(
     client: redis.Redis, app: str
 ) -> None:
-    """A zombie may report first; the owner, refused, claims again (`Runner._process`)."""
-    zombie, owner = RedisTrackingIndex(client, app), RedisTrackingIndex(client, app)
-    zombie_epochs, _ = zombie.claim_sources([ORDERS])
-    owner_epochs, _ = owner.claim_sources([ORDERS])
-    client.delete(f"{app}:router-progress")
+    """A claim never removes an epoch: with none, Redis lost the routers' state. Until
+    2026-12-07 the first report took the epoch and its router routed on, dead-lettering
+    the updates the lost index could not resolve (docs/live.md, "Exactly once")."""
+    index = RedisTrackingIndex(client, app)
+    epochs, _ = index.claim_sources([ORDERS, TRACKING])
+    client.delete(f"{app}:router-progress")  # what a restart without persistence leaves
 
-    assert zombie.share_progress([(ORDERS, zombie_epochs[ORDERS], DRAINED)]) == (
-        [],
-        {ORDERS: DRAINED},
-    )
-    assert owner.share_progress([(ORDERS, owner_epochs[ORDERS], BEHIND)]) == (
-        [ORDERS],
-        {ORDERS: DRAINED},
-    )
-    again, seen = owner.claim_sources([ORDERS])
-    assert seen == {}
-    assert zombie.share_progress([(ORDERS, zombie_epochs[ORDERS], DRAINED)]) == ([ORDERS], {})
-    assert owner.share_progress([(ORDERS, again[ORDERS], BEHIND)]) == ([], {ORDERS: BEHIND})
+    with pytest.raises(StateBehindKafkaError, match="Redis has no epoch") as raised:
+        index.share_progress(
+            [(ORDERS, epochs[ORDERS], DRAINED), (TRACKING, epochs[TRACKING], BEHIND)]
+        )
+    assert f"input partitions {ORDERS}, {TRACKING}:" in str(raised.value)
+    assert _LOST_STATE_ADVICE in str(raised.value)
+    assert index.read_progress() == {}
+
+
+def test_a_report_of_a_source_with_no_epoch_writes_none_of_the_others(
+    client: redis.Redis, app: str
+) -> None:
+    """All or nothing, as a task's stage: the process stops on what the script found. A
+    source claimed after the loss holds an epoch again; one claimed before does not."""
+    index = RedisTrackingIndex(client, app)
+    before, _ = index.claim_sources([TRACKING])
+    client.delete(f"{app}:router-progress")
+    after, _ = index.claim_sources([ORDERS])
+
+    with pytest.raises(StateBehindKafkaError, match=f"input partitions {TRACKING}:"):
+        index.share_progress(
+            [(ORDERS, after[ORDERS], DRAINED), (TRACKING, before[TRACKING], DRAINED)]
+        )
+    assert client.hgetall(f"{app}:router-progress") == {f"{ORDERS}#epoch".encode(): b"1"}
 
 
 def test_a_report_of_a_router_of_before_the_end_offsets_reads_as_resting_on_no_end(
