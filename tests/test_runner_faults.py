@@ -30,6 +30,7 @@ from processor.localstack import process_state
 from processor.localstack.kafka import KafkaAdmin, LocalKafka
 from processor.localstack.redis import LocalRedis
 from processor.redis_index import RedisTrackingIndex
+from processor.redis_store import _LOST_STATE_ADVICE
 from tests.live import (
     FAST_FAILOVER,
     LiveHarness,
@@ -324,6 +325,30 @@ def test_a_late_claim_of_input_partitions_is_taken_back_by_their_owner(
         seen = reader.read_all(timeout_s=120)
 
     _assert_exactly_once(seen, expected, live)
+
+
+def test_a_router_whose_progress_redis_lost_stops_the_process(live: LiveHarness) -> None:
+    """Only the progress hash goes, so the order tasks, their state intact, would go on:
+    the router alone has to stop the instance, as an instance holding no task must. It
+    used to take the missing epochs and route on (docs/live.md, "Exactly once")."""
+    live.publish(generate_history(20, seed=47, malformed_share=0))
+    instance = live.start("i0")
+    live.await_stable_group({"i0"}, timeout_s=60)
+    live.await_task_progress(timeout_s=60)
+    instance.may_fail_with = ("Redis has no epoch for their router's progress",)
+
+    redis.Redis.from_url(live.redis_url).delete(f"{live.app}:router-progress")
+
+    await_condition(lambda: not instance.running, timeout_s=30, what="the instance stops")
+    assert instance.process.returncode == 1
+    (stopped,) = [
+        line["exception"][0]
+        for line in instance.log_lines()
+        if line["event"] == "processor stopped on an error"
+    ]
+    assert stopped["exc_type"] == "StateBehindKafkaError"
+    assert stopped["exc_value"].endswith(_LOST_STATE_ADVICE)
+    live.assert_none_failed()
 
 
 @pytest.mark.parametrize("size", SIZES)
