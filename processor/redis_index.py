@@ -8,8 +8,11 @@ from typing import Final, cast
 import redis
 
 from processor import metrics
-from processor.redis_store import _LOST_STATE_ADVICE, StateBehindKafkaError
+from processor.redis_store import lost_state
 from processor.router import NOT_IDLE, Progress
+
+#: The epoch of a source's first claim: HINCRBY on no field.
+FIRST_EPOCH: Final = 1
 
 #: Hashes the tracking-number index is spread over (RedisTrackingIndex).
 TRACKING_BUCKETS: Final = 64
@@ -149,11 +152,9 @@ class RedisTrackingIndex:
         with metrics.REDIS_INDEX.time():
             refused, reported, lost = self._share_script(keys=[self._progress], args=args)
         if lost:
-            raise StateBehindKafkaError(
+            raise lost_state(
                 f"input partitions {', '.join(source.decode() for source in lost)}: Redis has "
-                "no epoch for their router's progress any more: it lost the routers' state "
-                "(a restart without persistence, a flush, a failover to an empty replica). "
-                f"{_LOST_STATE_ADVICE}"
+                "no epoch for their router's progress any more"
             )
         return [source.decode() for source in refused], _parse_progress(reported)
 

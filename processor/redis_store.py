@@ -56,7 +56,7 @@ _HOLDER_TIMERS: Final = frozenset({EXPIRE_HELD_TIMER, EXPIRE_ORPHANS_TIMER})
 
 
 #: What a StateBehindKafkaError says to do.
-_LOST_STATE_ADVICE: Final = (
+LOST_STATE_ADVICE: Final = (
     "Refusing to process: going on would decide on lost state (refunds paid twice or "
     "never). Restore Redis, or start over under a new application_id (docs/live.md, "
     '"Recovering from StateBehindKafkaError").'
@@ -77,6 +77,15 @@ class StateBehindKafkaError(StateMismatchError):
 
 class StateAheadOfKafkaError(StateMismatchError):
     """Redis holds batches Kafka has no commit for (offsets reset, expired or lost)."""
+
+
+def lost_state(finding: str) -> StateBehindKafkaError:
+    """The error for a `finding` that shows Redis lost what a claim wrote (an epoch never
+    goes away otherwise): one wording, wherever it is found."""
+    return StateBehindKafkaError(
+        f"{finding}: Redis lost it (a restart without persistence, a flush, a failover to "
+        f"an empty replica). {LOST_STATE_ADVICE}"
+    )
 
 
 # Pending-hash fields. The field name says what to do with its value at apply time:
@@ -852,10 +861,8 @@ class RedisTaskStore:
         self._reset_local()
         self._epoch = None
         if current is None:
-            return StateBehindKafkaError(
-                f"task {self.task}: Redis has no epoch for the task any more ({during}): it "
-                "lost the task's state (a restart without persistence, a flush, a failover "
-                f"to an empty replica). {_LOST_STATE_ADVICE}"
+            return lost_state(
+                f"task {self.task}: Redis has no epoch for the task any more ({during})"
             )
         return FencedError(
             f"task {self.task}: fenced in {during}: another owner claimed the task after our "
@@ -870,7 +877,7 @@ class RedisTaskStore:
             return StateBehindKafkaError(
                 f"task {self.task}: Redis state stands at offsets {applied}{pending} but Kafka "
                 f"committed {committed}: Redis lost writes Kafka acknowledged (e.g. a restart "
-                f"without AOF fsync). {_LOST_STATE_ADVICE}"
+                f"without AOF fsync). {LOST_STATE_ADVICE}"
             )
         return StateAheadOfKafkaError(
             f"task {self.task}: Redis state stands at offsets {applied}{pending} but Kafka "

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from processor.redis_index import RedisTrackingIndex
-from processor.redis_store import _LOST_STATE_ADVICE, StateBehindKafkaError
+from processor.redis_store import LOST_STATE_ADVICE, StateBehindKafkaError
 from processor.router import Progress
 
 ORDERS, TRACKING = "orders:0", "tracking:0"
@@ -98,7 +98,7 @@ def test_a_report_after_redis_lost_the_progress_is_lost_state(
             [(ORDERS, epochs[ORDERS], DRAINED), (TRACKING, epochs[TRACKING], BEHIND)]
         )
     assert f"input partitions {ORDERS}, {TRACKING}:" in str(raised.value)
-    assert _LOST_STATE_ADVICE in str(raised.value)
+    assert LOST_STATE_ADVICE in str(raised.value)
     assert index.read_progress() == {}
 
 

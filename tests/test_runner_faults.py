@@ -30,7 +30,7 @@ from processor.localstack import process_state
 from processor.localstack.kafka import KafkaAdmin, LocalKafka
 from processor.localstack.redis import LocalRedis
 from processor.redis_index import RedisTrackingIndex
-from processor.redis_store import _LOST_STATE_ADVICE
+from processor.redis_store import LOST_STATE_ADVICE
 from tests.live import (
     FAST_FAILOVER,
     LiveHarness,
@@ -347,7 +347,33 @@ def test_a_router_whose_progress_redis_lost_stops_the_process(live: LiveHarness)
         if line["event"] == "processor stopped on an error"
     ]
     assert stopped["exc_type"] == "StateBehindKafkaError"
-    assert stopped["exc_value"].endswith(_LOST_STATE_ADVICE)
+    assert stopped["exc_value"].endswith(LOST_STATE_ADVICE)
+    live.assert_none_failed()
+
+
+def test_a_claim_finding_the_router_progress_lost_stops_the_process(live: LiveHarness) -> None:
+    """Lost between two runs, the epochs are recreated by the next claim, so no report would
+    find them missing: the group's committed offsets show the claim cannot be the first."""
+    live.publish(generate_history(20, seed=48, malformed_share=0))
+    first = live.start("i0")
+    live.await_stable_group({"i0"}, timeout_s=60)
+    live.await_task_progress(timeout_s=60)
+    live.stop_all()
+    assert first.process.returncode == 0
+
+    redis.Redis.from_url(live.redis_url).delete(f"{live.app}:router-progress")
+    second = live.start("i1")
+    second.may_fail_with = ("Redis had no epoch for its router's progress",)
+
+    await_condition(lambda: not second.running, timeout_s=60, what="the instance stops")
+    assert second.process.returncode == 1
+    (stopped,) = [
+        line["exception"][0]
+        for line in second.log_lines()
+        if line["event"] == "processor stopped on an error"
+    ]
+    assert stopped["exc_type"] == "StateBehindKafkaError"
+    assert stopped["exc_value"].endswith(LOST_STATE_ADVICE)
     live.assert_none_failed()
 
 
