@@ -221,6 +221,41 @@ class Checkpoint:
             self.applied += 1
 
 
+@dataclass(slots=True)
+class Intake:
+    """A batch's records from the consumer: up to `most`, a batch starting at most once per
+    `interval_s` (`commit_interval_ms`), since each is a transaction.
+
+    Within the interval of the last batch's start, it waits for a full batch until the
+    interval ends. After it (the last batch took longer: catching up), it takes what the
+    consumer has queued at once, or else the first record to arrive within an interval;
+    a batch with none still runs, for the inputs' idle reports and the tasks' clocks.
+    librdkafka's `consume` waits for a full batch until its timeout: given the interval,
+    every batch after a long one waited a whole interval for records that were not
+    coming (docs/live.md, "Performance").
+    """
+
+    consumer: Consumer
+    most: int
+    interval_s: float
+    next_batch: float = 0.0  # monotonic time: the next batch starts no earlier
+
+    def take(self) -> list[Message]:
+        wait = self.next_batch - time.monotonic()
+        if wait > 0:
+            messages = self.consumer.consume(num_messages=self.most, timeout=wait)
+        else:
+            messages = self.consumer.consume(num_messages=self.most, timeout=0)
+            if not messages:
+                first = self.consumer.poll(self.interval_s)
+                if first is not None:
+                    messages = [first]
+                    if self.most > 1:
+                        messages += self.consumer.consume(num_messages=self.most - 1, timeout=0)
+        self.next_batch = time.monotonic() + self.interval_s
+        return messages
+
+
 #: Kafka errors after which a batch stops the process rather than being aborted and
 #: retried with the same producer (`kafka_timed_out`).
 KAFKA_TIMEOUTS = frozenset(
@@ -523,7 +558,9 @@ class Runner:
         self._next_key = 0
         self._producer = Producer(producer_config, logger=_rdkafka_log)
         self._producer.init_transactions()
-        self._interval_s = settings.commit_interval_ms / 1000
+        self._intake = Intake(
+            self._consumer, settings.max_batch_records, settings.commit_interval_ms / 1000
+        )
         self._idle_s = settings.idle_partition_wait_ms / 1000
         self._purge_interval_s = settings.purge_interval_ms / 1000
         self._next_purge = time.monotonic() + self._purge_interval_s
@@ -574,9 +611,7 @@ class Runner:
         backoff, as long as it takes. A fatal Kafka error or a Kafka timeout
         (`kafka_timed_out`) ends the processor (its supervisor restarts it).
         """
-        messages = self._consumer.consume(
-            num_messages=self.settings.max_batch_records, timeout=self._interval_s
-        )
+        messages = self._intake.take()
         if self._must_rewind:  # set after the last commit, or by a callback in consume
             self._rewind_until_done()
             return  # what consume returned is read again from the last commit

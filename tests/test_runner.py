@@ -9,6 +9,7 @@ import itertools
 import json
 import logging
 import signal
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ from confluent_kafka import (
     TIMESTAMP_CREATE_TIME,
     TIMESTAMP_LOG_APPEND_TIME,
     TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
     Producer,
     TopicPartition,
 )
@@ -43,6 +45,7 @@ from processor.redis_index import RedisTrackingIndex
 from processor.router import Commit, Inbound, Routed
 from processor.runner import (
     ROUTED_RECORD_BYTES,
+    Intake,
     arrival_ms,
     cluster_metadata,
     input_metadata,
@@ -480,6 +483,39 @@ def test_a_topic_just_created_is_read_with_all_its_partitions(
     for future in admin.client.create_topics([NewTopic(topic, num_partitions=5)]).values():
         future.result()
     assert topic_partitions(admin.client, topic) == [0, 1, 2, 3, 4]
+
+
+def test_a_batch_after_the_interval_takes_what_is_queued_without_waiting_for_more(
+    kafka_bootstrap: str, admin: KafkaAdmin, unique_topic: Callable[[str], str]
+) -> None:
+    """Catching up, every batch starts after the interval of the one before: waiting for a
+    full batch there made the last batches of a backlog each wait an interval."""
+    topic = unique_topic("intake")
+    admin.create_topic(topic, 1)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for number in range(5):
+        producer.produce(topic, value=str(number).encode())
+    assert producer.flush(30) == 0
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": unique_topic("group"),
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    interval_s = 60.0
+    intake = Intake(consumer, most=1_000, interval_s=interval_s)
+    try:
+        began = time.monotonic()
+        taken = intake.take()
+        took = time.monotonic() - began
+    finally:
+        consumer.close()
+
+    assert [message.value() for message in taken] == [str(n).encode() for n in range(len(taken))]
+    assert taken, "nothing arrived within the interval"
+    assert took < interval_s / 4, f"waited {took:.1f} s of the {interval_s:g} s interval"
 
 
 def test_the_start_gives_up_clearly_when_no_broker_answers() -> None:
