@@ -542,6 +542,36 @@ def _env_var_for(loc: tuple[int | str, ...]) -> str | None:
     return None
 
 
+def _settings_variables(loc: tuple[int | str, ...] = ()) -> list[str]:
+    """The environment variables set that supply settings at or under ``loc``, by name (never
+    a value: many are secrets). A check of a whole section (``kafka``) fails on what its
+    keys say together, and some of them may come from the environment, not the file.
+    ``$REFUND_CONFIG`` and other ``REFUND_*`` names that are no setting do not count."""
+    if loc:
+        prefixes = [ENV_PREFIX + "__".join(str(part) for part in loc).upper()]
+    else:
+        prefixes = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+    return sorted(
+        name
+        for name in os.environ
+        if any(
+            name.upper() == prefix or name.upper().startswith(prefix + "__") for prefix in prefixes
+        )
+    )
+
+
+def _from_env(loc: tuple[int | str, ...]) -> str:
+    """Where in the environment the value at ``loc`` came from, as a suffix of its problem."""
+    exact = _env_var_for(loc)
+    if exact is not None:
+        return f" (from environment variable {exact})"
+    under = _settings_variables(loc)
+    if not under:
+        return ""
+    plural = "s" if len(under) > 1 else ""
+    return f" (in part from environment variable{plural} {', '.join(under)})"
+
+
 def _not_json(exc: _SourceError) -> str:
     """pydantic-settings names the field whose environment value it could not parse, not
     the variable: these are the variables under that field meant as JSON and not JSON."""
@@ -569,12 +599,16 @@ def load_settings(path: Path | None = None) -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors(include_url=False, include_input=False):
-            env = _env_var_for(error["loc"])
-            source = f" (from environment variable {env})" if env else ""
-            problems.append(f"{describe_problem(error, Settings)}{source}")
-        raise SettingsError(f"settings file {path}: {'; '.join(problems)}") from None
+        problems = [
+            f"{describe_problem(error, Settings)}{_from_env(error['loc'])}"
+            for error in exc.errors(include_url=False, include_input=False)
+        ]
+        variables = _settings_variables()
+        plural = "s" if len(variables) > 1 else ""
+        source = f"settings file {path}" + (
+            f" and environment variable{plural} {', '.join(variables)}" if variables else ""
+        )
+        raise SettingsError(f"{source}: {'; '.join(problems)}") from None
     except _SourceError as exc:  # an environment variable that is not valid JSON, etc.
         raise SettingsError(
             f"{ENV_PREFIX}* environment with settings file {path}: {exc}{_not_json(exc)}"

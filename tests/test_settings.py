@@ -247,6 +247,30 @@ def test_a_bad_value_from_the_environment_names_the_variable(
     assert "REFUND_MAX_BATCH_RECORDS" in str(caught.value)
 
 
+def test_an_error_the_environment_caused_names_its_variables_not_only_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`REFUND_KAFKA__SECURITY_PROTOCOL=SASL_SSL` alone used to read as the file's fault."""
+    path = _write(tmp_path, "kafka:\n  client_id: from-file\n")
+    monkeypatch.setenv("REFUND_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("REFUND_REDIS__PASSWORD", "redis-s3cret")
+    monkeypatch.setenv("REFUND_PROCESSOR_CACHE", str(tmp_path))  # not a setting
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path)
+
+    message = str(caught.value)
+    assert message.startswith(
+        f"settings file {path} and environment variables REFUND_KAFKA__SECURITY_PROTOCOL, "
+        "REFUND_REDIS__PASSWORD: kafka: "
+    ), message
+    assert message.endswith(
+        "sasl_mechanism is required with SASL_SSL (in part from environment variable "
+        "REFUND_KAFKA__SECURITY_PROTOCOL)"
+    ), message
+    _assert_no_secret(message)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
