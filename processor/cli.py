@@ -178,9 +178,18 @@ def _generate(args: argparse.Namespace, out: TextIO) -> None:
         write_history(target, orders=args.orders, seed=args.seed)
 
 
+def _errors_only() -> None:
+    """Only errors are logged, as JSON lines on stderr, for a command a person reads: its
+    own report says what went wrong, and librdkafka's warnings about what it retries or
+    ignores by itself (a coordinator still loading right after a broker starts, a consumer
+    property the passthrough gives a producer too) read as failures among it."""
+    logs.configure(level=logging.ERROR)
+
+
 def _publish(args: argparse.Namespace) -> int:
     """1 if some lines were invalid (reported, not published; the rest are)."""
     settings = _settings(args)
+    _errors_only()
     try:
         source = args.events.open("rb")
     except OSError as exc:
@@ -269,9 +278,7 @@ def _demo(args: argparse.Namespace) -> int:
     if args.instances < 1:
         raise CliError("--instances must be at least 1")
     console = Console(stderr=True, markup=False)
-    # Errors only: the summary reports dead letters (each a warning in `run`'s log), and
-    # librdkafka's warnings about transient states (a coordinator still loading) are noise.
-    logs.configure(level=logging.ERROR)
+    _errors_only()  # the summary reports dead letters, each a warning in `run`'s log
     options = DemoOptions(
         orders=args.orders,
         seed=args.seed,

@@ -336,6 +336,34 @@ def test_the_cli_publishes_a_file_and_reports_bad_lines(
     assert [(r.topic, r.key) for r in records] == [(orders, b"o1"), (tracking, b"TN-p1")]
 
 
+def test_the_cli_shows_no_librdkafka_warning_among_its_reports(
+    kafka_bootstrap: str, admin: KafkaAdmin, unique_topic: TopicFactory, tmp_path: Path
+) -> None:
+    """A warning librdkafka retries or ignores by itself (here: a consumer property the
+    passthrough gives every client, ignored by the producer; right after a broker starts,
+    a coordinator still loading) is noise among the lines a user reads, as in the demo."""
+    orders, tracking = _topics(admin, unique_topic)
+    history = tmp_path / "events.jsonl"
+    history.write_text(json.dumps(order_placed("o1")) + "\n{broken\n")
+
+    result = _cli(
+        "publish",
+        str(history),
+        "--bootstrap-servers",
+        kafka_bootstrap,
+        env={
+            "REFUND_KAFKA__LIBRDKAFKA": '{"fetch.wait.max.ms": "100"}',
+            "REFUND_TOPICS__ORDERS": orders,
+            "REFUND_TOPICS__TRACKING": tracking,
+        },
+    )
+
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert [line.split(": ")[1] for line in lines[:-1]] == ["invalid_json"], result.stderr
+    assert lines[-1].startswith(f"published 1 events ({orders}: 1, {tracking}: 0); 1 invalid")
+
+
 @pytest.mark.parametrize(
     ("setup", "expected"),
     [
