@@ -95,6 +95,7 @@ __all__ = [
     "DemoReport",
     "Observation",
     "decided",
+    "print_report",
     "render_report",
     "routed_watermark",
     "run_demo",
@@ -344,7 +345,8 @@ class DemoReport:
 
 
 def metrics_line(url: str | None) -> str:
-    return f"metrics: served at {url} during the run" if url else "metrics: not served"
+    """In the past tense: the summary comes once the run, and its server, have ended."""
+    return f"metrics: were served at {url} during the run" if url else "metrics: not served"
 
 
 def _when(millis: int) -> str:
@@ -778,11 +780,18 @@ def _run(
         pending=pending,
         metrics_url=metrics_url,
     )
-    printer = Console(file=out, markup=False)
-    for part in render_report(report):
-        printer.print(part)
-        printer.print()
+    print_report(report, out)
     return report
+
+
+def print_report(report: DemoReport, out: TextIO) -> None:
+    """The summary on `out`, 80 columns wide on a pipe, but the closing command on one
+    line whatever the width: cut in two, it does not paste into a shell."""
+    printer = Console(file=out, markup=False)
+    command = _explain_hint(report.options)
+    for part in render_report(report):
+        printer.print(part, soft_wrap=part == command)
+        printer.print()
 
 
 def run_demo(options: DemoOptions, out: TextIO, console: Console) -> DemoReport:

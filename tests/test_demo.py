@@ -138,7 +138,12 @@ def test_demo_summarises_what_the_replay_decides_and_leaves_nothing_behind(
     for currency, total in expected.refund_totals().items():
         amount = re.escape(format_minor(total.amount_minor, currency))
         assert re.search(rf"total\W+{currency}\W+{total.count}\W+{amount}", text), text
-    assert re.search(r"metrics: served at http://127\.0\.0\.1:\d+/metrics during the run", text)
+    assert re.search(
+        r"metrics: were served at http://127\.0\.0\.1:\d+/metrics during the run", text
+    )
+    # Written to a pipe, as here, Rich wraps at 80 columns: the command must stay whole.
+    hint = next(line for line in text.splitlines() if line.startswith("Why, for one order"))
+    assert hint.endswith("uv run refund-processor explain ORDER_ID --from demo.jsonl"), text
 
     app = report.application_id
     assert not [t for t in threading.enumerate() if t.name.startswith("demo-instance")]
