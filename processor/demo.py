@@ -435,11 +435,27 @@ def _serve_metrics(settings: Settings, stack: contextlib.ExitStack) -> str:
     return f"{server.url}/metrics"
 
 
-def _given(flag: str | None, env: str, settings_env: str, configured: str | None) -> str | None:
-    """An address the user gave: the flag, else `$env` (as `localstack up` prints it and
-    the tests read it), else the settings' (`configured`: set when a settings file was
-    given) or `$settings_env`. None: the demo starts its own."""
-    return flag or os.environ.get(env) or configured or os.environ.get(settings_env)
+def _given(
+    flag: tuple[str | None, str],
+    env: str,
+    settings_env: str,
+    configured: tuple[str, str | None],
+) -> tuple[str | None, str]:
+    """An address the user gave and where it came from, for the messages that name it: the
+    flag (its value, its name), else `$env` (as `localstack up` prints it and the tests read
+    it), else the settings' (`configured`: the address and the settings file, used when a
+    file was given) or `$settings_env`; a None address: the demo starts its own."""
+    value, name = flag
+    address, settings_file = configured
+    if value:
+        return value, f"from {name}"
+    if os.environ.get(env):
+        return os.environ[env], f"from ${env}"
+    if os.environ.get(settings_env):  # over the file's, as in any settings
+        return (address if settings_file else os.environ[settings_env]), f"from ${settings_env}"
+    if settings_file:
+        return address, f"from settings file {settings_file}"
+    return None, "started by the demo"
 
 
 def _run_settings(
@@ -461,13 +477,16 @@ def _run_settings(
     )
 
 
-def _check_reachable(settings: Settings) -> None:
-    """Fails fast, naming the address, rather than deep inside the run."""
+def _check_reachable(settings: Settings, *, kafka_from: str, redis_from: str) -> None:
+    """Fails fast, naming the address and where it came from (`localstack down` leaves
+    `$REDIS_URL` and the others set), rather than deep inside the run."""
     client = settings.redis.client()
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise DemoError(f"cannot reach Redis at {settings.redis.url}: {exc}") from None
+        raise DemoError(
+            f"cannot reach Redis at {settings.redis.url} ({redis_from}): {exc}"
+        ) from None
     finally:
         client.close()
     admin = AdminClient(settings.kafka.admin_config(), logger=_rdkafka_log)
@@ -475,7 +494,8 @@ def _check_reachable(settings: Settings) -> None:
         admin.list_topics(timeout=15)
     except KafkaException as exc:
         raise DemoError(
-            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc.args[0].str()}"
+            f"cannot reach Kafka at {settings.kafka.bootstrap_servers} ({kafka_from}): "
+            f"{exc.args[0].str()}"
         ) from None
 
 
@@ -683,19 +703,21 @@ def _remove_run(settings: Settings, topics: list[str], console: Console) -> None
 def _run(
     options: DemoOptions, out: TextIO, console: Console, stack: contextlib.ExitStack
 ) -> DemoReport:
-    file_given = options.config is not None or bool(os.environ.get(CONFIG_ENV))
+    settings_file = (
+        str(options.config) if options.config is not None else os.environ.get(CONFIG_ENV) or None
+    )
     base = load_settings(options.config)
-    bootstrap = _given(
-        options.bootstrap_servers,
+    bootstrap, kafka_from = _given(
+        (options.bootstrap_servers, "--bootstrap-servers"),
         "KAFKA_BOOTSTRAP_SERVERS",
         f"{ENV_PREFIX}KAFKA__BOOTSTRAP_SERVERS",
-        base.kafka.bootstrap_servers if file_given else None,
+        (base.kafka.bootstrap_servers, settings_file),
     )
-    redis_url = _given(
-        options.redis_url,
+    redis_url, redis_from = _given(
+        (options.redis_url, "--redis-url"),
         "REDIS_URL",
         f"{ENV_PREFIX}REDIS__URL",
-        base.redis.url if file_given else None,
+        (base.redis.url, settings_file),
     )
     uses_given = bootstrap is not None or redis_url is not None
     app = f"demo-{uuid.uuid4().hex[:8]}"
@@ -722,7 +744,7 @@ def _run(
         topics.orders: max(ORDERS_PARTITIONS, options.instances),
         topics.tracking: TRACKING_PARTITIONS,
     }
-    _check_reachable(settings)
+    _check_reachable(settings, kafka_from=kafka_from, redis_from=redis_from)
     if uses_given:
         names = [*(name for _, name in topics), settings.by_order_topic]
         stack.callback(_remove_run, settings, names, console)

@@ -275,7 +275,22 @@ def test_demo_names_the_service_it_cannot_reach(kafka_bootstrap: str) -> None:
     closed = f"redis://127.0.0.1:{free_port()}/0"
     options = DemoOptions(orders=10, bootstrap_servers=kafka_bootstrap, redis_url=closed)
 
-    with pytest.raises(DemoError, match=f"cannot reach Redis at {closed}"):
+    with pytest.raises(DemoError, match=f"cannot reach Redis at {closed} \\(from --redis-url\\)"):
+        run_demo(options, io.StringIO(), Console(file=io.StringIO()))
+
+
+def test_demo_says_which_variable_named_the_service_it_cannot_reach(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`localstack up` exports REDIS_URL, and `localstack down` does not unset it: a
+    demo run after that is sent to a Redis that is gone, and should say why it went there."""
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    for name in ("REFUND_CONFIG", "REFUND_REDIS__URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REDIS_URL", closed)
+    options = DemoOptions(orders=10, bootstrap_servers=kafka_bootstrap)
+
+    with pytest.raises(DemoError, match=f"cannot reach Redis at {closed} \\(from \\$REDIS_URL\\)"):
         run_demo(options, io.StringIO(), Console(file=io.StringIO()))
 
 
