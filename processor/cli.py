@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
         help="write JSONL events into the input topics as Avro",
         description="Writes JSONL events into the input topics as Avro. An invalid line is "
         "reported with its number and not published; the others are, and the exit status "
-        "is then 1 (generated histories hold about 2% malformed lines on purpose). Exit "
+        "is then 1 (generated histories hold about 0.2% malformed lines on purpose). Exit "
         "status 2: it could not go on (Kafka unreachable, a missing topic, events not "
         "delivered).",
     )
@@ -118,10 +118,7 @@ def _parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=7, help="of the generated history (default 7)"
     )
     demo_cmd.add_argument("--instances", type=int, default=1, help="processor instances")
-    demo_cmd.add_argument(
-        "--redis-url", metavar="URL", help="Redis to use (default $REDIS_URL, else a local one)"
-    )
-    for command in (publish_cmd, run_cmd, explain_cmd, demo_cmd):
+    for command in (publish_cmd, run_cmd, explain_cmd):
         command.add_argument(
             "--config",
             type=Path,
@@ -130,6 +127,26 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--bootstrap-servers", metavar="HOST:PORT", help="Kafka to use (overrides settings)"
         )
+    # The demo starts its own Kafka and Redis unless it is given some (processor/demo.py).
+    demo_cmd.add_argument(
+        "--config",
+        type=Path,
+        help="settings YAML; given, or named by $REFUND_CONFIG, its Kafka and Redis are used, "
+        "on topics and keys of the demo's own (default config/local.yaml, whose addresses "
+        "the demo does not use)",
+    )
+    demo_cmd.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT",
+        help="Kafka to use (default $KAFKA_BOOTSTRAP_SERVERS, $REFUND_KAFKA__BOOTSTRAP_SERVERS "
+        "or the settings file's if one is given, else one the demo starts)",
+    )
+    demo_cmd.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="Redis to use (default $REDIS_URL, $REFUND_REDIS__URL or the settings file's if "
+        "one is given, else one the demo starts)",
+    )
     return parser
 
 
