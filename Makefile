@@ -16,7 +16,7 @@ lint: install
 test: lint
 	uv run pytest
 
-test-full: install
+test-full: lint
 	uv run pytest -m "slow or not slow"
 
 bench: install
