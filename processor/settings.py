@@ -428,6 +428,7 @@ class Settings(BaseSettings):
     policy_file: Path | None = None
     """Policy YAML (None: ``config/policy.yaml``); relative to the working directory."""
     commit_interval_ms: int = Field(default=100, ge=1)
+    """A batch, one transaction, starts at most once per interval (`runner.Intake`)."""
     max_batch_records: int = Field(default=40_000, ge=1)
     """Records per batch (one transaction) at most; it matters only catching up (live
     traffic fills far smaller batches). Bigger batches spread the commit and the Redis
