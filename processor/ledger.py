@@ -4,7 +4,8 @@ This is the one place that enforces the money invariants: a unit is refunded at 
 once, never more units than were ordered nor, out of a package, than it carried, and
 the shipping fee is added exactly once, by the refund that leaves every ordered unit
 refunded. So an order's refunds never add up to more than its total. A reshipped unit
-counts as compensated too: a unit is refunded or reshipped, once.
+counts as compensated too: a unit is refunded or reshipped, once, until the package that
+carried the reship fails; then it is compensated by neither and may be again.
 """
 
 from collections.abc import Mapping
@@ -44,16 +45,19 @@ def uncompensated(
     """The part of `units` no refund or reship has covered yet, by SKU: what a refund may
     still pay for, and a reship may still send. Within what was ordered and, for a refund
     or reship concerning a `package`, within what that package carried and no refund or
-    reship took out of it (SKUs the order or the package lacks are left out)."""
+    reship took out of it (SKUs the order or the package lacks are left out). The units
+    of `package` that carry a reship are the claimed units again: compensating them
+    means the reship failed (`_failed_replacements`)."""
     taken = ledger.by_package.get(package.package_id, {}) if package is not None else {}
     resent = ledger.reshipped.get(package.package_id, {}) if package is not None else {}
+    standing = _standing_replacements(ledger, package)
     left: dict[str, int] = {}
     for sku in sorted(units):
         priced = order.lines.get(sku)
         if priced is None:
             continue
-        covered = ledger.refunded.get(sku, 0) + reshipped(ledger, sku)
-        quantity = min(units[sku], priced.quantity - covered)
+        covered = ledger.refunded.get(sku, 0) + _reship_covers(ledger, sku)
+        quantity = min(units[sku], priced.quantity - covered + standing.get(sku, 0))
         if package is not None:
             carried = package.lines.get(sku, 0)
             quantity = min(quantity, carried - taken.get(sku, 0) - resent.get(sku, 0))
@@ -64,7 +68,65 @@ def uncompensated(
 
 def reshipped(ledger: Ledger, sku: str) -> int:
     """Units of `sku` sent again, for any claim."""
-    return sum(units.get(sku, 0) for units in ledger.reshipped.values())
+    return _total(ledger.reshipped, sku)
+
+
+def _reship_covers(ledger: Ledger, sku: str) -> int:
+    """Units of `sku` a reship compensates: those sent again, less those whose package
+    failed."""
+    return reshipped(ledger, sku) - _total(ledger.failed_replacements, sku)
+
+
+def _total(counts: Mapping[str, Mapping[str, int]], sku: str) -> int:
+    return sum(units.get(sku, 0) for units in counts.values())
+
+
+def ship(order: Order, ledger: Ledger, package: Package, shipped: Mapping[str, int]) -> Ledger:
+    """Records which units of a new package carry a reship: those beyond the ordered
+    quantity that the order's other packages (`shipped`, by SKU) had sent already, as
+    long as reshipped units are still to ship. A `package_shipped` names no claim, so
+    counts are all there is; a package shipped beyond the order before any reship
+    carries none."""
+    carrying: dict[str, int] = {}
+    for sku, carried in package.lines.items():
+        beyond = min(carried, shipped.get(sku, 0) + carried - order.lines[sku].quantity)
+        quantity = min(beyond, reshipped(ledger, sku) - _total(ledger.replacements, sku))
+        if quantity > 0:
+            carrying[sku] = quantity
+    if not carrying:
+        return ledger
+    return replace(ledger, replacements=ledger.replacements | {package.package_id: carrying})
+
+
+def _standing_replacements(ledger: Ledger, package: Package | None) -> dict[str, int]:
+    """The units of `package` that carry a reship that has not failed."""
+    if package is None or package.package_id not in ledger.replacements:
+        return {}
+    failed = ledger.failed_replacements.get(package.package_id, {})
+    return {
+        sku: quantity - failed.get(sku, 0)
+        for sku, quantity in ledger.replacements[package.package_id].items()
+        if quantity > failed.get(sku, 0)
+    }
+
+
+def _failed_replacements(
+    ledger: Ledger, package: Package | None, units: Mapping[str, int]
+) -> dict[str, dict[str, int]]:
+    """`Ledger.failed_replacements` once `units` are refunded or sent again out of
+    `package`: its units that carry a reship count first, as that reship failed."""
+    standing = _standing_replacements(ledger, package)
+    failed = {
+        sku: quantity
+        for sku, asked in units.items()
+        if (quantity := min(asked, standing.get(sku, 0))) > 0
+    }
+    if package is None or not failed:
+        return ledger.failed_replacements
+    key = package.package_id
+    return ledger.failed_replacements | {
+        key: _plus(ledger.failed_replacements.get(key, {}), failed)
+    }
 
 
 def settle_refund(
@@ -101,12 +163,13 @@ def settle_refund(
         lines=tuple(lines),
         shipping_fee_minor=fee,
         amount_minor=amount,
-        ledger=Ledger(
+        ledger=replace(
+            ledger,
             refunded=refunded,
             shipping_fee_refunded=ledger.shipping_fee_refunded or fee > 0 or everything_refunded,
             refunded_minor=ledger.refunded_minor + amount,
             by_package=by_package,
-            reshipped=ledger.reshipped,
+            failed_replacements=_failed_replacements(ledger, package, left),
         ),
     )
 
@@ -121,7 +184,11 @@ def settle_reship(
         return None
     key = package.package_id if package is not None else WHOLE_ORDER
     resent = _plus(ledger.reshipped.get(key, {}), left)
-    return left, replace(ledger, reshipped=ledger.reshipped | {key: resent})
+    return left, replace(
+        ledger,
+        reshipped=ledger.reshipped | {key: resent},
+        failed_replacements=_failed_replacements(ledger, package, left),
+    )
 
 
 def _plus(counts: Mapping[str, int], more: Mapping[str, int]) -> dict[str, int]:

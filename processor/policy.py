@@ -26,7 +26,7 @@ from processor.events import (
     event_to_json,
     parse_event_json,
 )
-from processor.ledger import UNSHIPPED, settle_refund, settle_reship, ship_after_cancellation
+from processor.ledger import UNSHIPPED, settle_refund, settle_reship, ship, ship_after_cancellation
 from processor.outputs import (
     DeadLetter,
     Decision,
@@ -568,6 +568,7 @@ def _package_shipped(step: _Step, event: PackageShipped, origin: str) -> None:
         shipped_event_id=event.event_id,
         deadline=event.at + step.config.lost_after_ms,
     )
+    state.ledger = ship(state.order, state.ledger, package, _shipped_units(state))
     state.packages[package.package_id] = package
     step.result.timers_stale = True
     step.result.linked_tracking_numbers.append(event.tracking_number)

@@ -123,6 +123,10 @@ class Ledger:
     `reshipped` counts the units sent again, under the package a claim named, or the empty
     key (`ledger.WHOLE_ORDER`) for a claim on the order: a unit is compensated once, by a
     refund or a reship.
+
+    `replacements` counts, per package, its units that carry a reship (`ledger.ship`), and
+    `failed_replacements` those of them whose package failed (refunded, or a claim on it
+    accepted): the reship no longer covers them, so they may be refunded or sent again.
     """
 
     refunded: dict[str, int] = field(default_factory=dict)
@@ -130,6 +134,8 @@ class Ledger:
     refunded_minor: int = 0
     by_package: dict[str, dict[str, int]] = field(default_factory=dict)
     reshipped: dict[str, dict[str, int]] = field(default_factory=dict)
+    replacements: dict[str, dict[str, int]] = field(default_factory=dict)
+    failed_replacements: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 #: The digest of an event id kept before digests were (a list of ids in the JSON): it

@@ -13,6 +13,7 @@ MINUTE = timedelta(minutes=1)
 # wrong quantities wait until every package is delivered.
 _STATUSES = [*get_args(TrackingStatus), "delivered"]
 _CLAIM_TYPES = list(get_args(ClaimType))
+_PARTIAL_CLAIMS = ["wrong_quantity", "missing_item"]
 
 Timed = tuple[int, dict[str, Any]]  # (minutes after T0, event in JSON form)
 
@@ -50,17 +51,13 @@ def order_history(
             for sku, q in ordered.items()
         ],
     )
-    package_count = draw(st.integers(0, 3))
     packages: list[str] = []
-    for index in range(package_count):
-        lines = {sku: share for sku in skus if (share := draw(st.integers(0, ordered[sku]))) > 0}
-        if not lines:
-            continue
-        package_id = f"{order_id}-p{index}"
+
+    def ship_package(package_id: str, lines: dict[str, int], ship: int) -> None:
+        """The package's `package_shipped`, some scans and now and then a return."""
         shared = shared_tracking_numbers and packages and draw(st.integers(0, 5)) == 0
         tracking_number = f"TN-{packages[-1]}" if shared else f"TN-{package_id}"
         packages.append(package_id)
-        ship = placed + draw(st.integers(0, 3 * 24 * 60))
         add(
             ship,
             "package_shipped",
@@ -89,6 +86,12 @@ def order_history(
                 package_id=package_id,
                 condition=draw(st.sampled_from(["intact", "opened", "relabeled"])),
             )
+
+    for index in range(draw(st.integers(0, 3))):
+        lines = {sku: share for sku in skus if (share := draw(st.integers(0, ordered[sku]))) > 0}
+        if lines:
+            ship_package(f"{order_id}-p{index}", lines, placed + draw(st.integers(0, 3 * 24 * 60)))
+    shipped = list(packages)  # what the claims name: a replacement ships after them
     if draw(st.booleans()):
         add(
             placed + draw(st.integers(1, 3 * 24 * 60)),
@@ -105,32 +108,61 @@ def order_history(
             order_id=order_id,
             request_id=None,
         )
-    for index in range(draw(st.integers(0, 2))):
-        claim_id = f"{order_id}-c{index}"
-        # Often within days, so that a package's refund (returned, lost) can follow its
-        # claim's refund or reship and must not pay for the same units again.
-        filed = placed + draw(st.integers(1, draw(st.sampled_from([5, 35])) * 24 * 60))
+
+    def add_claim(
+        claim_id: str, package_id: str | None, filed: int, *, reship: bool = False
+    ) -> tuple[int, dict[str, int]]:
+        """A claim and up to two reviews, the last one an accepted reship if `reship`: the
+        last review's time and the claim's lines."""
+        lines = {
+            sku: draw(st.integers(1, 4))
+            for sku in draw(st.lists(st.sampled_from(skus), max_size=2, unique=True))
+        }
         add(
             filed,
             "claim_filed",
             order_id=order_id,
             claim_id=claim_id,
-            claim_type=draw(st.sampled_from(_CLAIM_TYPES)),
-            package_id=draw(st.sampled_from([None, *packages])),
-            lines=[
-                {"sku": sku, "quantity": draw(st.integers(1, 4))}
-                for sku in draw(st.lists(st.sampled_from(skus), max_size=2, unique=True))
-            ],
+            claim_type=draw(st.sampled_from(_PARTIAL_CLAIMS if reship else _CLAIM_TYPES)),
+            package_id=package_id,
+            lines=[{"sku": sku, "quantity": q} for sku, q in lines.items()],
         )
-        for _ in range(draw(st.integers(0, 2))):
+        reviewed = filed
+        reviews = draw(st.integers(1 if reship else 0, 2))
+        for review in range(reviews):
+            reviewed = filed + draw(st.integers(1, 5 * 24 * 60))
+            last_reship = reship and review == reviews - 1
             add(
-                filed + draw(st.integers(1, 5 * 24 * 60)),
+                reviewed,
                 "claim_reviewed",
                 order_id=order_id,
                 claim_id=claim_id,
-                proof_accepted=draw(st.booleans()),
-                resolution=draw(st.sampled_from([None, "refund", "reship"])),
+                proof_accepted=last_reship or draw(st.booleans()),
+                resolution="reship"
+                if last_reship
+                else draw(st.sampled_from([None, "refund", "reship"])),
             )
+        return reviewed, lines
+
+    for index in range(draw(st.integers(0, 2))):
+        # Often within days, so that a package's refund (returned, lost) can follow its
+        # claim's refund or reship and must not pay for the same units again.
+        filed = placed + draw(st.integers(1, draw(st.sampled_from([5, 35])) * 24 * 60))
+        claim_id = f"{order_id}-c{index}"
+        package_id = draw(st.sampled_from([None, *shipped]))
+        reship = draw(st.booleans())
+        reviewed, claimed = add_claim(claim_id, package_id, filed, reship=reship)
+        if reship:
+            # What the reship may have sent, in a package of its own, which can fail as
+            # any package can (lost, late, back), or be claimed for.
+            sent = {sku: min(q, ordered[sku]) for sku, q in claimed.items()} or ordered
+            replacement = f"{order_id}-r{index}"
+            shipped_at = reviewed + draw(st.integers(1, 2 * 24 * 60))
+            ship_package(replacement, sent, shipped_at)
+            if draw(st.booleans()):
+                add_claim(
+                    f"{claim_id}r", replacement, shipped_at + draw(st.integers(1, 5 * 24 * 60))
+                )
     # A stable sort keeps the causal order of events that share a minute.
     return sorted(events, key=lambda timed: timed[0])
 

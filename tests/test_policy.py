@@ -8,6 +8,8 @@ import json
 from datetime import datetime
 from typing import Any
 
+import pytest
+
 from processor.config import load_policy
 from processor.events import parse_event_json, to_millis
 from processor.outputs import Decision, RefundCommand, ReshipCommand, refund_command_id
@@ -636,6 +638,91 @@ def test_a_reshipped_unit_is_not_sent_again_nor_refunded_by_a_claim_on_the_order
     denied = driver.decisions()[-1]
     assert (denied.claim_id, denied.outcome, denied.code) == ("c3", "denied", "already_refunded")
     assert denied.detail.endswith("every unit was already refunded or reshipped")
+
+
+def _reshipped_b(driver: TestDriver) -> None:
+    """1 x A at 1000 + 1 x B at 2500, fee 500: p1 carried both and was delivered, B was
+    missing and reshipped in p2 (tracking TN-p2)."""
+    driver.pipe(order_placed(lines={"A": (1, 1000), "B": (1, 2500)}))
+    driver.pipe(shipped("p1", {"A": 1, "B": 1}))
+    driver.pipe(scan("delivered", "TN-p1", when=at(3)))
+    driver.pipe(claim_filed("missing_item", "c1", lines={"B": 1}, when=at(4)))
+    driver.pipe(claim_reviewed("c1", resolution="reship", when=at(5)))
+    driver.pipe(shipped("p2", {"B": 1}, when=at(6)))
+
+
+_REPLACEMENT_FAILURES = {
+    "lost": [scan("lost", "TN-p2", when=at(8))],
+    "deadline": [],
+    "rto_delivered": [scan("rto_delivered", "TN-p2", when=at(10))],
+    "intact_return": [return_received("p2", "intact", when=at(11))],
+    "damaged": [
+        scan("delivered", "TN-p2", when=at(8)),
+        claim_filed("damaged", "c2", package_id="p2", when=at(9)),
+        claim_reviewed("c2", when=at(10)),
+    ],
+}
+
+
+@pytest.mark.parametrize("failure", list(_REPLACEMENT_FAILURES))
+def test_a_reship_whose_package_fails_is_refunded_like_any_unit(failure: str) -> None:
+    """The reship replaced B; its package fails, so B is compensated by neither the
+    first package nor the reship: it is refunded (A arrived: no fee)."""
+    driver = TestDriver()
+    _reshipped_b(driver)
+    for event in _REPLACEMENT_FAILURES[failure]:
+        driver.pipe(event)
+    driver.advance_to(at(40))
+
+    refund = _one_refund(driver)
+    assert [(line.sku, line.quantity) for line in refund.lines] == [("B", 1)]
+    assert (refund.amount_minor, refund.shipping_fee_minor) == (2500, 0)
+    subject = "claim:c2" if failure == "damaged" else "package:p2"
+    assert refund.command_id == refund_command_id("o1", subject)
+    assert ("denied", "already_refunded") not in _codes(driver.decisions())
+
+
+def test_a_lost_reship_leaves_the_unit_that_arrived_to_be_claimed_with_the_fee() -> None:
+    """2 x A, p1 carried both, one arrived: reshipped in p2, which is lost and refunded.
+    The A that arrived is then damaged: its refund leaves every unit refunded, with the
+    fee, and the merchant gets back all it paid."""
+    driver = TestDriver()
+    driver.pipe(order_placed(lines={"A": (2, 1000)}))
+    driver.pipe(shipped("p1", {"A": 2}))
+    driver.pipe(scan("delivered", "TN-p1", when=at(3)))
+    driver.pipe(claim_filed("wrong_quantity", "c1", package_id="p1", lines={"A": 1}, when=at(4)))
+    driver.pipe(claim_reviewed("c1", resolution="reship", when=at(5)))
+    driver.pipe(shipped("p2", {"A": 1}, when=at(6)))
+    driver.pipe(scan("lost", "TN-p2", when=at(8)))
+    driver.pipe(claim_filed("damaged", "c2", package_id="p1", lines={"A": 1}, when=at(9)))
+    driver.pipe(claim_reviewed("c2", when=at(10)))
+
+    assert [
+        (r.package_id, r.claim_id, r.amount_minor, r.shipping_fee_minor) for r in driver.refunds()
+    ] == [
+        ("p2", None, 1000, 0),
+        (None, "c2", 1500, 500),
+    ]
+
+
+def test_a_package_beyond_the_ordered_units_before_any_reship_replaces_nothing() -> None:
+    """p2 carries a second B before any reship: when the reship's p3 is delivered and p2 is
+    lost, B is paid for by p3's delivery; p2's loss refunds nothing."""
+    driver = TestDriver()
+    driver.pipe(order_placed(lines={"A": (1, 1000), "B": (1, 2500)}))
+    driver.pipe(shipped("p1", {"A": 1, "B": 1}))
+    driver.pipe(shipped("p2", {"B": 1}, when=at(1, 1)))
+    driver.pipe(scan("delivered", "TN-p1", when=at(3)))
+    driver.pipe(scan("delivered", "TN-p2", when=at(3)))
+    driver.pipe(claim_filed("wrong_quantity", "c1", package_id="p1", lines={"B": 1}, when=at(4)))
+    driver.pipe(claim_reviewed("c1", resolution="reship", when=at(5)))
+    driver.pipe(shipped("p3", {"B": 1}, when=at(6)))
+    driver.pipe(scan("delivered", "TN-p3", when=at(8)))
+    driver.pipe(claim_filed("damaged", "c2", package_id="p2", when=at(9)))
+    driver.pipe(claim_reviewed("c2", when=at(10)))
+
+    assert driver.refunds() == []
+    assert _codes(driver.decisions())[-1] == ("denied", "already_refunded")
 
 
 def test_a_claim_on_a_refunded_package_pays_nothing_though_another_package_has_the_sku() -> None:

@@ -31,6 +31,15 @@ from processor.policy import (
 from processor.replay import replay
 from processor.state import OrderState
 from processor.testing import TestDriver
+from tests.factories import (
+    at,
+    claim_filed,
+    claim_reviewed,
+    order_placed,
+    return_received,
+    scan,
+    shipped,
+)
 from tests.strategies import histories, jittered, merged_by_time, order_history
 
 POLICY = load_policy()
@@ -72,24 +81,54 @@ def assert_money_invariants(events: list[dict[str, Any]], outputs: list[Output])
             assert line.amount_minor == line.quantity * prices[line.sku]
             units[(refund.order_id, line.sku)] += line.quantity
     reships = [o for o in outputs if isinstance(o, ReshipCommand)]
+    resent: dict[tuple[str, str], int] = defaultdict(int)
     for reship in reships:
         for reshipped in reship.lines:
             assert reshipped.quantity > 0
-            units[(reship.order_id, reshipped.sku)] += reshipped.quantity
+            resent[(reship.order_id, reshipped.sku)] += reshipped.quantity
     for order_id, amount in paid.items():
         order = orders[order_id]
         total = order["shipping_fee_minor"] + sum(
             line["quantity"] * line["unit_price_minor"] for line in order["lines"]
         )
         assert amount <= total, f"{order_id} refunded {amount} of {total}"
-    for (order_id, sku), quantity in units.items():
+    beyond = _shipped_beyond_the_order(events)
+    for key in units.keys() | resent.keys():
+        order_id, sku = key
         ordered = {line["sku"]: line["quantity"] for line in orders[order_id]["lines"]}
-        assert quantity <= ordered[sku], f"{order_id} refunded or reshipped {quantity} x {sku}"
+        assert units[key] <= ordered[sku], f"{order_id} refunded {units[key]} x {sku}"
+        # A unit is compensated again only when the package that carried its reship
+        # failed, and such a package ships beyond the order.
+        again = min(resent[key], beyond.get(key, 0))
+        assert units[key] + resent[key] <= ordered[sku] + again, (
+            f"{order_id} refunded or reshipped {units[key] + resent[key]} x {sku}"
+        )
     command_ids = [r.command_id for r in refunds]
     assert len(command_ids) == len(set(command_ids)), "the same refund was issued twice"
     fees = [(r.order_id, r.shipping_fee_minor) for r in refunds if r.shipping_fee_minor]
     assert len(fees) == len({order_id for order_id, _ in fees}), "shipping fee refunded twice"
     assert_no_package_compensated_beyond_what_it_carried(events, [*refunds, *reships])
+
+
+def _shipped_beyond_the_order(events: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """(order, SKU) -> the units its packages carried beyond the ordered quantity."""
+    ordered = {
+        (order_id, line["sku"]): line["quantity"]
+        for order_id, order in _orders(events).items()
+        for line in order["lines"]
+    }
+    shipped: dict[tuple[str, str], int] = defaultdict(int)
+    packages: set[tuple[str, str]] = set()
+    for event in events:
+        if event["type"] != "package_shipped":
+            continue
+        order_id, package_id = event["order_id"], event["package_id"]
+        lines = {(order_id, line["sku"]): line["quantity"] for line in event["lines"]}
+        if (order_id, package_id) not in packages and lines.keys() <= ordered.keys():
+            packages.add((order_id, package_id))  # the first: another is a dead letter
+            for key, quantity in lines.items():
+                shipped[key] += quantity
+    return {key: n - ordered.get(key, 0) for key, n in shipped.items() if n > ordered.get(key, 0)}
 
 
 def assert_no_package_compensated_beyond_what_it_carried(
@@ -156,6 +195,67 @@ def test_money_invariants_hold_in_any_arrival_order(orders: list[list[Any]], rng
     outputs = _run(events)
     assert_money_invariants(events, outputs)
     assert_every_command_has_its_decision(outputs)
+
+
+_REPLACEMENT_FAILURES: dict[str, list[dict[str, Any]]] = {
+    "lost": [scan("lost", "TN-p2", when=at(9))],
+    "deadline": [],
+    "rto_delivered": [scan("rto_delivered", "TN-p2", when=at(12))],
+    "intact return": [return_received("p2", when=at(13))],
+}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_the_units_a_failed_reship_carried_are_refunded(data: st.DataObject) -> None:
+    """An order shipped whole and delivered; a claim is reshipped, and the reship's own
+    package fails (lost, late, back, or a claim on it is accepted): the units it failed
+    to deliver are refunded, like any unit, within what the merchant paid."""
+    skus = data.draw(st.lists(st.sampled_from("ABC"), min_size=1, unique=True))
+    ordered = {sku: (data.draw(st.integers(1, 3)), data.draw(st.integers(0, 5000))) for sku in skus}
+    fee = data.draw(st.integers(0, 1000))
+    events = [
+        order_placed(lines=ordered, fee=fee),
+        shipped("p1", {sku: q for sku, (q, _) in ordered.items()}),
+        scan("delivered", "TN-p1", when=at(3)),
+    ]
+    claimed = data.draw(st.dictionaries(st.sampled_from(skus), st.integers(1, 4), min_size=1))
+    claim_type = data.draw(st.sampled_from(["wrong_quantity", "missing_item"]))
+    on_p1 = claim_type == "wrong_quantity" and data.draw(st.booleans())
+    events += [
+        claim_filed(
+            claim_type, "c1", package_id="p1" if on_p1 else None, lines=claimed, when=at(4)
+        ),
+        claim_reviewed("c1", resolution="reship", when=at(5)),
+    ]
+    driver = TestDriver(POLICY)
+    for event in events:
+        driver.pipe(event)
+    (reship,) = driver.read(ReshipCommand)
+    sent = {line.sku: line.quantity for line in reship.lines}
+    events.append(shipped("p2", sent, when=at(6)))
+    failure = data.draw(st.sampled_from([*_REPLACEMENT_FAILURES, "claim"]))
+    if failure == "claim":
+        lost = data.draw(st.dictionaries(st.sampled_from(sorted(sent)), st.integers(1, 4)))
+        claim = data.draw(st.sampled_from(["damaged", "defective", "wrong_item", "wrong_quantity"]))
+        events += [
+            scan("delivered", "TN-p2", when=at(8)),
+            claim_filed(claim, "c2", package_id="p2", lines=lost, when=at(9)),
+            claim_reviewed("c2", resolution="refund", when=at(10)),
+        ]
+        expected = {sku: min(n, sent[sku]) for sku, n in (lost or sent).items()}
+    else:
+        events += _REPLACEMENT_FAILURES[failure]
+        expected = sent
+    for event in events[5:]:
+        driver.pipe(event)
+    driver.advance_to(END)
+
+    (refund,) = driver.refunds()
+    assert {line.sku: line.quantity for line in refund.lines} == expected
+    everything = expected == {sku: q for sku, (q, _) in ordered.items()}
+    assert refund.shipping_fee_minor == (fee if everything else 0)
+    assert_money_invariants(events, driver.outputs())
 
 
 @settings(max_examples=100, deadline=None)
