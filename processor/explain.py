@@ -515,6 +515,7 @@ def _package_json(package: Package) -> dict[str, Any]:
         "delivered_event_id": package.delivered_event_id,
         "back_event_id": package.back_event_id,
         "settled_by": package.settled_by,
+        "refund_denied": package.refund_denied,
         "deadline_passed": package.deadline_passed,
     }
 
@@ -625,6 +626,15 @@ def _table(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
     ]
 
 
+def _settlement_text(package: dict[str, Any]) -> str:
+    """The package's refund, or what the package rule that settled it found instead."""
+    if package["settled_by"] is None:
+        return "not refunded"
+    if package["refund_denied"]:
+        return f"settled as {package['settled_by']}, nothing left to refund"
+    return f"refunded as {package['settled_by']}"
+
+
 def render_text(explanation: Explanation) -> str:
     """The human-readable explanation: amounts in minor units of the order's currency."""
     data = to_json(explanation)
@@ -695,7 +705,7 @@ def render_text(explanation: Explanation) -> str:
                     f"shipped {p['shipped_at']}",
                     f"deadline {p['deadline']}",
                     f"delivered {p['delivered_at'] or '-'}",
-                    "refunded as " + p["settled_by"] if p["settled_by"] else "not refunded",
+                    _settlement_text(p),
                 ]
                 for p in data["packages"]
             ]

@@ -719,7 +719,7 @@ def _delivered(step: _Step, package: Package, event: TrackingUpdate) -> None:
         package = _set_package(
             step, package, delivered_at=event.at, delivered_event_id=event.event_id
         )
-    refunded_as_lost = package.settled_by in ("lost", "late_delivery")
+    refunded_as_lost = package.settled_by in ("lost", "late_delivery") and not package.refund_denied
     if refunded_as_lost and event.at <= package.deadline and not package.anomaly_reported:
         package = _set_package(step, package, anomaly_reported=True)
         step.decide(
@@ -744,15 +744,13 @@ def _refund_package(
             "denied",
             "already_refunded",
             rule,
-            f"package {package.package_id} {why}, but it was already refunded "
-            f"as {package.settled_by}",
+            f"package {package.package_id} {why}, but it was already {_settled_as(package)}",
             evidence,
             subject=subject,
             package_id=package.package_id,
         )
         return
-    package = _set_package(step, package, settled_by=reason)
-    step.refund(
+    refunded = step.refund(
         package.lines,
         reason=reason,
         rule=rule,
@@ -762,6 +760,14 @@ def _refund_package(
         within=package,
         what=f"package {package.package_id} {why}",
     )
+    _set_package(step, package, settled_by=reason, refund_denied=not refunded)
+
+
+def _settled_as(package: Package) -> str:
+    """How the package rule that fired settled the package, as the decision log words it."""
+    if package.refund_denied:
+        return f"settled as {package.settled_by} with nothing left to refund"
+    return f"refunded as {package.settled_by}"
 
 
 def _lost_deadline(step: _Step, package: Package) -> None:
@@ -1158,7 +1164,7 @@ def _return_received(step: _Step, event: ReturnReceived, origin: str) -> None:
             "already_refunded",
             "R2b",
             f"package {package.package_id} came back {event.condition}; it was already "
-            f"refunded as {package.settled_by}",
+            f"{_settled_as(package)}",
             evidence,
             subject=f"package:{package.package_id}",
             package_id=package.package_id,

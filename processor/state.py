@@ -53,7 +53,12 @@ class Order:
 
 @record
 class Package:
-    """A shipped package and the courier facts about it; `settled_by` ends its refund life."""
+    """A shipped package and the courier facts about it.
+
+    `settled_by` is the reason of the package rule (R1, R2, R3, R3b) that ended its refund
+    life: it fires once. `refund_denied` says that rule found nothing left to refund (a
+    claim had paid for the units), so the package was not refunded as `settled_by`.
+    """
 
     package_id: str
     tracking_number: str
@@ -68,6 +73,7 @@ class Package:
     settled_by: str | None = None
     deadline_passed: bool = False
     anomaly_reported: bool = False
+    refund_denied: bool = False
 
 
 @record

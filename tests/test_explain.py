@@ -337,6 +337,7 @@ def test_cli_json_has_the_documented_shape(history: Path) -> None:
         "delivered_event_id",
         "back_event_id",
         "settled_by",
+        "refund_denied",
         "deadline_passed",
     }
     claims = _explain_json(history, "o2")["claims"]
@@ -365,6 +366,26 @@ def test_cli_text_tells_the_story(history: Path) -> None:
     assert "refunded  rto_delivered  rule R1  2000 USD  package p1" in text
     assert "evidence: o1-ship-p1, o1-rto" in text
     assert text == render_text(explain_history(_lines(history), str(history), "o1", load_policy()))
+
+
+def test_a_package_whose_rule_found_nothing_left_is_not_shown_as_refunded() -> None:
+    """A damaged claim paid all of p1 before its deadline, which then found nothing left."""
+    lines = [
+        json.dumps(event)
+        for event in [
+            order_placed(),
+            shipped(),
+            claim_filed("damaged", package_id="p1", when=at(3)),
+            claim_reviewed(when=at(4)),
+        ]
+    ]
+    explained = explain_history(
+        lines, "h.jsonl", "o1", load_policy(), now=to_millis(T0) + 22 * 86_400_000
+    )
+
+    (package,) = to_json(explained)["packages"]
+    assert (package["settled_by"], package["refund_denied"]) == ("lost", True)
+    assert "settled as lost, nothing left to refund" in render_text(explained)
 
 
 def test_cli_now_and_policy_apply_to_the_file(history: Path, tmp_path: Path) -> None:

@@ -852,6 +852,32 @@ def test_r11_on_time_delivery_after_a_lost_refund_is_an_anomaly() -> None:
     ]
 
 
+def test_a_package_rule_that_found_nothing_left_does_not_count_as_its_refund() -> None:
+    """A damaged claim pays all of p1; its deadline then finds nothing left (R3, denied).
+    An on-time delivery read after that is no anomaly: no lost refund was paid. The
+    package stays settled: the return that follows is denied, not refunded."""
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(claim_filed("damaged", package_id="p1", when=at(3)))
+    driver.pipe(claim_reviewed(when=at(4)))
+    driver.advance_to(at(22))
+    driver.pipe(scan("delivered", when=at(19)))
+    driver.pipe(return_received("p1", when=at(23)))
+
+    assert [(r.claim_id, r.amount_minor) for r in driver.refunds()] == [("c1", 5000)]
+    assert _codes(driver.decisions()) == [
+        ("refunded", "damaged"),
+        ("denied", "already_refunded"),
+        ("denied", "already_refunded"),
+    ]
+    assert driver.decisions()[-1].detail == (
+        "package p1 came back intact, but it was already settled as lost "
+        "with nothing left to refund"
+    )
+    package = driver.order("o1").packages["p1"]  # type: ignore[union-attr]
+    assert (package.settled_by, package.refund_denied) == ("lost", True)
+
+
 def test_r12_shipping_after_cancellation_is_an_anomaly() -> None:
     driver = TestDriver()
     driver.pipe(order_placed())
