@@ -134,7 +134,9 @@ class Engine:
         bucket = self.store.load_orphans(key)
         if bucket is None:
             return
-        bucket.held, dead = expire_orphans(bucket.held, timer.deadline, self.config, key)
+        bucket.held, bucket.seen, dead = expire_orphans(
+            bucket.held, bucket.seen, timer.deadline, self.config, key
+        )
         outputs.extend(dead)
         if bucket.held:
             self.store.save_orphans(bucket)

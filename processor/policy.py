@@ -301,9 +301,19 @@ def event_digest(event: Event) -> int:
     return zlib.crc32(f"{event.type}|{event.at}".encode()) or 1
 
 
+def refused_digest(event: Event) -> int:
+    """What `OrderState.seen` keeps of an event the order refused (`_refuse`): a negative
+    digest of its whole content. Read again (after a rewind, say), the same event would be
+    refused again, so it is a redelivery; another event under its id is the refused one
+    corrected and sent again (docs/live.md, "Sending dead letters again"), and is applied."""
+    return -(zlib.crc32(event_to_json(event).encode()) or 1)
+
+
 def is_redelivery(known: int, event: Event) -> bool:
     """Whether `event`, whose id was seen with digest `known`, is that event again rather
     than another one under its id (ids kept before digests match any event)."""
+    if known < 0:
+        return known == refused_digest(event)
     return known == UNKNOWN_DIGEST or known == event_digest(event)
 
 
@@ -390,18 +400,25 @@ def _awaits_deadline(package: Package) -> bool:
 
 
 def expire_orphans(
-    held: list[Held], now: int, config: PolicyConfig, key: str
-) -> tuple[list[Held], list[Output]]:
+    held: list[Held], seen: dict[str, int], now: int, config: PolicyConfig, key: str
+) -> tuple[list[Held], dict[str, int], list[Output]]:
     """Splits held events into those still waiting and dead letters for those past
-    orphan_ttl, keyed by `key` (what they were held under: an order or tracking number)."""
+    orphan_ttl, keyed by `key` (what they were held under: an order or tracking number).
+    Also returns `seen` without the ids of the expired events: they changed nothing, and
+    sent again once what they waited for is there, they are applied, not taken for
+    redeliveries."""
     keep: list[Held] = []
     dead: list[Output] = []
+    expired: set[str] = set()
     for item in held:
         if item.at + config.orphan_ttl_ms <= now:
             dead.append(_dead_letter(item, key))
+            expired.add(parse_event_json(item.event_json).event_id)
         else:
             keep.append(item)
-    return keep, dead
+    if expired:
+        seen = {event_id: digest for event_id, digest in seen.items() if event_id not in expired}
+    return keep, seen, dead
 
 
 def _dead_letter(item: Held, key: str) -> DeadLetter:
@@ -433,7 +450,9 @@ def _set_claim(step: _Step, claim: Claim, **changes: Any) -> Claim:
 
 def _expire_held(step: _Step, now: int) -> None:
     state = step.state
-    state.held, dead = expire_orphans(state.held, now, step.config, state.order_id)
+    state.held, state.seen, dead = expire_orphans(
+        state.held, state.seen, now, step.config, state.order_id
+    )
     step.result.outputs.extend(dead)
     step.result.timers_stale = True
 
@@ -444,18 +463,23 @@ def _hold(step: _Step, event: Event, origin: str, waits_for: str) -> None:
 
 
 def _reject(step: _Step, event: Event, origin: str, reason: str, message: str) -> None:
-    """Dead-letters an event the order's state refuses. Its id is seen like any other's
-    (`_apply`), so the same event again (a duplicate, or read again after a rewind) is a
-    no-op."""
-    step.emit(
-        DeadLetter(
-            origin=origin,
-            reason=reason,
-            message=message,
-            payload=event_to_json(event),
-            key=step.state.order_id,
-        )
+    """Dead-letters an event the order's state refuses (`_refuse`)."""
+    dead = DeadLetter(
+        origin=origin,
+        reason=reason,
+        message=message,
+        payload=event_to_json(event),
+        key=step.state.order_id,
     )
+    _refuse(step, event, dead)
+
+
+def _refuse(step: _Step, event: Event, dead: DeadLetter) -> None:
+    """Emits the dead letter of an event the order's state refuses, and keeps its id with
+    `refused_digest`: the same event again (a duplicate, or read again after a rewind) is
+    a no-op, but the event corrected and sent again under its id is applied."""
+    step.emit(dead)
+    step.state.seen[event.event_id] = refused_digest(event)
 
 
 def reused_event_id(event: Event, origin: str, key: str, holder: str) -> DeadLetter:
@@ -474,8 +498,9 @@ def reused_event_id(event: Event, origin: str, key: str, holder: str) -> DeadLet
 def _apply(step: _Step, event: Event, origin: str) -> None:
     state = step.state
     known = state.seen.get(event.event_id)
-    if known is not None and not is_redelivery(known, event):
-        # `apply_event` let it through: its id, but not its content, is known.
+    if known is not None and known >= 0 and not is_redelivery(known, event):
+        # `apply_event` let it through: its id, but not its content, is known (an id
+        # refused before is free: its event changed nothing).
         step.emit(reused_event_id(event, origin, state.order_id, f"order {state.order_id!r}"))
         return
     state.seen[event.event_id] = event_digest(event)
@@ -643,7 +668,7 @@ def _tracking_update(step: _Step, event: TrackingUpdate, origin: str) -> None:
         _hold(step, event, origin, f"tracking:{number}")
     elif not packages:
         held = Held(event_to_json(event), origin, event.at, f"tracking:{number}")
-        step.emit(_dead_letter(held, event.order_id or number))
+        _refuse(step, event, _dead_letter(held, event.order_id or number))
     else:
         for package in packages:
             _scan_package(step, package, event)

@@ -438,6 +438,43 @@ def test_an_event_reusing_another_events_id_is_a_dead_letter_and_a_redelivery_is
     )
 
 
+def test_an_event_corrected_under_the_id_of_one_the_order_refused_is_applied() -> None:
+    """A package line with an unknown SKU is refused; the producer fixes the line and
+    sends the event again under its id. Read again as it was, the refused event is not
+    dead-lettered twice; corrected, it is applied, and a redelivery of that is a no-op."""
+    driver = TestDriver()
+    driver.pipe(order_placed(lines={"A": (1, 1000)}))
+    refused = shipped("p1", {"AX": 1}, event_id="ship1")
+    driver.pipe(refused)
+    driver.pipe(refused)
+    corrected = shipped("p1", {"A": 1}, event_id="ship1")
+    driver.pipe(corrected)
+    driver.pipe(corrected)
+    driver.pipe(scan("lost", when=at(3)))
+
+    assert [d.reason for d in driver.dead_letters()] == ["unknown_sku"]
+    assert [(r.package_id, r.amount_minor) for r in driver.refunds()] == [("p1", 1500)]
+
+
+def test_events_that_waited_in_vain_for_their_order_are_applied_when_sent_again() -> None:
+    """A claim and its review wait for an order that comes more than orphan_ttl later:
+    dead letters. Sent again unchanged once the order is there, they are decided."""
+    driver = TestDriver()
+    claim = claim_filed("damaged", lines={"A": 1}, when=at(0), event_id="claim-1")
+    review = claim_reviewed(when=at(0, 1), event_id="review-1")
+    driver.pipe(claim)
+    driver.pipe(review)
+    driver.pipe(order_placed(lines={"A": (1, 1000)}, when=at(8)))
+    assert [d.reason for d in driver.dead_letters()] == ["unknown_order", "unknown_order"]
+
+    driver.pipe(claim)
+    driver.pipe(review)
+    driver.pipe(review)
+
+    assert [(r.claim_id, r.amount_minor) for r in driver.refunds()] == [("c1", 1500)]
+    assert len(driver.dead_letters()) == 2
+
+
 def test_r6_not_received_but_tracking_shows_delivered_is_denied() -> None:
     driver = TestDriver()
     _shipped_order(driver)
