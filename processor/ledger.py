@@ -16,7 +16,7 @@ from processor.outputs import RefundLine
 from processor.state import Ledger, Order, Package
 
 #: `Ledger.by_package` key of the units an order's cancellation refunded, which no package
-#: carried then (a package id is never empty): `ship_after_cancellation` moves them.
+#: carried then (a package id is never empty): `ship` moves them.
 UNSHIPPED: Final = ""
 
 #: `Ledger.reshipped` key of the units reshipped for a claim on the whole order.
@@ -82,20 +82,38 @@ def _total(counts: Mapping[str, Mapping[str, int]], sku: str) -> int:
 
 
 def ship(order: Order, ledger: Ledger, package: Package, shipped: Mapping[str, int]) -> Ledger:
-    """Records which units of a new package carry a reship: those beyond the ordered
-    quantity that the order's other packages (`shipped`, by SKU) had sent already, as
-    long as reshipped units are still to ship. A `package_shipped` names no claim, so
-    counts are all there is; a package shipped beyond the order before any reship
-    carries none."""
+    """Records a new package: which of its units carry a reship, and which the order's
+    cancellation paid for already.
+
+    A `package_shipped` names no claim, so counts are all there is: its units of a SKU
+    beyond those still to ship (ordered, less those the cancellation refunded as unshipped)
+    that the order's other packages (`shipped`, by SKU) had sent already carry a reship,
+    as long as reshipped units are still to ship. A package shipped beyond the order
+    before any reship carries none. Its other units, if the cancellation refunded them
+    as unshipped, are paid for: they count as refunded out of it (R12)."""
+    unshipped = ledger.by_package.get(UNSHIPPED, {})
     carrying: dict[str, int] = {}
+    moved: dict[str, int] = {}
     for sku, carried in package.lines.items():
-        beyond = min(carried, shipped.get(sku, 0) + carried - order.lines[sku].quantity)
-        quantity = min(beyond, reshipped(ledger, sku) - _total(ledger.replacements, sku))
-        if quantity > 0:
-            carrying[sku] = quantity
-    if not carrying:
-        return ledger
-    return replace(ledger, replacements=ledger.replacements | {package.package_id: carrying})
+        to_ship = order.lines[sku].quantity - unshipped.get(sku, 0)
+        beyond = min(carried, shipped.get(sku, 0) + carried - to_ship)
+        resent = max(0, min(beyond, reshipped(ledger, sku) - _total(ledger.replacements, sku)))
+        if resent:
+            carrying[sku] = resent
+        if (paid := min(carried - resent, unshipped.get(sku, 0))) > 0:
+            moved[sku] = paid
+    if carrying:
+        ledger = replace(ledger, replacements=ledger.replacements | {package.package_id: carrying})
+    if moved:
+        left = {sku: n - moved.get(sku, 0) for sku, n in unshipped.items() if n > moved.get(sku, 0)}
+        by_package = ledger.by_package | {UNSHIPPED: left, package.package_id: moved}
+        ledger = replace(ledger, by_package=by_package)
+    return ledger
+
+
+def carries_only_reships(ledger: Ledger, package: Package) -> bool:
+    """Whether every unit of `package` carries a reship (`ship`)."""
+    return ledger.replacements.get(package.package_id) == package.lines
 
 
 def _standing_replacements(ledger: Ledger, package: Package | None) -> dict[str, int]:
@@ -198,20 +216,3 @@ def _plus(counts: Mapping[str, int], more: Mapping[str, int]) -> dict[str, int]:
     for sku, quantity in more.items():
         added[sku] = added.get(sku, 0) + quantity
     return added
-
-
-def ship_after_cancellation(ledger: Ledger, package: Package) -> Ledger:
-    """A package shipped after the cancellation refunded the units no package carried then:
-    those of its units are paid for already, so they count as refunded out of it."""
-    unshipped = ledger.by_package.get(UNSHIPPED, {})
-    moved = {
-        sku: quantity
-        for sku, carried in package.lines.items()
-        if (quantity := min(carried, unshipped.get(sku, 0))) > 0
-    }
-    if not moved:
-        return ledger
-    left = {sku: n - moved.get(sku, 0) for sku, n in unshipped.items() if n > moved.get(sku, 0)}
-    return replace(
-        ledger, by_package=ledger.by_package | {UNSHIPPED: left, package.package_id: moved}
-    )

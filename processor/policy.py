@@ -26,7 +26,7 @@ from processor.events import (
     event_to_json,
     parse_event_json,
 )
-from processor.ledger import UNSHIPPED, settle_refund, settle_reship, ship, ship_after_cancellation
+from processor.ledger import UNSHIPPED, carries_only_reships, settle_refund, settle_reship, ship
 from processor.outputs import (
     DeadLetter,
     Decision,
@@ -597,8 +597,7 @@ def _package_shipped(step: _Step, event: PackageShipped, origin: str) -> None:
     state.packages[package.package_id] = package
     step.result.timers_stale = True
     step.result.linked_tracking_numbers.append(event.tracking_number)
-    if state.cancelled is not None:
-        state.ledger = ship_after_cancellation(state.ledger, package)
+    if state.cancelled is not None and not carries_only_reships(state.ledger, package):
         step.decide(
             "anomaly",
             "shipped_after_cancellation",

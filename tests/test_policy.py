@@ -927,6 +927,47 @@ def test_r12_shipping_after_cancellation_is_an_anomaly() -> None:
     ]
 
 
+def test_r12_a_reship_after_a_partial_cancellation_is_no_anomaly() -> None:
+    """The cancellation refunds the B that never shipped; p1 is short of one A and p2
+    reships it: p2 is the reship, not the cancelled order shipping. Lost, it is refunded."""
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 2}))
+    driver.pipe(order_cancelled(when=at(1, 2)))
+    driver.pipe(scan("delivered", "TN-p1", when=at(3)))
+    driver.pipe(claim_filed("wrong_quantity", "c1", package_id="p1", lines={"A": 1}, when=at(4)))
+    driver.pipe(claim_reviewed("c1", resolution="reship", when=at(5)))
+    driver.pipe(shipped("p2", {"A": 1}, when=at(6)))
+    driver.pipe(scan("lost", "TN-p2", when=at(7)))
+
+    assert _codes(driver.decisions()) == [
+        ("refunded", "cancellation_intercepted"),
+        ("reshipped", "wrong_quantity"),
+        ("refunded", "lost"),
+    ]
+
+
+def test_r12_a_reship_of_a_sku_the_cancellation_refunded_is_the_reship() -> None:
+    """The cancellation refunds the second A, which never shipped; the first is missing
+    and reshipped. The A that ships then is the reship: lost, it is refunded, and with it
+    every unit and the fee."""
+    driver = TestDriver()
+    driver.pipe(order_placed(lines={"A": (2, 1000)}))
+    driver.pipe(shipped("p1", {"A": 1}))
+    driver.pipe(order_cancelled(when=at(1, 2)))
+    driver.pipe(scan("delivered", "TN-p1", when=at(3)))
+    driver.pipe(claim_filed("wrong_quantity", "c1", package_id="p1", lines={"A": 1}, when=at(4)))
+    driver.pipe(claim_reviewed("c1", resolution="reship", when=at(5)))
+    driver.pipe(shipped("p2", {"A": 1}, when=at(6)))
+    driver.pipe(scan("lost", "TN-p2", when=at(7)))
+
+    assert [(r.reason, r.amount_minor) for r in driver.refunds()] == [
+        ("cancellation_intercepted", 1000),
+        ("lost", 1500),
+    ]
+    assert ("anomaly", "shipped_after_cancellation") not in _codes(driver.decisions())
+
+
 def test_a_claim_yields_at_most_one_refund() -> None:
     driver = TestDriver()
     _shipped_order(driver)

@@ -35,6 +35,7 @@ from tests.factories import (
     at,
     claim_filed,
     claim_reviewed,
+    order_cancelled,
     order_placed,
     return_received,
     scan,
@@ -92,13 +93,13 @@ def assert_money_invariants(events: list[dict[str, Any]], outputs: list[Output])
             line["quantity"] * line["unit_price_minor"] for line in order["lines"]
         )
         assert amount <= total, f"{order_id} refunded {amount} of {total}"
-    beyond = _shipped_beyond_the_order(events)
+    beyond = _shipped_beyond_what_was_to_ship(events, refunds)
     for key in units.keys() | resent.keys():
         order_id, sku = key
         ordered = {line["sku"]: line["quantity"] for line in orders[order_id]["lines"]}
         assert units[key] <= ordered[sku], f"{order_id} refunded {units[key]} x {sku}"
         # A unit is compensated again only when the package that carried its reship
-        # failed, and such a package ships beyond the order.
+        # failed, and such a package ships beyond what was still to ship.
         again = min(resent[key], beyond.get(key, 0))
         assert units[key] + resent[key] <= ordered[sku] + again, (
             f"{order_id} refunded or reshipped {units[key] + resent[key]} x {sku}"
@@ -110,13 +111,21 @@ def assert_money_invariants(events: list[dict[str, Any]], outputs: list[Output])
     assert_no_package_compensated_beyond_what_it_carried(events, [*refunds, *reships])
 
 
-def _shipped_beyond_the_order(events: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
-    """(order, SKU) -> the units its packages carried beyond the ordered quantity."""
+def _shipped_beyond_what_was_to_ship(
+    events: list[dict[str, Any]], refunds: list[RefundCommand]
+) -> dict[tuple[str, str], int]:
+    """(order, SKU) -> the units its packages carried beyond what was to ship: the ordered
+    quantity, less the units its cancellation refunded as unshipped."""
     ordered = {
         (order_id, line["sku"]): line["quantity"]
         for order_id, order in _orders(events).items()
         for line in order["lines"]
     }
+    to_ship = dict(ordered)
+    for refund in refunds:
+        if refund.reason == "cancellation_intercepted":
+            for line in refund.lines:
+                to_ship[(refund.order_id, line.sku)] -= line.quantity
     shipped: dict[tuple[str, str], int] = defaultdict(int)
     packages: set[tuple[str, str]] = set()
     for event in events:
@@ -128,7 +137,7 @@ def _shipped_beyond_the_order(events: list[dict[str, Any]]) -> dict[tuple[str, s
             packages.add((order_id, package_id))  # the first: another is a dead letter
             for key, quantity in lines.items():
                 shipped[key] += quantity
-    return {key: n - ordered.get(key, 0) for key, n in shipped.items() if n > ordered.get(key, 0)}
+    return {key: n - to_ship.get(key, 0) for key, n in shipped.items() if n > to_ship.get(key, 0)}
 
 
 def assert_no_package_compensated_beyond_what_it_carried(
@@ -208,18 +217,25 @@ _REPLACEMENT_FAILURES: dict[str, list[dict[str, Any]]] = {
 @settings(max_examples=150, deadline=None)
 @given(st.data())
 def test_the_units_a_failed_reship_carried_are_refunded(data: st.DataObject) -> None:
-    """An order shipped whole and delivered; a claim is reshipped, and the reship's own
-    package fails (lost, late, back, or a claim on it is accepted): the units it failed
-    to deliver are refunded, like any unit, within what the merchant paid."""
+    """An order shipped in one package and delivered, or part of it, the rest cancelled;
+    a claim is reshipped, and the reship's own package fails (lost, late, back, or a
+    claim on it is accepted): the units it failed to deliver are refunded, like any unit,
+    within what the merchant paid, and the reship is no shipment after the cancellation."""
     skus = data.draw(st.lists(st.sampled_from("ABC"), min_size=1, unique=True))
     ordered = {sku: (data.draw(st.integers(1, 3)), data.draw(st.integers(0, 5000))) for sku in skus}
     fee = data.draw(st.integers(0, 1000))
-    events = [
-        order_placed(lines=ordered, fee=fee),
-        shipped("p1", {sku: q for sku, (q, _) in ordered.items()}),
-        scan("delivered", "TN-p1", when=at(3)),
-    ]
-    claimed = data.draw(st.dictionaries(st.sampled_from(skus), st.integers(1, 4), min_size=1))
+    cancelled = data.draw(st.booleans())
+    carried = {
+        sku: data.draw(st.integers(0, q)) if cancelled else q for sku, (q, _) in ordered.items()
+    }
+    carried = {sku: q for sku, q in carried.items() if q} or {skus[0]: 1}
+    events = [order_placed(lines=ordered, fee=fee), shipped("p1", carried)]
+    if cancelled:
+        events.append(order_cancelled(when=at(1, 2)))
+    events.append(scan("delivered", "TN-p1", when=at(3)))
+    claimed = data.draw(
+        st.dictionaries(st.sampled_from(sorted(carried)), st.integers(1, 4), min_size=1)
+    )
     claim_type = data.draw(st.sampled_from(["wrong_quantity", "missing_item"]))
     on_p1 = claim_type == "wrong_quantity" and data.draw(st.booleans())
     events += [
@@ -231,6 +247,7 @@ def test_the_units_a_failed_reship_carried_are_refunded(data: st.DataObject) -> 
     driver = TestDriver(POLICY)
     for event in events:
         driver.pipe(event)
+    piped = len(events)
     (reship,) = driver.read(ReshipCommand)
     sent = {line.sku: line.quantity for line in reship.lines}
     events.append(shipped("p2", sent, when=at(6)))
@@ -247,14 +264,20 @@ def test_the_units_a_failed_reship_carried_are_refunded(data: st.DataObject) -> 
     else:
         events += _REPLACEMENT_FAILURES[failure]
         expected = sent
-    for event in events[5:]:
+    for event in events[piped:]:
         driver.pipe(event)
     driver.advance_to(END)
 
-    (refund,) = driver.refunds()
+    *cancellation, refund = driver.refunds()
+    assert len(cancellation) == (cancelled and carried != {s: q for s, (q, _) in ordered.items()})
     assert {line.sku: line.quantity for line in refund.lines} == expected
-    everything = expected == {sku: q for sku, (q, _) in ordered.items()}
+    refunded = [line for r in driver.refunds() for line in r.lines]
+    everything = all(
+        sum(line.quantity for line in refunded if line.sku == sku) == q
+        for sku, (q, _) in ordered.items()
+    )
     assert refund.shipping_fee_minor == (fee if everything else 0)
+    assert not [d for d in driver.decisions() if d.code == "shipped_after_cancellation"]
     assert_money_invariants(events, driver.outputs())
 
 
