@@ -8,7 +8,7 @@ counts as compensated too: a unit is refunded or reshipped, once, until the pack
 carried the reship fails; then it is compensated by neither and may be again.
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -81,17 +81,29 @@ def _total(counts: Mapping[str, Mapping[str, int]], sku: str) -> int:
     return sum(units.get(sku, 0) for units in counts.values())
 
 
-def ship(order: Order, ledger: Ledger, package: Package, shipped: Mapping[str, int]) -> Ledger:
+def shipped_units(packages: Iterable[Package]) -> dict[str, int]:
+    """Units of each SKU the `packages` carried, together."""
+    shipped: dict[str, int] = {}
+    for package in packages:
+        for sku, quantity in package.lines.items():
+            shipped[sku] = shipped.get(sku, 0) + quantity
+    return shipped
+
+
+def ship(order: Order, ledger: Ledger, package: Package, others: Iterable[Package]) -> Ledger:
     """Records a new package: which of its units carry a reship, and which the order's
     cancellation paid for already.
 
     A `package_shipped` names no claim, so counts are all there is: its units of a SKU
     beyond those still to ship (ordered, less those the cancellation refunded as unshipped)
-    that the order's other packages (`shipped`, by SKU) had sent already carry a reship,
-    as long as reshipped units are still to ship. A package shipped beyond the order
-    before any reship carries none. Its other units, if the cancellation refunded them
-    as unshipped, are paid for: they count as refunded out of it (R12)."""
+    that the order's other packages (`others`) had sent already carry a reship, as long
+    as reshipped units are still to ship. A package shipped beyond the order before any
+    reship carries none. Its other units, if the cancellation refunded them as unshipped,
+    are paid for: they count as refunded out of it (R12)."""
     unshipped = ledger.by_package.get(UNSHIPPED, {})
+    if not ledger.reshipped and not unshipped:
+        return ledger  # most packages: counting what the others sent would find nothing
+    shipped = shipped_units(others)
     carrying: dict[str, int] = {}
     moved: dict[str, int] = {}
     for sku, carried in package.lines.items():

@@ -26,7 +26,14 @@ from processor.events import (
     event_to_json,
     parse_event_json,
 )
-from processor.ledger import UNSHIPPED, carries_only_reships, settle_refund, settle_reship, ship
+from processor.ledger import (
+    UNSHIPPED,
+    carries_only_reships,
+    settle_refund,
+    settle_reship,
+    ship,
+    shipped_units,
+)
 from processor.outputs import (
     DeadLetter,
     Decision,
@@ -593,7 +600,7 @@ def _package_shipped(step: _Step, event: PackageShipped, origin: str) -> None:
         shipped_event_id=event.event_id,
         deadline=event.at + step.config.lost_after_ms,
     )
-    state.ledger = ship(state.order, state.ledger, package, _shipped_units(state))
+    state.ledger = ship(state.order, state.ledger, package, state.packages.values())
     state.packages[package.package_id] = package
     step.result.timers_stale = True
     step.result.linked_tracking_numbers.append(event.tracking_number)
@@ -859,7 +866,7 @@ def _order_cancelled(step: _Step, event: OrderCancelled) -> None:
         return
     state.cancelled = Cancellation(event.request_id, event.event_id, event.at)
     state.cancel_request = None
-    shipped = _shipped_units(state)
+    shipped = shipped_units(state.packages.values())
     unshipped = {
         sku: line.quantity - shipped.get(sku, 0)
         for sku, line in order.lines.items()
@@ -896,14 +903,6 @@ def _already_cancelled(step: _Step, cancelled: Cancellation, event_id: str, subj
         (cancelled.event_id, event_id),
         subject=subject,
     )
-
-
-def _shipped_units(state: OrderState) -> dict[str, int]:
-    shipped: dict[str, int] = {}
-    for package in state.packages.values():
-        for sku, quantity in package.lines.items():
-            shipped[sku] = shipped.get(sku, 0) + quantity
-    return shipped
 
 
 def _claim_filed(step: _Step, event: ClaimFiled, origin: str) -> None:
@@ -1119,7 +1118,7 @@ def _all_packages_concluded(state: OrderState) -> bool:
     order = state.order
     assert order is not None
     if state.cancelled is None:
-        shipped = _shipped_units(state)
+        shipped = shipped_units(state.packages.values())
         if any(shipped.get(sku, 0) < line.quantity for sku, line in order.lines.items()):
             return False
     return all(
