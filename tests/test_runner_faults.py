@@ -33,6 +33,7 @@ from processor.redis_index import RedisTrackingIndex
 from processor.redis_store import LOST_STATE_ADVICE
 from tests.live import (
     FAST_FAILOVER,
+    Instance,
     LiveHarness,
     RefundKey,
     await_condition,
@@ -327,6 +328,19 @@ def test_a_late_claim_of_input_partitions_is_taken_back_by_their_owner(
     _assert_exactly_once(seen, expected, live)
 
 
+def _assert_stops_on_lost_state(instance: Instance) -> None:
+    """The instance exits 1 on a StateBehindKafkaError that says what to do."""
+    await_condition(lambda: not instance.running, timeout_s=60, what="the instance stops")
+    assert instance.process.returncode == 1
+    (stopped,) = [
+        line["exception"][0]
+        for line in instance.log_lines()
+        if line["event"] == "processor stopped on an error"
+    ]
+    assert stopped["exc_type"] == "StateBehindKafkaError"
+    assert stopped["exc_value"].endswith(LOST_STATE_ADVICE)
+
+
 def test_a_router_whose_progress_redis_lost_stops_the_process(live: LiveHarness) -> None:
     """Only the progress hash goes, so the order tasks, their state intact, would go on:
     the router alone has to stop the instance, as an instance holding no task must. It
@@ -339,15 +353,7 @@ def test_a_router_whose_progress_redis_lost_stops_the_process(live: LiveHarness)
 
     redis.Redis.from_url(live.redis_url).delete(f"{live.app}:router-progress")
 
-    await_condition(lambda: not instance.running, timeout_s=30, what="the instance stops")
-    assert instance.process.returncode == 1
-    (stopped,) = [
-        line["exception"][0]
-        for line in instance.log_lines()
-        if line["event"] == "processor stopped on an error"
-    ]
-    assert stopped["exc_type"] == "StateBehindKafkaError"
-    assert stopped["exc_value"].endswith(LOST_STATE_ADVICE)
+    _assert_stops_on_lost_state(instance)
     live.assert_none_failed()
 
 
@@ -365,15 +371,7 @@ def test_a_claim_finding_the_router_progress_lost_stops_the_process(live: LiveHa
     second = live.start("i1")
     second.may_fail_with = ("Redis had no epoch for its router's progress",)
 
-    await_condition(lambda: not second.running, timeout_s=60, what="the instance stops")
-    assert second.process.returncode == 1
-    (stopped,) = [
-        line["exception"][0]
-        for line in second.log_lines()
-        if line["event"] == "processor stopped on an error"
-    ]
-    assert stopped["exc_type"] == "StateBehindKafkaError"
-    assert stopped["exc_value"].endswith(LOST_STATE_ADVICE)
+    _assert_stops_on_lost_state(second)
     live.assert_none_failed()
 
 
