@@ -11,9 +11,6 @@ from processor import metrics
 from processor.redis_store import lost_state
 from processor.router import NOT_IDLE, Progress
 
-#: The epoch of a source's first claim: HINCRBY on no field.
-FIRST_EPOCH: Final = 1
-
 #: Hashes the tracking-number index is spread over (RedisTrackingIndex).
 TRACKING_BUCKETS: Final = 64
 

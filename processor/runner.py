@@ -59,13 +59,8 @@ from processor.outputs import (
     output_to_dict,
 )
 from processor.partitioner import default_partition
-from processor.redis_index import FIRST_EPOCH, RedisTrackingIndex
-from processor.redis_store import (
-    FencedError,
-    RedisTaskStore,
-    StateAheadOfKafkaError,
-    lost_state,
-)
+from processor.redis_index import RedisTrackingIndex
+from processor.redis_store import FencedError, RedisTaskStore, StateAheadOfKafkaError
 from processor.router import (
     NOT_IDLE,
     Commit,
@@ -744,12 +739,9 @@ class Runner:
         wanted = [TopicPartition(t, p) for t, p in sorted(self._unclaimed)]
         for tp in self._consumer.committed(wanted, timeout=30):
             if tp.topic != self._by_order:
-                input_source = f"{tp.topic}:{tp.partition}"
-                if tp.offset >= 0 and input_source in new_sources:
-                    self._check_claimed_before(input_source, tp.offset)
                 watermark, handled = parse_input_metadata(tp.metadata)
                 offset = tp.offset if tp.offset >= 0 else None
-                self._router.assign(input_source, now, offset, watermark, handled)
+                self._router.assign(f"{tp.topic}:{tp.partition}", now, offset, watermark, handled)
                 self._unclaimed.discard((tp.topic, tp.partition))
                 continue
             source = self._source_key(tp.partition)
@@ -827,16 +819,6 @@ class Runner:
         epochs, reported = self._index.claim_sources(sources)
         self._router_progress = trusted(reported, self._log_ends(claiming_idle(reported)))
         self._source_epochs.update(epochs)
-
-    def _check_claimed_before(self, source: str, committed: int) -> None:
-        """A committed offset means an owner claimed the input before us, so our claim's
-        epoch is not the first: if it is, Redis lost the routers' state (the tracking index
-        with it), and what a report would find missing, the claim recreated."""
-        if self._source_epochs[source] == FIRST_EPOCH:
-            raise lost_state(
-                f"input partition {source}: the group committed offset {committed} there, "
-                "but Redis had no epoch for its router's progress"
-            )
 
     def _log_ends(self, sources: Iterable[str]) -> dict[str, int]:
         """The end offsets of partitions (`topic:partition`), as a read_committed consumer

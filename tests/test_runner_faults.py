@@ -357,24 +357,6 @@ def test_a_router_whose_progress_redis_lost_stops_the_process(live: LiveHarness)
     live.assert_none_failed()
 
 
-def test_a_claim_finding_the_router_progress_lost_stops_the_process(live: LiveHarness) -> None:
-    """Lost between two runs, the epochs are recreated by the next claim, so no report would
-    find them missing: the group's committed offsets show the claim cannot be the first."""
-    live.publish(generate_history(20, seed=48, malformed_share=0))
-    first = live.start("i0")
-    live.await_stable_group({"i0"}, timeout_s=60)
-    live.await_task_progress(timeout_s=60)
-    live.stop_all()
-    assert first.process.returncode == 0
-
-    redis.Redis.from_url(live.redis_url).delete(f"{live.app}:router-progress")
-    second = live.start("i1")
-    second.may_fail_with = ("Redis had no epoch for its router's progress",)
-
-    _assert_stops_on_lost_state(second)
-    live.assert_none_failed()
-
-
 @pytest.mark.parametrize("size", SIZES)
 def test_a_redis_restart_mid_run_loses_and_repeats_nothing(
     live: LiveHarness, redis_server: LocalRedis, size: Size
