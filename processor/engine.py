@@ -149,10 +149,12 @@ class Engine:
         tracking_number = event.tracking_number
         bucket = self.store.load_orphans(tracking_number) or OrphanBucket(tracking_number)
         if (known := bucket.seen.get(event.event_id)) is not None:
-            if not is_redelivery(known, event):
+            if is_redelivery(known, event, origin):
+                return
+            if known >= 0:  # an id whose update waits, or was applied: not this one's
                 holder = f"tracking number {tracking_number!r}"
                 outputs.append(reused_event_id(event, origin, tracking_number, holder))
-            return
+                return
         if bucket.held:
             self.store.cancel_timer(self._orphan_timer(bucket))
         bucket.seen[event.event_id] = event_digest(event)

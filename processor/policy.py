@@ -274,7 +274,7 @@ def apply_event(
     if state is None:
         return apply_in_full(OrderState(order_id), event, origin, config, {})
     if event.event_id in state.seen:
-        if is_redelivery(state.seen[event.event_id], event):
+        if is_redelivery(state.seen[event.event_id], event, origin):
             return Result(state, None)
     elif changes_nothing(state, event, config):
         return Result(state, None)
@@ -308,19 +308,22 @@ def event_digest(event: Event) -> int:
     return zlib.crc32(f"{event.type}|{event.at}".encode()) or 1
 
 
-def refused_digest(event: Event) -> int:
-    """What `OrderState.seen` keeps of an event the order refused (`_refuse`): a negative
-    digest of its whole content. Read again (after a rewind, say), the same event would be
-    refused again, so it is a redelivery; another event under its id is the refused one
-    corrected and sent again (docs/live.md, "Sending dead letters again"), and is applied."""
-    return -(zlib.crc32(event_to_json(event).encode()) or 1)
+def unapplied_digest(origin: str) -> int:
+    """What `OrderState.seen` keeps of an event that changed nothing (refused: `_refuse`,
+    or held until it expired: `expire_orphans`): a negative digest of where it was read.
+    Read again from there (after a rewind or a crash), it is a redelivery, and its dead
+    letter is not repeated, nor is it decided now that what it waited for may be there;
+    sent again (a new record, or a new line), it is judged again (docs/live.md, "Sending
+    dead letters again")."""
+    return -(zlib.crc32(origin.encode()) or 1)
 
 
-def is_redelivery(known: int, event: Event) -> bool:
-    """Whether `event`, whose id was seen with digest `known`, is that event again rather
-    than another one under its id (ids kept before digests match any event)."""
+def is_redelivery(known: int, event: Event, origin: str) -> bool:
+    """Whether `event`, read at `origin`, whose id was seen with digest `known`, is that
+    event again rather than another one under its id (ids kept before digests match any
+    event)."""
     if known < 0:
-        return known == refused_digest(event)
+        return known == unapplied_digest(origin)
     return known == UNKNOWN_DIGEST or known == event_digest(event)
 
 
@@ -411,20 +414,20 @@ def expire_orphans(
 ) -> tuple[list[Held], dict[str, int], list[Output]]:
     """Splits held events into those still waiting and dead letters for those past
     orphan_ttl, keyed by `key` (what they were held under: an order or tracking number).
-    Also returns `seen` without the ids of the expired events: they changed nothing, and
-    sent again once what they waited for is there, they are applied, not taken for
-    redeliveries."""
+    Also returns `seen` with the expired events kept by where they were read
+    (`unapplied_digest`): they changed nothing, so sent again once what they waited for is
+    there, they are decided; read again from there, they are not."""
     keep: list[Held] = []
     dead: list[Output] = []
-    expired: set[str] = set()
+    expired: dict[str, int] = {}
     for item in held:
         if item.at + config.orphan_ttl_ms <= now:
             dead.append(_dead_letter(item, key))
-            expired.add(parse_event_json(item.event_json).event_id)
+            expired[parse_event_json(item.event_json).event_id] = unapplied_digest(item.origin)
         else:
             keep.append(item)
     if expired:
-        seen = {event_id: digest for event_id, digest in seen.items() if event_id not in expired}
+        seen = seen | expired
     return keep, seen, dead
 
 
@@ -483,10 +486,10 @@ def _reject(step: _Step, event: Event, origin: str, reason: str, message: str) -
 
 def _refuse(step: _Step, event: Event, dead: DeadLetter) -> None:
     """Emits the dead letter of an event the order's state refuses, and keeps its id with
-    `refused_digest`: the same event again (a duplicate, or read again after a rewind) is
-    a no-op, but the event corrected and sent again under its id is applied."""
+    `unapplied_digest`: read again from where it was (after a rewind), it is a no-op;
+    sent again, corrected or not, it is judged again."""
     step.emit(dead)
-    step.state.seen[event.event_id] = refused_digest(event)
+    step.state.seen[event.event_id] = unapplied_digest(dead.origin)
 
 
 def reused_event_id(event: Event, origin: str, key: str, holder: str) -> DeadLetter:
@@ -505,7 +508,7 @@ def reused_event_id(event: Event, origin: str, key: str, holder: str) -> DeadLet
 def _apply(step: _Step, event: Event, origin: str) -> None:
     state = step.state
     known = state.seen.get(event.event_id)
-    if known is not None and known >= 0 and not is_redelivery(known, event):
+    if known is not None and known >= 0 and not is_redelivery(known, event, origin):
         # `apply_event` let it through: its id, but not its content, is known (an id
         # refused before is free: its event changed nothing).
         step.emit(reused_event_id(event, origin, state.order_id, f"order {state.order_id!r}"))

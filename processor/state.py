@@ -167,7 +167,7 @@ class OrderState:
     cancelled: Cancellation | None = None
     held: list[Held] = field(default_factory=list)
     #: Event id -> `policy.event_digest` of the event, so that a redelivery is a no-op
-    #: and another event reusing the id is not mistaken for one (`policy.refused_digest`,
+    #: and another event reusing the id is not mistaken for one (`policy.unapplied_digest`,
     #: below 0, for an event the order refused: its id is free for the corrected event).
     seen: SeenIds = field(default_factory=dict)
 

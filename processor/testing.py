@@ -32,11 +32,13 @@ class TestDriver:
         self._outputs: list[Output] = []
         self._piped = 0
 
-    def pipe(self, event: Mapping[str, Any] | str) -> list[Output]:
-        """Feeds one event (a dict in the JSON form, or a raw line); returns its outputs."""
+    def pipe(self, event: Mapping[str, Any] | str, origin: str | None = None) -> list[Output]:
+        """Feeds one event (a dict in the JSON form, or a raw line); returns its outputs.
+        `origin`: where it was read, by default a new place (`test:<n>`); an earlier one
+        (a dead letter's, say) reads that record again, as after a rewind or a crash."""
         self._piped += 1
         line = event if isinstance(event, str) else json.dumps(event)
-        outputs = self._processor.feed(line, f"test:{self._piped}")
+        outputs = self._processor.feed(line, origin or f"test:{self._piped}")
         self._outputs.extend(outputs)
         return outputs
 

@@ -440,13 +440,14 @@ def test_an_event_reusing_another_events_id_is_a_dead_letter_and_a_redelivery_is
 
 def test_an_event_corrected_under_the_id_of_one_the_order_refused_is_applied() -> None:
     """A package line with an unknown SKU is refused; the producer fixes the line and
-    sends the event again under its id. Read again as it was, the refused event is not
-    dead-lettered twice; corrected, it is applied, and a redelivery of that is a no-op."""
+    sends the event again under its id. Read again from where it was, the refused event
+    is not dead-lettered twice; corrected, it is applied, and a redelivery of that is a
+    no-op."""
     driver = TestDriver()
     driver.pipe(order_placed(lines={"A": (1, 1000)}))
     refused = shipped("p1", {"AX": 1}, event_id="ship1")
     driver.pipe(refused)
-    driver.pipe(refused)
+    driver.pipe(refused, origin=driver.dead_letters()[0].origin)
     corrected = shipped("p1", {"A": 1}, event_id="ship1")
     driver.pipe(corrected)
     driver.pipe(corrected)
@@ -473,6 +474,26 @@ def test_events_that_waited_in_vain_for_their_order_are_applied_when_sent_again(
 
     assert [(r.claim_id, r.amount_minor) for r in driver.refunds()] == [("c1", 1500)]
     assert len(driver.dead_letters()) == 2
+
+
+def test_events_that_waited_in_vain_read_again_from_where_they_were_are_no_ops() -> None:
+    """After a rewind or a crash the inputs are read again from behind records already
+    decided: a claim and review that expired there must not be decided now that their
+    order is there, which the run without the crash never did (found in review)."""
+    driver = TestDriver()
+    claim = claim_filed("damaged", lines={"A": 1}, when=at(0), event_id="claim-1")
+    review = claim_reviewed(when=at(0, 1), event_id="review-1")
+    driver.pipe(claim)
+    driver.pipe(review)
+    driver.pipe(order_placed(lines={"A": (1, 1000)}, when=at(8)))
+    dead = driver.dead_letters()
+    assert [d.reason for d in dead] == ["unknown_order", "unknown_order"]
+
+    driver.pipe(claim, origin=dead[0].origin)
+    driver.pipe(review, origin=dead[1].origin)
+
+    assert driver.refunds() == []
+    assert driver.dead_letters() == dead
 
 
 def test_r6_not_received_but_tracking_shows_delivered_is_denied() -> None:
