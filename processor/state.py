@@ -167,8 +167,9 @@ class OrderState:
     cancelled: Cancellation | None = None
     held: list[Held] = field(default_factory=list)
     #: Event id -> `policy.event_digest` of the event, so that a redelivery is a no-op
-    #: and another event reusing the id is not mistaken for one (`policy.unapplied_digest`,
-    #: below 0, for an event the order refused: its id is free for the corrected event).
+    #: and another event reusing the id is not mistaken for one; below 0, for an event that
+    #: changed nothing (refused, or expired waiting), where it was read
+    #: (`policy.unapplied_digest`).
     seen: SeenIds = field(default_factory=dict)
 
     def packages_for_tracking(self, tracking_number: str) -> list[Package]:
