@@ -149,7 +149,7 @@ class Engine:
         tracking_number = event.tracking_number
         bucket = self.store.load_orphans(tracking_number) or OrphanBucket(tracking_number)
         if (known := bucket.seen.get(event.event_id)) is not None:
-            if is_redelivery(known, event, origin):
+            if is_redelivery(known, event):
                 return
             if known >= 0:  # an id whose update waits, or was applied: not this one's
                 holder = f"tracking number {tracking_number!r}"

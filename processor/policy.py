@@ -274,7 +274,7 @@ def apply_event(
     if state is None:
         return apply_in_full(OrderState(order_id), event, origin, config, {})
     if event.event_id in state.seen:
-        if is_redelivery(state.seen[event.event_id], event, origin):
+        if is_redelivery(state.seen[event.event_id], event):
             return Result(state, None)
     elif changes_nothing(state, event, config):
         return Result(state, None)
@@ -308,22 +308,22 @@ def event_digest(event: Event) -> int:
     return zlib.crc32(f"{event.type}|{event.at}".encode()) or 1
 
 
-def unapplied_digest(origin: str) -> int:
+def unapplied_digest(event: Event) -> int:
     """What `OrderState.seen` keeps of an event that changed nothing (refused: `_refuse`,
-    or held until it expired: `expire_orphans`): a negative digest of where it was read.
-    Read again from there (after a rewind or a crash), it is a redelivery, and its dead
-    letter is not repeated, nor is it decided now that what it waited for may be there;
-    sent again (a new record, or a new line), it is judged again (docs/live.md, "Sending
-    dead letters again")."""
-    return -(zlib.crc32(origin.encode()) or 1)
+    or held until it expired: `expire_orphans`): a negative digest of its whole content.
+    The same event again, from wherever it is read (a rewind or a crash reading the input
+    again, a producer's retry), is a redelivery: no second dead letter, and no decision
+    now that what it waited for may be there, which a run without the retry never made.
+    Another event under its id (corrected, or sent again as a new event: docs/live.md,
+    "Sending dead letters again") is judged."""
+    return -(zlib.crc32(event_to_json(event).encode()) or 1)
 
 
-def is_redelivery(known: int, event: Event, origin: str) -> bool:
-    """Whether `event`, read at `origin`, whose id was seen with digest `known`, is that
-    event again rather than another one under its id (ids kept before digests match any
-    event)."""
+def is_redelivery(known: int, event: Event) -> bool:
+    """Whether `event`, whose id was seen with digest `known`, is that event again rather
+    than another one under its id (ids kept before digests match any event)."""
     if known < 0:
-        return known == unapplied_digest(origin)
+        return known == unapplied_digest(event)
     return known == UNKNOWN_DIGEST or known == event_digest(event)
 
 
@@ -414,16 +414,16 @@ def expire_orphans(
 ) -> tuple[list[Held], dict[str, int], list[Output]]:
     """Splits held events into those still waiting and dead letters for those past
     orphan_ttl, keyed by `key` (what they were held under: an order or tracking number).
-    Also returns `seen` with the expired events kept by where they were read
-    (`unapplied_digest`): they changed nothing, so sent again once what they waited for is
-    there, they are decided; read again from there, they are not."""
+    Also returns `seen` with the expired events kept by their content (`unapplied_digest`):
+    they changed nothing, and read again they must change nothing either."""
     keep: list[Held] = []
     dead: list[Output] = []
     expired: dict[str, int] = {}
     for item in held:
         if item.at + config.orphan_ttl_ms <= now:
             dead.append(_dead_letter(item, key))
-            expired[parse_event_json(item.event_json).event_id] = unapplied_digest(item.origin)
+            event = parse_event_json(item.event_json)
+            expired[event.event_id] = unapplied_digest(event)
         else:
             keep.append(item)
     if expired:
@@ -486,10 +486,9 @@ def _reject(step: _Step, event: Event, origin: str, reason: str, message: str) -
 
 def _refuse(step: _Step, event: Event, dead: DeadLetter) -> None:
     """Emits the dead letter of an event the order's state refuses, and keeps its id with
-    `unapplied_digest`: read again from where it was (after a rewind), it is a no-op;
-    sent again, corrected or not, it is judged again."""
+    `unapplied_digest`: the same event again is a no-op, a corrected one is judged."""
     step.emit(dead)
-    step.state.seen[event.event_id] = unapplied_digest(dead.origin)
+    step.state.seen[event.event_id] = unapplied_digest(event)
 
 
 def reused_event_id(event: Event, origin: str, key: str, holder: str) -> DeadLetter:
@@ -508,7 +507,7 @@ def reused_event_id(event: Event, origin: str, key: str, holder: str) -> DeadLet
 def _apply(step: _Step, event: Event, origin: str) -> None:
     state = step.state
     known = state.seen.get(event.event_id)
-    if known is not None and known >= 0 and not is_redelivery(known, event, origin):
+    if known is not None and known >= 0 and not is_redelivery(known, event):
         # `apply_event` let it through: its id, but not its content, is known (an id
         # refused before is free: its event changed nothing).
         step.emit(reused_event_id(event, origin, state.order_id, f"order {state.order_id!r}"))

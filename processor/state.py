@@ -168,7 +168,7 @@ class OrderState:
     held: list[Held] = field(default_factory=list)
     #: Event id -> `policy.event_digest` of the event, so that a redelivery is a no-op
     #: and another event reusing the id is not mistaken for one; below 0, for an event that
-    #: changed nothing (refused, or expired waiting), where it was read
+    #: changed nothing (refused, or expired waiting), a digest of its content
     #: (`policy.unapplied_digest`).
     seen: SeenIds = field(default_factory=dict)
 

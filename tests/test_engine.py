@@ -178,18 +178,19 @@ def test_an_update_reusing_the_id_of_one_waiting_for_its_package_is_a_dead_lette
     assert "tracking number 'TN-X'" in driver.dead_letters()[0].message
 
 
-def test_an_update_sent_again_after_its_dead_letter_is_not_taken_for_a_redelivery() -> None:
-    """Its tracking number's bucket forgets it when it expires, though another update
-    still waits there: sent again, it is decided again (a dead letter again, still
-    older than orphan_ttl), not dropped as a redelivery."""
+def test_an_update_read_again_after_its_dead_letter_is_a_redelivery() -> None:
+    """Its tracking number's bucket keeps it, by its content, when it expires while another
+    update still waits there: the same update again changes nothing; under a new id, it
+    is decided again (a dead letter again, still older than orphan_ttl)."""
     driver = TestDriver()
     first = scan("in_transit", "TN-X", order_id=None, when=at(1), event_id="s1")
     driver.pipe(first)
     driver.pipe(scan("in_transit", "TN-X", order_id=None, when=at(5), event_id="s2"))
     driver.advance_to(at(8))
     driver.pipe(first)
+    driver.pipe(first | {"event_id": "s1-redriven"})
 
     assert _dead(driver) == [
         ("unknown_tracking_number", "test:1", "TN-X"),
-        ("unknown_tracking_number", "test:3", "TN-X"),
+        ("unknown_tracking_number", "test:4", "TN-X"),
     ]

@@ -440,12 +440,13 @@ def test_an_event_reusing_another_events_id_is_a_dead_letter_and_a_redelivery_is
 
 def test_an_event_corrected_under_the_id_of_one_the_order_refused_is_applied() -> None:
     """A package line with an unknown SKU is refused; the producer fixes the line and
-    sends the event again under its id. Read again from where it was, the refused event
-    is not dead-lettered twice; corrected, it is applied, and a redelivery of that is a
-    no-op."""
+    sends the event again under its id. The refused event again (a producer's retry, or
+    read again after a rewind) is not dead-lettered twice; corrected, it is applied, and a
+    redelivery of that is a no-op."""
     driver = TestDriver()
     driver.pipe(order_placed(lines={"A": (1, 1000)}))
     refused = shipped("p1", {"AX": 1}, event_id="ship1")
+    driver.pipe(refused)
     driver.pipe(refused)
     driver.pipe(refused, origin=driver.dead_letters()[0].origin)
     corrected = shipped("p1", {"A": 1}, event_id="ship1")
@@ -457,9 +458,10 @@ def test_an_event_corrected_under_the_id_of_one_the_order_refused_is_applied() -
     assert [(r.package_id, r.amount_minor) for r in driver.refunds()] == [("p1", 1500)]
 
 
-def test_events_that_waited_in_vain_for_their_order_are_applied_when_sent_again() -> None:
+def test_events_that_waited_in_vain_are_decided_when_sent_again_as_new_events() -> None:
     """A claim and its review wait for an order that comes more than orphan_ttl later:
-    dead letters. Sent again unchanged once the order is there, they are decided."""
+    dead letters. Redriven under new event ids once the order is there, they are decided;
+    the expired ones again change nothing."""
     driver = TestDriver()
     claim = claim_filed("damaged", lines={"A": 1}, when=at(0), event_id="claim-1")
     review = claim_reviewed(when=at(0, 1), event_id="review-1")
@@ -468,22 +470,26 @@ def test_events_that_waited_in_vain_for_their_order_are_applied_when_sent_again(
     driver.pipe(order_placed(lines={"A": (1, 1000)}, when=at(8)))
     assert [d.reason for d in driver.dead_letters()] == ["unknown_order", "unknown_order"]
 
+    driver.pipe(claim | {"event_id": "claim-1-redriven"})
+    driver.pipe(review | {"event_id": "review-1-redriven"})
     driver.pipe(claim)
-    driver.pipe(review)
     driver.pipe(review)
 
     assert [(r.claim_id, r.amount_minor) for r in driver.refunds()] == [("c1", 1500)]
     assert len(driver.dead_letters()) == 2
 
 
-def test_events_that_waited_in_vain_read_again_from_where_they_were_are_no_ops() -> None:
+def test_events_that_waited_in_vain_read_again_are_no_ops() -> None:
     """After a rewind or a crash the inputs are read again from behind records already
-    decided: a claim and review that expired there must not be decided now that their
-    order is there, which the run without the crash never did (found in review)."""
+    decided, and a producer may have sent an event twice: a claim and review that expired
+    must not be decided now that their order is there, whichever copy is read again,
+    which a run without the crash never did (found in review)."""
     driver = TestDriver()
     claim = claim_filed("damaged", lines={"A": 1}, when=at(0), event_id="claim-1")
     review = claim_reviewed(when=at(0, 1), event_id="review-1")
     driver.pipe(claim)
+    driver.pipe(review)
+    driver.pipe(claim)  # the producer's retries, while the first ones wait
     driver.pipe(review)
     driver.pipe(order_placed(lines={"A": (1, 1000)}, when=at(8)))
     dead = driver.dead_letters()
@@ -491,6 +497,8 @@ def test_events_that_waited_in_vain_read_again_from_where_they_were_are_no_ops()
 
     driver.pipe(claim, origin=dead[0].origin)
     driver.pipe(review, origin=dead[1].origin)
+    driver.pipe(claim)
+    driver.pipe(review)
 
     assert driver.refunds() == []
     assert driver.dead_letters() == dead
