@@ -31,7 +31,14 @@ from processor.events import (
 )
 from processor.ledger import UNSHIPPED, reshipped
 from processor.outputs import DeadLetter, Decision, iso_millis, output_to_dict
-from processor.policy import DEADLINE_TIMER_PREFIX, EXPIRE_HELD_TIMER, timers
+from processor.policy import (
+    DEADLINE_TIMER_PREFIX,
+    EXPIRE_HELD_TIMER,
+    event_digest,
+    is_redelivery,
+    timers,
+    unapplied_digest,
+)
 from processor.replay import replay
 from processor.state import Cancellation, Claim, Order, OrderState, Package, Priced
 from processor.store import InMemoryStore
@@ -209,7 +216,7 @@ def _order_events(
     numbers = {p.tracking_number for p in state.packages.values()} if state else set()
     needles = [order_id, *numbers]
     found: list[SourcedEvent] = []
-    applied: set[str] = set()
+    seen: dict[str, int] = {}  # as the order's state keeps them (`OrderState.seen`)
     for number, raw in enumerate(lines, start=1):
         try:
             line = raw.decode() if isinstance(raw, bytes) else raw
@@ -231,10 +238,11 @@ def _order_events(
             continue
         origin = f"{source}:{number}"
         notes = [f"dead-lettered, {d.reason}: {d.message}" for d in dead.get(origin, ())]
-        if not notes:
-            if event.event_id in applied:
-                notes.append("a duplicate of an earlier line: ignored")
-            applied.add(event.event_id)
+        known = seen.get(event.event_id)
+        if known is not None and is_redelivery(known, event):
+            notes = notes or ["a duplicate of an earlier line: ignored"]
+        elif known is None or known < 0:
+            seen[event.event_id] = unapplied_digest(event) if notes else event_digest(event)
         found.append(SourcedEvent(event, origin, "; ".join(notes) or None))
     return found
 

@@ -388,6 +388,24 @@ def test_a_package_whose_rule_found_nothing_left_is_not_shown_as_refunded() -> N
     assert "settled as lost, nothing left to refund" in render_text(explained)
 
 
+def test_a_refused_event_sent_twice_then_corrected_is_labelled_as_the_replay_decides() -> None:
+    """The second refused copy is the one ignored as a duplicate, not the correction,
+    which ships the package (found in review)."""
+    refused = shipped("p1", {"Z": 1}, event_id="ship1")
+    lines = [
+        json.dumps(event)
+        for event in [order_placed(), refused, refused, shipped("p1", event_id="ship1")]
+    ]
+
+    explained = to_json(explain_history(lines, "h.jsonl", "o1", load_policy()))
+
+    details = {e["source"]: e["detail"] for e in explained["timeline"] if e["kind"] == "event"}
+    assert "dead-lettered, unknown_sku" in details["h.jsonl:2"]
+    assert "a duplicate of an earlier line: ignored" in details["h.jsonl:3"]
+    assert "duplicate" not in details["h.jsonl:4"]
+    assert [p["package_id"] for p in explained["packages"]] == ["p1"]
+
+
 def test_cli_now_and_policy_apply_to_the_file(history: Path, tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text("policy_version: short\nlost_after_days: 3\n")
