@@ -315,7 +315,8 @@ def unapplied_digest(event: Event) -> int:
     again, a producer's retry), is a redelivery: no second dead letter, and no decision
     now that what it waited for may be there, which a run without the retry never made.
     Another event under its id (corrected, or sent again as a new event: docs/live.md,
-    "Sending dead letters again") is judged."""
+    "Sending dead letters again") is judged. Gaps: docs/policy.md, "Duplicates and scans
+    that change nothing"."""
     return -(zlib.crc32(event_to_json(event).encode()) or 1)
 
 
