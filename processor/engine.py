@@ -23,6 +23,7 @@ from processor.policy import (
     expire_orphans,
     fire_timer,
     is_redelivery,
+    is_reused_id,
     reused_event_id,
     timers,
 )
@@ -148,13 +149,13 @@ class Engine:
         """A tracking update nobody has claimed yet waits in its tracking number's bucket."""
         tracking_number = event.tracking_number
         bucket = self.store.load_orphans(tracking_number) or OrphanBucket(tracking_number)
-        if (known := bucket.seen.get(event.event_id)) is not None:
-            if is_redelivery(known, event):
-                return
-            if known >= 0:  # an id whose update waits, or was applied: not this one's
-                holder = f"tracking number {tracking_number!r}"
-                outputs.append(reused_event_id(event, origin, tracking_number, holder))
-                return
+        known = bucket.seen.get(event.event_id)
+        if known is not None and is_redelivery(known, event):
+            return
+        if is_reused_id(known, event):
+            holder = f"tracking number {tracking_number!r}"
+            outputs.append(reused_event_id(event, origin, tracking_number, holder))
+            return
         if bucket.held:
             self.store.cancel_timer(self._orphan_timer(bucket))
         bucket.seen[event.event_id] = event_digest(event)

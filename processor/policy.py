@@ -328,6 +328,13 @@ def is_redelivery(known: int, event: Event) -> bool:
     return known == UNKNOWN_DIGEST or known == event_digest(event)
 
 
+def is_reused_id(known: int | None, event: Event) -> bool:
+    """Whether `event`'s id, seen with digest `known` (None: not seen), is another event's
+    that was applied or waits (a producer's bug), rather than its own again or the id of
+    one that changed nothing, which is free for the event corrected."""
+    return known is not None and known >= 0 and not is_redelivery(known, event)
+
+
 def changes_nothing(state: OrderState, event: Event, config: PolicyConfig) -> bool:
     """Whether `event` is a courier scan the rules read nothing from: not one they act on
     (delivered, lost, back at origin), of known packages (`_packages_scanned`), and no
@@ -507,10 +514,7 @@ def reused_event_id(event: Event, origin: str, key: str, holder: str) -> DeadLet
 
 def _apply(step: _Step, event: Event, origin: str) -> None:
     state = step.state
-    known = state.seen.get(event.event_id)
-    if known is not None and known >= 0 and not is_redelivery(known, event):
-        # `apply_event` let it through: its id, but not its content, is known (an id
-        # refused before is free: its event changed nothing).
+    if is_reused_id(state.seen.get(event.event_id), event):  # `apply_event` let it through
         step.emit(reused_event_id(event, origin, state.order_id, f"order {state.order_id!r}"))
         return
     state.seen[event.event_id] = event_digest(event)
