@@ -956,6 +956,15 @@ def test_r12_shipping_after_cancellation_is_an_anomaly() -> None:
     ]
 
 
+def _reship_one_a_of_p1_and_lose_it(driver: TestDriver) -> None:
+    """p1 is delivered one A short; the claim is reshipped as p2, which is lost."""
+    driver.pipe(scan("delivered", "TN-p1", when=at(3)))
+    driver.pipe(claim_filed("wrong_quantity", "c1", package_id="p1", lines={"A": 1}, when=at(4)))
+    driver.pipe(claim_reviewed("c1", resolution="reship", when=at(5)))
+    driver.pipe(shipped("p2", {"A": 1}, when=at(6)))
+    driver.pipe(scan("lost", "TN-p2", when=at(7)))
+
+
 def test_r12_a_reship_after_a_partial_cancellation_is_no_anomaly() -> None:
     """The cancellation refunds the B that never shipped; p1 is short of one A and p2
     reships it: p2 is the reship, not the cancelled order shipping. Lost, it is refunded."""
@@ -963,11 +972,7 @@ def test_r12_a_reship_after_a_partial_cancellation_is_no_anomaly() -> None:
     driver.pipe(order_placed())
     driver.pipe(shipped("p1", {"A": 2}))
     driver.pipe(order_cancelled(when=at(1, 2)))
-    driver.pipe(scan("delivered", "TN-p1", when=at(3)))
-    driver.pipe(claim_filed("wrong_quantity", "c1", package_id="p1", lines={"A": 1}, when=at(4)))
-    driver.pipe(claim_reviewed("c1", resolution="reship", when=at(5)))
-    driver.pipe(shipped("p2", {"A": 1}, when=at(6)))
-    driver.pipe(scan("lost", "TN-p2", when=at(7)))
+    _reship_one_a_of_p1_and_lose_it(driver)
 
     assert _codes(driver.decisions()) == [
         ("refunded", "cancellation_intercepted"),
@@ -984,11 +989,7 @@ def test_r12_a_reship_of_a_sku_the_cancellation_refunded_is_the_reship() -> None
     driver.pipe(order_placed(lines={"A": (2, 1000)}))
     driver.pipe(shipped("p1", {"A": 1}))
     driver.pipe(order_cancelled(when=at(1, 2)))
-    driver.pipe(scan("delivered", "TN-p1", when=at(3)))
-    driver.pipe(claim_filed("wrong_quantity", "c1", package_id="p1", lines={"A": 1}, when=at(4)))
-    driver.pipe(claim_reviewed("c1", resolution="reship", when=at(5)))
-    driver.pipe(shipped("p2", {"A": 1}, when=at(6)))
-    driver.pipe(scan("lost", "TN-p2", when=at(7)))
+    _reship_one_a_of_p1_and_lose_it(driver)
 
     assert [(r.reason, r.amount_minor) for r in driver.refunds()] == [
         ("cancellation_intercepted", 1000),
