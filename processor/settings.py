@@ -533,11 +533,21 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    """The environment variable of the setting at ``loc``: ``REFUND_KAFKA__CLIENT_ID``."""
+    return ENV_PREFIX + "__".join(str(part) for part in loc).upper()
+
+
+def _named_variables(names: list[str]) -> str:
+    """Variables by name only, never a value: many are secrets."""
+    return f"environment variable{'s' if len(names) > 1 else ''} {', '.join(names)}"
+
+
 def _env_var_for(loc: tuple[int | str, ...]) -> str | None:
     """The environment variable that supplied the value at ``loc`` (or a parent), if any."""
     present = {name.upper() for name in os.environ}
     for end in range(len(loc), 0, -1):
-        name = ENV_PREFIX + "__".join(str(part) for part in loc[:end]).upper()
+        name = _env_name(loc[:end])
         if name in present:
             return name
     return None
@@ -548,10 +558,8 @@ def _settings_variables(loc: tuple[int | str, ...] = ()) -> list[str]:
     a value: many are secrets). A check of a whole section (``kafka``) fails on what its
     keys say together, and some of them may come from the environment, not the file.
     ``$REFUND_CONFIG`` and other ``REFUND_*`` names that are no setting do not count."""
-    if loc:
-        prefixes = [ENV_PREFIX + "__".join(str(part) for part in loc).upper()]
-    else:
-        prefixes = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+    roots = [loc] if loc else [(name,) for name in Settings.model_fields]
+    prefixes = [_env_name(root) for root in roots]
     return sorted(
         name
         for name in os.environ
@@ -569,8 +577,7 @@ def _from_env(loc: tuple[int | str, ...]) -> str:
     under = _settings_variables(loc)
     if not under:
         return ""
-    plural = "s" if len(under) > 1 else ""
-    return f" (in part from environment variable{plural} {', '.join(under)})"
+    return f" (in part from {_named_variables(under)})"
 
 
 def _not_json(exc: _SourceError) -> str:
@@ -579,7 +586,7 @@ def _not_json(exc: _SourceError) -> str:
     field = re.search(r'field "(\w+)"', str(exc))
     if field is None:
         return ""
-    prefix = (ENV_PREFIX + field.group(1)).upper()
+    prefix = _env_name((field.group(1),))
     names = []
     for name, value in os.environ.items():
         if name.upper().startswith(prefix) and value.lstrip().startswith(("{", "[")):
@@ -605,9 +612,8 @@ def load_settings(path: Path | None = None) -> Settings:
             for error in exc.errors(include_url=False, include_input=False)
         ]
         variables = _settings_variables()
-        plural = "s" if len(variables) > 1 else ""
         source = f"settings file {path}" + (
-            f" and environment variable{plural} {', '.join(variables)}" if variables else ""
+            f" and {_named_variables(variables)}" if variables else ""
         )
         raise SettingsError(f"{source}: {'; '.join(problems)}") from None
     except _SourceError as exc:  # an environment variable that is not valid JSON, etc.
