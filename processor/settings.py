@@ -317,6 +317,16 @@ class RedisSettings(_Section):
         return self.tls or urlsplit(self.url).scheme == "rediss"
 
     @model_validator(mode="after")
+    def _user_with_password(self) -> RedisSettings:
+        """A user alone cannot log in, and may be a password written where the user goes:
+        refused, since the URL is logged."""
+        if urlsplit(self.url).username is not None and self.password is None:
+            raise ValueError(
+                "a user in redis.url needs redis.password (a password goes there, never in the URL)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _tls_over_tcp(self) -> RedisSettings:
         if self.uses_tls and urlsplit(self.url).scheme == "unix":
             raise ValueError("tls needs a redis:// or rediss:// URL, not a unix socket")
@@ -479,6 +489,8 @@ class Settings(BaseSettings):
             if urlsplit(url.strip()).scheme not in ("http", "https"):
                 raise ValueError("must be http:// or https:// URLs, separated by commas")
             _no_password_in_url(url.strip(), "schema_registry.password")
+            if urlsplit(url.strip()).username is not None:
+                raise ValueError("put the user in schema_registry.username, not in the URL")
         return value
 
     @model_validator(mode="after")

@@ -374,6 +374,16 @@ def test_secrets_never_appear_in_error_messages(
             r"schema_registry_url: .*not in a query parameter",
         ),
         (
+            "REFUND_REDIS__URL",
+            "redis://redis-s3cret@redis:6379/0",
+            r"redis: .*a user in redis\.url needs redis\.password",
+        ),
+        (
+            "REFUND_SCHEMA_REGISTRY_URL",
+            "https://registry-s3cret@registry:8081",
+            r"schema_registry_url: .*put the user in schema_registry\.username",
+        ),
+        (
             "REFUND_SCHEMA_REGISTRY_URL",
             "https://registry-1:8081,registry-2:8081",
             r"schema_registry_url: .*http:// or https:// URLs",
@@ -396,6 +406,7 @@ def test_urls_without_passwords_are_accepted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("REFUND_REDIS__URL", "redis://user@redis:6379/0?socket_keepalive=yes")
+    monkeypatch.setenv("REFUND_REDIS__PASSWORD", "redis-s3cret")  # the ACL user's
     monkeypatch.setenv("REFUND_SCHEMA_REGISTRY_URL", "http://registry-1:8081, http://registry-2")
 
     settings = load_settings(_write(tmp_path, ""))
