@@ -165,11 +165,12 @@ class Router:
             handled=handled or 0,
         )
 
-    def replaying(self, source: str, offset: int) -> bool:
-        """Whether a committed batch read the record already (`assign`): its event goes to
-        its task again (a no-op if decided), but a bad record is not dead-lettered again."""
+    def handled(self, source: str) -> int:
+        """The offset below which a committed batch read `source` already (`assign`): an
+        event read again goes to its task again (a no-op if decided), but a bad record is
+        not dead-lettered again."""
         found = self._sources.get(source)
-        return found is not None and offset < found.handled
+        return 0 if found is None else found.handled
 
     def position(self, source: str) -> int | None:
         """The next offset of `source` to route (None: nothing read or committed yet)."""

@@ -860,6 +860,9 @@ class Runner:
         inbound: list[Inbound] = []
         rejected: list[tuple[str, int]] = []  # (source, offset) of records dead-lettered here
         touched: set[int] = set()
+        # Per input partition, looked up once a batch: its source name and the router's
+        # marks (`_input_marks`); None when the partition is not ours.
+        marks: dict[tuple[str, int], tuple[str, int, int] | None] = {}
         for message in messages:
             error = message.error()
             if error is not None:
@@ -880,14 +883,17 @@ class Runner:
                     self._receive_routed(message, slot, offset)
                     touched.add(partition)
                 continue
-            source = f"{topic}:{partition}"
-            if source not in self._source_epochs:
+            try:
+                found = marks[(topic, partition)]
+            except KeyError:
+                found = marks[(topic, partition)] = self._input_marks(topic, partition)
+            if found is None:
                 continue  # revoked while `consume` ran: not ours to route or commit
-            routed_to = self._router.position(source)
-            if routed_to is not None and offset < routed_to:
+            source, routed_to, handled = found
+            if offset < routed_to:
                 continue  # read again after a late seek (see _TaskSlot): routed already
             # Read again behind a held offset (Router.assign): counted, dead-lettered once.
-            replayed = self._router.replaying(source, offset)
+            replayed = offset < handled
             origin = f"{topic}/{partition}/{offset}"
             value = message.value() or b""
             record: dict[str, Any] | None = None
@@ -960,6 +966,15 @@ class Runner:
             if topic == self._by_order and partition in self._tasks:
                 self._tasks[partition].committed = offset
         self._drop_fenced()
+
+    def _input_marks(self, topic: str, partition: int) -> tuple[str, int, int] | None:
+        """An input partition's source name, the offset below which its records were
+        routed already, and its handled mark (`Router.handled`); None if not ours."""
+        source = f"{topic}:{partition}"
+        if source not in self._source_epochs:
+            return None
+        routed_to = self._router.position(source)
+        return source, 0 if routed_to is None else routed_to, self._router.handled(source)
 
     def _input_commit(self, source: str, routed: Commit) -> Commit:
         """What to commit for an input partition: its router's offset and watermark, held
