@@ -118,10 +118,8 @@ GC_THRESHOLDS = (500_000, 20, 10)
 ROUTED_RECORD_BYTES = 256 * 1024
 
 
-@functools.lru_cache(maxsize=100_000)
-def _order_partition(order_id: str, partitions: int) -> int:
-    """The internal topic's partition of an order: cached, since murmur2 is pure Python."""
-    return default_partition(order_id.encode(), partitions)
+#: Orders whose internal topic partition a runner keeps (`Runner._order_partition`).
+ORDER_PARTITIONS_CACHED = 100_000
 
 
 def _key(dead: DeadLetter) -> bytes | None:
@@ -527,7 +525,15 @@ class Runner:
         self._events_buffered = metrics.GaugeShare(metrics.EVENTS_BUFFERED)
         self._tally = metrics.BatchTally()  # the batch in progress: its checkpoint's
         self._admin = AdminClient(settings.kafka.admin_config(), logger=_rdkafka_log)
-        self._by_order_partitions = self._ensure_topics()
+        self._by_order_partitions = partitions = self._ensure_topics()
+
+        @functools.lru_cache(maxsize=ORDER_PARTITIONS_CACHED)
+        def order_partition(order_id: str) -> int:
+            """Cached, since murmur2 is pure Python; per runner, so that a new one (a
+            benchmark's next pass) starts as cold as a new process."""
+            return default_partition(order_id.encode(), partitions)
+
+        self._order_partition = order_partition
         self._sources = frozenset(
             f"{topic}:{partition}"
             for topic in self._inputs
@@ -995,12 +1001,12 @@ class Runner:
         (`OrderTask.direct`), through the internal topic to the others', one record per
         task (and per `ROUTED_RECORD_BYTES`), each event with its input's bytes unchanged
         and the order id the router resolved, so nothing is encoded again."""
-        tasks, partitions = self._tasks, self._by_order_partitions
+        tasks, order_partition = self._tasks, self._order_partition
         by_task: dict[int, list[Routed]] = {}
         direct: dict[int, list[DirectEvent]] = {}
         for routed_item in routed:
             order_id, item = routed_item
-            partition = _order_partition(order_id, partitions)
+            partition = order_partition(order_id)
             slot = tasks.get(partition)
             if slot is not None and item.source in slot.task.direct:
                 event = item.event
