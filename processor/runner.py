@@ -693,6 +693,10 @@ class Runner:
                         error=str(again),
                         retry_in_s=self._backoff_s,
                     )
+                    # Nothing is consumed until the batch is applied: the lag grows. A
+                    # Kafka error measuring it must not end the wait for Redis.
+                    with contextlib.suppress(KafkaException):
+                        self._report_lag(self._positions())
                     time.sleep(self._backoff_s)
                     self._backoff_s = min(REDIS_BACKOFF_S[1], 2 * self._backoff_s)
             self._drop_fenced()
@@ -1082,15 +1086,9 @@ class Runner:
         assigned = self._consumer.assignment()
         for tp in self._consumer.position(assigned) if assigned else []:
             low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            position: int | None = tp.offset
-            if tp.topic == self._by_order:
-                slot = self._tasks.get(tp.partition)
-                if tp.offset < 0:
-                    position = slot.position if slot is not None else None
-            else:
+            position = self._position(tp)
+            if tp.topic != self._by_order:
                 source = f"{tp.topic}:{tp.partition}"
-                if tp.offset < 0:
-                    position = self._router.position(source)
                 # Records below the log start are gone (retention): nothing left to read.
                 read_to = max(position or 0, low, 0)
                 if 0 <= high <= read_to:
@@ -1099,6 +1097,24 @@ class Runner:
                 behind = max(high - (position if position is not None else max(low, 0)), 0)
                 self._partition_gauges.lag(tp.topic, tp.partition, behind)
         return caught_up
+
+    def _position(self, tp: TopicPartition) -> int | None:
+        """Where the consumer reads `tp` (a `position()` answer) from next: its position,
+        or where it has read nothing since the assignment, the task's or the router's."""
+        if tp.offset >= 0:
+            return tp.offset
+        if tp.topic == self._by_order:
+            slot = self._tasks.get(tp.partition)
+            return slot.position if slot is not None else None
+        return self._router.position(f"{tp.topic}:{tp.partition}")
+
+    def _positions(self) -> dict[tuple[str, int], int]:
+        """Every assigned partition's `_position` (-1 where none is known)."""
+        assigned = self._consumer.assignment()
+        return {
+            (tp.topic, tp.partition): (-1 if (position := self._position(tp)) is None else position)
+            for tp in (self._consumer.position(assigned) if assigned else [])
+        }
 
     def _publish_watermarks(self, now: float, progress: int | None) -> None:
         drained = all_drained(self._sources, self._router_progress)
@@ -1309,13 +1325,15 @@ class Runner:
         self._must_rewind = False
         self._report_lag(rewound)
 
-    def _report_lag(self, rewound: Mapping[tuple[str, int], int]) -> None:
-        """Each partition's lag from the offset a rewind left it at to its log's end, asked
-        of the broker in one request: the consumer's figures (`_caught_up`) are read only
-        by a batch that gets through, and while batches fail, on Redis down say, the
-        gauges (and readiness) would show the lag before the outage (found in review)."""
-        ends = self._log_ends(f"{topic}:{partition}" for topic, partition in rewound)
-        for (topic, partition), offset in rewound.items():
+    def _report_lag(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Each partition's lag from the offset the consumer reads it from next (where a
+        rewind left it, or its position while a committed batch waits for Redis; negative:
+        none, the log start stands in) to its log's end, asked of the broker in one
+        request: the consumer's figures (`_caught_up`) are read only by a batch that gets
+        through, and while batches fail, or wait, on Redis down say, the gauges (and
+        readiness) would show the lag before the outage (found in review)."""
+        ends = self._log_ends(f"{topic}:{partition}" for topic, partition in offsets)
+        for (topic, partition), offset in offsets.items():
             end = ends.get(f"{topic}:{partition}")
             if end is not None:
                 tp = TopicPartition(topic, partition)
