@@ -83,10 +83,15 @@ class SourcedDecision:
 @dataclass(frozen=True, slots=True)
 class SourcedDeadLetter:
     """A dead letter under the order's key: an event the order refused or that waited in
-    vain for a missing piece (its input coordinates are `dead.origin`)."""
+    vain for a missing piece (its input coordinates are `dead.origin`).
+
+    `dead.payload` is the event as JSON, what an operator publishes again; `value_note`
+    says instead why the record holds none (bad input kept as it came), None if it does.
+    """
 
     dead: DeadLetter
     source: str
+    value_note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,8 +370,8 @@ def _held_entries(state: OrderState) -> Iterable[TimelineEntry]:
 def _dead_entries(
     dead_letters: Sequence[SourcedDeadLetter], state: OrderState | None
 ) -> Iterable[TimelineEntry]:
-    """The events of the dead letters that carry one (the policy's; an input that could not
-    be decoded or validated has no event to show, only its entry under dead letters)."""
+    """The events of the dead letters that carry one (an input whose bytes hold no event
+    has none to show, only its entry under dead letters)."""
     for item in dead_letters:
         try:
             event = parse_event_json(item.dead.payload)
@@ -611,6 +616,8 @@ def to_json(explanation: Explanation) -> dict[str, Any]:
                 "reason": item.dead.reason,
                 "message": item.dead.message,
                 "source": item.source,
+                "value": item.dead.payload if item.value_note is None else None,
+                "value_note": item.value_note,
             }
             for item in explanation.dead_letters
         ],
@@ -734,12 +741,17 @@ def render_text(explanation: Explanation) -> str:
         )
 
     out += ["", "Dead letters"]
-    out += _table(
+    dead_rows = _table(
         [
             [d["origin"], f"{d['reason']}: {d['message']}  <{d['source']}>"]
             for d in data["dead_letters"]
         ]
-    ) or ["  none"]
+    )
+    for row, d in zip(dead_rows, data["dead_letters"], strict=True):
+        value = d["value"] if d["value"] is not None else f"none, {d['value_note']}"
+        out += [row, f"      value: {value}"]
+    if not dead_rows:
+        out.append("  none")
 
     out += ["", "Pending timers"]
     out += _table([[t["deadline"], t["name"], t["meaning"]] for t in data["timers"]]) or ["  none"]

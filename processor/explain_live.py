@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from processor.config import PolicyConfig
 from processor.deadletter import ERROR_CLASS, ERROR_MESSAGE, Origin
+from processor.events import InvalidEventError, event_to_json, parse_event, parse_event_json
 from processor.explain import Explanation, SourcedDeadLetter, SourcedDecision, explain_state
 from processor.outputs import DeadLetter, decision_from_dict
 from processor.partitioner import default_partition
@@ -72,13 +73,12 @@ def explain_live(
         state, clock = _read_state(settings, task, order_id)
         low, high = consumer.get_watermark_offsets(partition, timeout=timeout_s)
         dead_offsets = consumer.get_watermark_offsets(dead_partition, timeout=timeout_s)
+        serde = make_serde(settings)
         decisions = _read_decisions(
-            _read_keyed(consumer, partition, (low, high), key, timeout_s),
-            make_serde(settings),
-            order_id,
+            _read_keyed(consumer, partition, (low, high), key, timeout_s), serde, order_id
         )
         dead_letters = [
-            _dead_letter(message)
+            _dead_letter(message, serde)
             for message in _read_keyed(consumer, dead_partition, dead_offsets, key, timeout_s)
         ]
     except KafkaException as exc:
@@ -200,10 +200,9 @@ def _read_decisions(
     return decisions
 
 
-def _dead_letter(message: Message) -> SourcedDeadLetter:
+def _dead_letter(message: Message, serde: Serde) -> SourcedDeadLetter:
     """A dead-letter record as the policy's `DeadLetter`: its headers say where it came
-    from and why; its value is the event's JSON when the policy wrote it (an input that
-    could not be decoded keeps its original bytes, which `explain` does not show)."""
+    from and why, its payload is the event its value holds, as JSON (`_event_json`)."""
     headers = dict(message.headers() or [])
 
     def header(name: str) -> str:
@@ -211,11 +210,35 @@ def _dead_letter(message: Message) -> SourcedDeadLetter:
         return value.decode(errors="replace") if isinstance(value, bytes) else value
 
     where = Origin.from_headers(headers)
+    value = message.value() or b""
+    event_json = _event_json(value, serde, "" if where is None else where.topic)
     dead = DeadLetter(
         origin="unknown" if where is None else str(where),
         reason=header(ERROR_CLASS),
         message=header(ERROR_MESSAGE),
-        payload=(message.value() or b"").decode(errors="replace"),
+        payload=event_json or "",
         key=(message.key() or b"").decode(errors="replace"),
     )
-    return SourcedDeadLetter(dead, f"{message.topic()}/{message.partition()}/{message.offset()}")
+    note = (
+        None
+        if event_json is not None
+        else f"{len(value)} bytes that hold no event (neither JSON nor Avro the processor reads)"
+    )
+    return SourcedDeadLetter(
+        dead, f"{message.topic()}/{message.partition()}/{message.offset()}", note
+    )
+
+
+def _event_json(value: bytes, serde: Serde, topic: str) -> str | None:
+    """The event a dead letter's value holds, as the JSON line `publish` takes, so that an
+    operator can send it again: the policy writes the event as JSON, the runner keeps an
+    input's Avro (a tracking update no order claimed, an event dated in the future), and
+    bad input as it came, which may hold no event at all (None)."""
+    try:
+        return event_to_json(parse_event_json(value))
+    except InvalidEventError:
+        pass
+    try:
+        return event_to_json(parse_event(serde.decode(value, topic)))
+    except (DecodeError, InvalidEventError):
+        return None

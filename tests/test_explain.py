@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from processor.config import load_policy
-from processor.events import to_millis
+from processor.events import parse_event_json, to_millis
 from processor.explain import (
     UnknownOrderError,
     explain_history,
@@ -290,6 +290,11 @@ def test_cli_json_has_the_documented_shape(history: Path) -> None:
     assert [(d["origin"], d["reason"], d["source"]) for d in data["dead_letters"]] == [
         (f"{history}:13", "unknown_sku", "replay")
     ]
+    (dead,) = data["dead_letters"]  # its event, to publish again (docs/live.md)
+    assert (parse_event_json(dead["value"]), dead["value_note"]) == (
+        parse_event_json(_lines(history)[12]),
+        None,
+    )
     assert (data["format"], data["order_id"], data["mode"], data["origin"]) == (
         1,
         "o1",

@@ -9,21 +9,30 @@ import sys
 from collections import defaultdict
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import Producer, TopicPartition
 
 from processor.config import load_policy
-from processor.events import Event, InvalidEventError, parse_event_json, to_millis
+from processor.events import (
+    Event,
+    InvalidEventError,
+    event_to_dict,
+    parse_event_json,
+    to_millis,
+)
 from processor.explain import UnknownOrderError, explain_history, to_json
 from processor.explain_live import ExplainError, explain_live
 from processor.generate import generate_history
 from processor.outputs import Decision
 from processor.replay import replay
+from processor.serde import Serde
 from tests.console import run_cli
-from tests.factories import T0, at, claim_filed, order_placed, shipped
+from tests.factories import T0, at, cancellation_requested, claim_filed, order_placed, shipped
 from tests.live import LiveHarness, await_condition, expected_refunds
 
 DAY_MS = 86_400_000
 GHOST = "o-ghost"
+#: What `explain` says of the value of a dead letter of 16 bytes of junk.
+NOTE = "16 bytes that hold no event (neither JSON nor Avro the processor reads)"
 
 
 def _cli(live: LiveHarness, *args: str) -> subprocess.CompletedProcess[str]:
@@ -159,6 +168,48 @@ def test_a_live_explanation_says_what_the_replay_says(live: LiveHarness) -> None
     assert "order 'o-never-placed' is unknown" in unknown.stderr
     assert "Traceback" not in unknown.stderr
 
+    live.stop_all()
+    live.assert_none_failed()
+
+
+def test_each_dead_letter_shows_the_event_to_publish_again(live: LiveHarness) -> None:
+    """What an operator sends again (docs/live.md, "Sending dead letters again"): each
+    dead letter's event as the JSON line `publish` takes, whether the policy wrote it as
+    JSON or the runner kept its input's Avro; bytes that hold no event are said to."""
+    unknown_sku = shipped("p1", {"NOPE": 1}, event_id="o1-ship-nope")
+    live.publish([json.dumps(order_placed("o1")), json.dumps(unknown_sku)])
+    future = parse_event_json(
+        json.dumps(cancellation_requested(when="9999-01-01T00:00:00Z", event_id="o1-future"))
+    )
+    orders = live.topics["orders"]
+    producer = Producer(live.settings.kafka.producer_config())
+    avro = Serde.single_object().encode(future.type, event_to_dict(future), orders)
+    producer.produce(orders, key=b"o1", value=avro)
+    producer.produce(orders, key=b"o1", value=b"\xffnot avro at all")
+    assert producer.flush(30) == 0
+    live.start()
+
+    def three_dead_letters() -> bool:
+        try:
+            return len(explain_live(live.settings, "o1", load_policy()).dead_letters) == 3
+        except (UnknownOrderError, ExplainError):
+            return False
+
+    await_condition(three_dead_letters, 120, "o1's three inputs are dead-lettered")
+    result = _cli(live, "o1", "--json")
+    assert result.returncode == 0, result.stderr
+    dead = {d["reason"]: d for d in json.loads(result.stdout)["dead_letters"]}
+    assert set(dead) == {"unknown_sku", "occurred_in_future", "bad_magic"}
+    assert parse_event_json(dead["unknown_sku"]["value"]) == parse_event_json(
+        json.dumps(unknown_sku)
+    )
+    assert parse_event_json(dead["occurred_in_future"]["value"]) == future
+    assert dead["bad_magic"]["value"] is None
+    assert dead["bad_magic"]["value_note"] == NOTE
+    assert all(d["value_note"] is None for d in (dead["unknown_sku"], dead["occurred_in_future"]))
+    text = _cli(live, "o1").stdout
+    assert f"      value: {dead['unknown_sku']['value']}\n" in text
+    assert f"      value: none, {NOTE}\n" in text
     live.stop_all()
     live.assert_none_failed()
 
