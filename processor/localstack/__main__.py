@@ -7,7 +7,10 @@ stdout, progress on stderr: `set -a; eval "$(python -m processor.localstack up)"
 The broker creates no topic by itself, so `up` creates the default input topics, 6
 partitions each, with time retention off: `publish` stamps records with their event
 times, months old for a generated history, which the default 7-day retention would
-delete. It is idempotent: a stack that is already up is reused. Everything lives in
+delete. It is idempotent: a stack that is already up is reused, and a service of it
+that died (or stopped answering) is started again on its port with its data, the other
+left running. Only `down` deletes data: `up` refuses (exit code 2) when it cannot bring
+the recorded stack back as it was, rather than start over. Everything lives in
 `.stack/` under the current directory: `state.json` (addresses, PIDs, dirs), `env` (the
 same KEY=VALUE lines), and each service's data and logs in `kafka/` and `redis/`. `down`
 stops both and removes `.stack/`'s contents.
@@ -78,14 +81,72 @@ def _stop_all(state: dict[str, ServiceState]) -> None:
         leftover.unlink(missing_ok=True)
 
 
+def _save(state: dict[str, ServiceState]) -> list[str]:
+    """Writes `state.json` and `env`; returns the variables, for stdout."""
+    _state_path().write_text(json.dumps(state, indent=2) + "\n")
+    lines = _env_lines(state)
+    (STACK_DIR / "env").write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def _refuse(problem: str) -> int:
+    print(
+        f"error: {problem}\nThe stack's data in {STACK_DIR.resolve()} is kept. "
+        "`python -m processor.localstack down` then `up` starts a new, empty stack "
+        "(deleting that data).",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def up() -> int:
-    """Start both services unless a complete stack is already running."""
+    """Start both services, or those of the recorded stack that are not running."""
+    if not _state_path().exists():
+        return _start_new()
     state = _load()
-    if state and all(name in state and _alive(state[name]) for name in _SERVICES):
+    if not all(name in state for name in _SERVICES):
+        return _refuse(f"{_state_path()} cannot be read, or does not record both services")
+    dead = [name for name in _SERVICES if not _alive(state[name])]
+    if not dead:
         print("stack already up", file=sys.stderr)
         print("\n".join(_env_lines(state)))
         return 0
-    _stop_all(state)  # half-dead stack: start over
+    for name in _SERVICES:
+        if name not in dead:
+            print(f"{name} is up, kept (pid {state[name]['pid']})", file=sys.stderr)
+    for name in dead:
+        recorded = state[name]
+        if stop_pid(recorded["pid"], Path(recorded["workdir"])):
+            print(f"stopped {name} (pid {recorded['pid']}): not answering", file=sys.stderr)
+        print(
+            f"{name} is down: starting it again on port {recorded['port']} with its data "
+            f"in {recorded['workdir']}...",
+            file=sys.stderr,
+        )
+        service = _recorded(name, recorded)
+        try:
+            service.start()
+        except ServiceStartError as error:
+            _save(state)  # the PIDs of those started again before it
+            return _refuse(f"{name} did not start again: {error}")
+        state[name] = ServiceState(**(recorded | {"pid": service.pid}))
+        print(f"started {name} again (pid {service.pid})", file=sys.stderr)
+    print("\n".join(_save(state)))
+    return 0
+
+
+def _recorded(name: str, recorded: ServiceState) -> LocalKafka | LocalRedis:
+    """The service `up` recorded, on its port and in its directory, with its data."""
+    workdir, port = recorded["workdir"], recorded["port"]
+    if name == "kafka":
+        return LocalKafka(workdir=workdir, port=port, detach=True)
+    return LocalRedis(appendonly=True, workdir=workdir, port=port, detach=True)
+
+
+def _start_new() -> int:
+    """A new stack: nothing is recorded, so what `.stack/` holds is what an `up` that
+    failed left behind."""
+    _stop_all({})
     STACK_DIR.mkdir(exist_ok=True)
     (STACK_DIR / ".gitignore").write_text("*\n")
     redis = LocalRedis(appendonly=True, workdir=STACK_DIR / "redis", detach=True)
@@ -116,10 +177,7 @@ def up() -> int:
             pid=redis.pid, port=redis.port, address=redis.url, workdir=str(redis.workdir)
         ),
     }
-    _state_path().write_text(json.dumps(state, indent=2) + "\n")
-    lines = _env_lines(state)
-    (STACK_DIR / "env").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print("\n".join(_save(state)))
     return 0
 
 

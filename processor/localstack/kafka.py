@@ -172,15 +172,18 @@ class LocalKafka(LocalService):
     """One Kafka broker+controller process on loopback ports, with its data in `workdir`.
 
     Lifecycle as `LocalService`; a given `workdir` has its `data/` reformatted on the first
-    `start()`. A failed `start()` raises `ServiceStartError` quoting the broker log and
-    leaves the workdir for inspection. Unless detached, killed test runs leave no JVMs
-    behind.
+    `start()`, unless `port` names the broker port an earlier process ran it on: then
+    `start()` runs that broker again as it was (its `server.properties`, its data), as
+    `localstack up` does for a broker that died. A failed `start()` raises
+    `ServiceStartError` quoting the broker log and leaves the workdir for inspection.
+    Unless detached, killed test runs leave no JVMs behind.
     """
 
     def __init__(
         self,
         workdir: Path | str | None = None,
         *,
+        port: int | None = None,
         heap: str = "512m",
         overrides: Mapping[str, str] | None = None,
         startup_timeout: float = 90.0,
@@ -191,9 +194,9 @@ class LocalKafka(LocalService):
         self._heap = heap
         self._overrides = dict(overrides or {})
         self._cache = cache
-        self._broker_port: int | None = None
+        self._broker_port = port
         self._controller_port: int | None = None
-        self._formatted = False
+        self._formatted = port is not None
         self._log_offsets = (0, 0)
 
     # -- addresses and paths -------------------------------------------------------------

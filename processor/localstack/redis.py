@@ -39,7 +39,8 @@ class LocalRedis(LocalService):
     `appendonly=True` turns on the AOF with `appendfsync always`, so every acknowledged write
     survives even `restart(crash=True)` (SIGKILL); without it nothing is persisted
     (`--save ''`), and a restart starts empty. `restart()` keeps port and directory, so
-    clients reconnect to the same URL.
+    clients reconnect to the same URL. `port` starts on that port rather than a free one:
+    a Redis of an earlier process with `workdir`, brought back with its AOF (`localstack up`).
     """
 
     def __init__(
@@ -47,12 +48,13 @@ class LocalRedis(LocalService):
         appendonly: bool = False,
         *,
         workdir: Path | str | None = None,
+        port: int | None = None,
         startup_timeout: float = 20.0,
         detach: bool = False,
     ) -> None:
         super().__init__(workdir, startup_timeout=startup_timeout, detach=detach)
         self.appendonly = appendonly
-        self._port: int | None = None
+        self._port = port
 
     @property
     def port(self) -> int:

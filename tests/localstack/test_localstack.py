@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,9 +16,13 @@ import pytest
 import redis
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
-from processor.localstack import ServiceStartError
+from processor.localstack import ServiceStartError, pid_alive, poll_until
 from processor.localstack.kafka import KafkaAdmin, LocalKafka
 from processor.localstack.redis import LocalRedis
+from processor.settings import TopicsSettings
+
+#: What `localstack up` says when it refuses rather than delete the stack's data.
+RESET_HINT = "`python -m processor.localstack down` then `up` starts a new, empty stack"
 
 
 def _consume(
@@ -193,17 +199,37 @@ def test_kafka_bad_config_fails_fast_with_the_reason() -> None:
     kafka.close()
 
 
+def _localstack(stack_dir: Path, command: str) -> subprocess.CompletedProcess[str]:
+    """`python -m processor.localstack COMMAND` with its `.stack/` in `stack_dir`."""
+    return subprocess.run(
+        [sys.executable, "-m", "processor.localstack", command],
+        cwd=stack_dir,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def _produce(bootstrap: str, topic: str, value: bytes) -> None:
+    """One record, acknowledged by the broker (the producer is gone when this returns, so
+    it does not log refused connections while the test kills the broker)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    producer.produce(topic, value=value)
+    assert producer.flush(30) == 0
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL a service of the stack, and wait until it is gone (or a zombie: the `up`
+    that started it has exited, and its orphans may never be reaped)."""
+    os.kill(pid, signal.SIGKILL)
+    assert poll_until(lambda: not pid_alive(pid), 10)
+
+
 def test_cli_up_status_down(tmp_path: Path) -> None:
     def cli(command: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "processor.localstack", command],
-            cwd=tmp_path,
-            env=os.environ,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        return _localstack(tmp_path, command)
 
     up = cli("up")
     try:
@@ -225,3 +251,73 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
     assert down.returncode == 0, down.stderr
     assert cli("status").returncode == 1
     assert not (tmp_path / ".stack" / "state.json").exists()
+
+
+def test_cli_up_starts_a_dead_service_again_with_its_data_and_keeps_the_other(
+    tmp_path: Path,
+) -> None:
+    """`up` after Redis, then Kafka, of a running stack died: the dead one comes back on
+    its port with its data (Redis's AOF, Kafka's log), the other keeps running, and the
+    variables stay the same. What it cannot bring back as it was, it refuses to replace
+    (exit 2): only `down` deletes the stack's data."""
+    first = _localstack(tmp_path, "up")
+    try:
+        assert first.returncode == 0, first.stderr
+        env = dict(line.split("=", 1) for line in first.stdout.splitlines())
+        client = redis.Redis.from_url(env["REDIS_URL"])
+        client.set("refund:1", "paid")
+        topic, bootstrap = TopicsSettings().orders, env["KAFKA_BOOTSTRAP_SERVERS"]
+        _produce(bootstrap, topic, b"before-crash")
+
+        def pids() -> dict[str, int]:
+            state = json.loads((tmp_path / ".stack" / "state.json").read_text())
+            return {name: service["pid"] for name, service in state.items()}
+
+        before = pids()
+        _kill(before["redis"])
+        port = int(env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+        with socket.create_server(("127.0.0.1", port)):  # someone took its port meanwhile
+            refused = _localstack(tmp_path, "up")
+        assert refused.returncode == 2
+        assert "redis did not start again" in refused.stderr
+        assert RESET_HINT in refused.stderr
+        assert refused.stdout == ""
+        assert pid_alive(before["kafka"])
+
+        redis_again = _localstack(tmp_path, "up")
+        assert redis_again.returncode == 0, redis_again.stderr
+        assert redis_again.stdout == first.stdout
+        assert f"kafka is up, kept (pid {before['kafka']})" in redis_again.stderr
+        assert pids()["kafka"] == before["kafka"]
+        assert client.get("refund:1") == b"paid"  # the client reconnects on its own
+        client.close()
+
+        after_redis = pids()
+        _kill(after_redis["kafka"])
+        kafka_again = _localstack(tmp_path, "up")
+        assert kafka_again.returncode == 0, kafka_again.stderr
+        assert kafka_again.stdout == first.stdout
+        assert pids()["redis"] == after_redis["redis"]
+        records = _consume(bootstrap, topic, until=lambda got: len(got) >= 1)
+        assert _values(records) == [b"before-crash"]
+        assert _localstack(tmp_path, "status").returncode == 0
+    finally:
+        assert _localstack(tmp_path, "down").returncode == 0
+
+
+def test_cli_up_refuses_to_start_over_on_a_state_it_cannot_read(tmp_path: Path) -> None:
+    """Which services run where is unknown: starting a new stack would delete the data
+    of one that may still be running."""
+    aof = tmp_path / ".stack" / "redis" / "appendonlydir"
+    aof.mkdir(parents=True)
+    (aof / "appendonly.aof.1.incr.aof").write_text("*1\r\n$4\r\nPING\r\n")
+    (tmp_path / ".stack" / "state.json").write_text("{")
+    try:
+        up = _localstack(tmp_path, "up")
+
+        assert up.returncode == 2
+        assert "state.json cannot be read" in up.stderr
+        assert RESET_HINT in up.stderr
+        assert (aof / "appendonly.aof.1.incr.aof").exists()
+    finally:  # had `up` started a new stack after all
+        _localstack(tmp_path, "down")
