@@ -152,7 +152,9 @@ class Checkpoint:
        transaction will commit (write-ahead; refused if another instance claimed the task);
     2. sends the consumed offsets into the transaction, each with its metadata (a task's
        batch marker, a router's watermark and handled mark), and with the consumer
-       group's metadata, so a member that lost its partitions cannot commit them;
+       group's metadata, so a member that lost its partitions cannot commit them, nor the
+       records it produced; none when the runner found nothing to commit (`Runner.
+       _unchanged`): the transaction is then empty, and librdkafka ends it with no request;
     3. commits the transaction: outputs, offsets and metadata become visible together, and
        the batch counts in the metrics (`tally`) and the log;
     4. applies the staged state in Redis (`apply()`, which may be retried).
@@ -168,6 +170,9 @@ class Checkpoint:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     metadata: dict[tuple[str, int], str] = field(default_factory=dict)
     tally: metrics.BatchTally = field(default_factory=metrics.BatchTally)
+    produced: bool = False  # a record is in the transaction: its offsets must go with it
+    #: The watermark records produced, by (input source, internal topic partition).
+    reports: dict[tuple[str, int], bytes] = field(default_factory=dict)
     committed: bool = False
     applied: int = 0  # stores[:applied] are applied (or were claimed by another owner)
 
@@ -523,7 +528,6 @@ class Runner:
         self._timers_pending = metrics.GaugeShare(metrics.TIMERS_PENDING)
         self._orphans_waiting = metrics.GaugeShare(metrics.ORPHANS_WAITING)
         self._events_buffered = metrics.GaugeShare(metrics.EVENTS_BUFFERED)
-        self._tally = metrics.BatchTally()  # the batch in progress: its checkpoint's
         self._admin = AdminClient(settings.kafka.admin_config(), logger=_rdkafka_log)
         self._by_order_partitions = partitions = self._ensure_topics()
 
@@ -559,6 +563,15 @@ class Runner:
         self._next_key = 0
         self._producer = Producer(producer_config, logger=_rdkafka_log)
         self._producer.init_transactions()
+        self._checkpoint = Checkpoint(self._producer, self._consumer, self._transaction_timeout_s)
+        # What the last commits wrote, so that a batch that would write it again writes
+        # nothing: the watermark record last committed per (source, partition), and the
+        # offsets and metadata last sent. Cleared by a rewind and a rebalance.
+        self._reported: dict[tuple[str, int], bytes] = {}
+        self._sent_positions: (
+            tuple[dict[tuple[str, int], int], dict[tuple[str, int], str]] | None
+        ) = None
+        self._report_again_at = 0.0  # monotonic: unchanged reports are written again then
         self._intake = Intake(
             self._consumer, settings.max_batch_records, settings.commit_interval_ms / 1000
         )
@@ -620,7 +633,7 @@ class Runner:
         opened = time.perf_counter()
         self._producer.begin_transaction()
         checkpoint = Checkpoint(self._producer, self._consumer, self._transaction_timeout_s)
-        self._tally = checkpoint.tally
+        self._checkpoint = checkpoint
         try:
             self._claim_assigned()
             self._process(messages, checkpoint)
@@ -788,6 +801,7 @@ class Runner:
                 committed=max(tp.offset, 0),
             )
             self._unclaimed.discard((tp.topic, tp.partition))
+            self._forget_commits()
             _log.info(
                 "task claimed",
                 topic=tp.topic,
@@ -866,7 +880,7 @@ class Runner:
     def _process(self, messages: list[Message], checkpoint: Checkpoint) -> None:
         now = time.monotonic()
         received_ms = int(time.time() * 1000)
-        tally = self._tally
+        tally = checkpoint.tally
         inbound: list[Inbound] = []
         rejected: list[tuple[str, int]] = []  # (source, offset) of records dead-lettered here
         touched: set[int] = set()
@@ -935,7 +949,7 @@ class Runner:
         self._send_routed(routed.routed, received_ms)
         for pending, dead in routed.dead_letters:
             self._dead_letter(_key(dead), pending.payload, dead.origin, dead.reason, dead.message)
-        self._publish_watermarks(now, progress)
+        self._publish_watermarks(now, progress, checkpoint)
 
         for partition in sorted(self._tasks):
             slot = self._tasks[partition]
@@ -962,7 +976,13 @@ class Runner:
             source_topic, _, source_partition = source.rpartition(":")
             checkpoint.offsets[(source_topic, int(source_partition))] = commit.offset
             checkpoint.metadata[(source_topic, int(source_partition))] = input_metadata(commit)
+        if self._unchanged(checkpoint):
+            checkpoint.offsets.clear()
+            checkpoint.metadata.clear()
         checkpoint.commit()
+        self._reported.update(checkpoint.reports)
+        if checkpoint.offsets:
+            self._sent_positions = (checkpoint.offsets, checkpoint.metadata)
         if self._refused:
             # Kafka let this instance commit these inputs' offsets, so they are its own: the
             # claim holding their progress came late, from an instance that stalled between
@@ -976,6 +996,16 @@ class Runner:
             if topic == self._by_order and partition in self._tasks:
                 self._tasks[partition].committed = offset
         self._drop_fenced()
+
+    def _unchanged(self, checkpoint: Checkpoint) -> bool:
+        """Whether the batch has nothing to commit: no record, no state, and the offsets
+        and metadata the last commit sent. Its transaction then stays empty: an idle
+        instance commits no transaction to the broker between two reports."""
+        return (
+            not checkpoint.produced
+            and not checkpoint.stores
+            and self._sent_positions == (checkpoint.offsets, checkpoint.metadata)
+        )
 
     def _input_marks(self, topic: str, partition: int) -> tuple[str, int, int] | None:
         """An input partition's source name, the offset below which its records were
@@ -1038,7 +1068,7 @@ class Runner:
                     },
                     self._by_order,
                 )
-                self._producer.produce(
+                self._produce(
                     self._by_order,
                     key=self._new_key(),
                     value=value,
@@ -1116,7 +1146,15 @@ class Runner:
             for tp in (self._consumer.position(assigned) if assigned else [])
         }
 
-    def _publish_watermarks(self, now: float, progress: int | None) -> None:
+    def _publish_watermarks(self, now: float, progress: int | None, checkpoint: Checkpoint) -> None:
+        """Reports each input's progress to every task (docs/live.md, "Event time across
+        instances"). A report the partition got last is not written again until
+        `idle_partition_wait_ms` has passed: an idle application wrote one per input and
+        partition every batch, and committed a transaction for them. Written again that
+        often, it reaches an owner that reads the partition from past the last one."""
+        again = now >= self._report_again_at
+        if again:
+            self._report_again_at = now + self._idle_s
         drained = all_drained(self._sources, self._router_progress)
         caught_up = self._caught_up()
         self._pace()
@@ -1144,9 +1182,12 @@ class Runner:
                     record = self._direct_watermark(source, report, slot.task)
                 else:
                     record = value
-                self._producer.produce(
+                if not again and self._reported.get((source, partition)) == record:
+                    continue
+                self._produce(
                     self._by_order, key=self._new_key(), value=record, partition=partition
                 )
+                checkpoint.reports[(source, partition)] = record
 
     def _direct_watermark(self, source: str, report: Progress, task: OrderTask) -> bytes:
         """A direct input's watermark: its task here takes it as it is, and the task's
@@ -1200,7 +1241,7 @@ class Runner:
                 _key(output), output.payload.encode(), output.origin, output.reason, output.message
             )
             return
-        self._tally.outputs.append(output)
+        self._checkpoint.tally.outputs.append(output)
         if isinstance(output, RefundCommand):
             topic, key = topics.wallet, output.merchant_id
         elif isinstance(output, ReshipCommand):
@@ -1211,16 +1252,21 @@ class Runner:
         value = self._serde.encode(output.type, output_to_dict(output, iso_times=False), topic)
         # Kafka timestamp = when the command was issued (wall clock); decided_at, the event
         # time, is in the record. Event time here would let retention delete fresh commands.
-        self._producer.produce(topic, key=key.encode(), value=value)
+        self._produce(topic, key=key.encode(), value=value)
 
     def _dead_letter(
         self, key: bytes | None, value: bytes | None, origin: str, reason: str, message: str
     ) -> None:
-        self._tally.dead_letters.append((origin, reason, message))
+        self._checkpoint.tally.dead_letters.append((origin, reason, message))
         record = dead_letter_record(key, value, origin, reason, message)
-        self._producer.produce(
+        self._produce(
             self.settings.topics.dlq, key=record.key, value=record.value, headers=record.headers
         )
+
+    def _produce(self, topic: str, **record: Any) -> None:
+        """Every record the runner writes: its batch then commits offsets (`_unchanged`)."""
+        self._checkpoint.produced = True
+        self._producer.produce(topic, **record)
 
     def _source_key(self, partition: int) -> str:
         return f"{self._by_order}:{partition}"
@@ -1323,7 +1369,15 @@ class Runner:
                 self._tasks[tp.partition].position = max(tp.offset, 0)
             rewound[(tp.topic, tp.partition)] = tp.offset
         self._must_rewind = False
+        self._forget_commits()
         self._report_lag(rewound)
+
+    def _forget_commits(self) -> None:
+        """After a rewind or a rebalance, the next batch writes every report and commits
+        every offset: a task set up since reads the reports from its committed offset, and
+        syncs on the first record of ours (`OrderTask.sync`)."""
+        self._reported.clear()
+        self._sent_positions = None
 
     def _report_lag(self, offsets: Mapping[tuple[str, int], int]) -> None:
         """Each partition's lag from the offset the consumer reads it from next (where a

@@ -109,6 +109,41 @@ def test_the_internal_topic_is_purged_again_and_again(live: LiveHarness) -> None
     live.assert_none_failed()
 
 
+def test_an_idle_instance_writes_its_unchanged_reports_once_per_idle_wait(
+    live: LiveHarness,
+) -> None:
+    """An idle instance wrote every input's report to every task's partition each batch,
+    ten times a second, and committed a transaction for them. An unchanged report is now
+    written again once `idle_partition_wait_ms` has passed: in a window of two waits,
+    three rounds at most, and two of changed reports (the tasks deciding their last
+    events change what their direct inputs report), where the old runner wrote a round
+    each batch."""
+    idle_wait_s = 2.0
+    live.configure(env={"REFUND_IDLE_PARTITION_WAIT_MS": str(int(idle_wait_s * 1000))})
+    live.publish(generate_history(40, seed=9))
+    live.start()
+    inputs = {live.topics["orders"], live.topics["tracking"]}
+    sources = {f"{topic}:{partition}" for topic in inputs for partition in live.partitions(topic)}
+    index = RedisTrackingIndex(redis.Redis.from_url(live.redis_url), live.app)
+
+    def drained() -> bool:
+        reported = index.read_progress()
+        return set(reported) == sources and all(report.drained for report in reported.values())
+
+    await_condition(drained, 120, "every input drained")
+    by_order = live.settings.by_order_topic
+    # Per partition of the internal topic: a record per input, and the commit's marker.
+    one_round = (len(sources) + 1) * len(live.partitions(by_order))
+    before = live.end_offsets(by_order)
+    time.sleep(2 * idle_wait_s)  # the window measured, not a wait for a condition
+    after = live.end_offsets(by_order)
+    live.stop_all()
+
+    written = sum(after.values()) - sum(before.values())
+    assert written <= 5 * one_round, f"{written} records, {one_round} a round of reports"
+    live.assert_none_failed()
+
+
 def _readme_acls(live: LiveHarness, *, but: AclOperation | None = None) -> list[AclBinding]:
     """The ACLs README.md ("Against an existing Kafka and Redis") says the processor needs,
     for `PROCESSOR_USER`; `but` leaves that operation out on the internal topic."""
