@@ -222,7 +222,7 @@ def _dead_letter(message: Message, serde: Serde) -> SourcedDeadLetter:
     note = (
         None
         if event_json is not None
-        else f"{len(value)} bytes that hold no event (neither JSON nor Avro the processor reads)"
+        else f"{len(value)} bytes that hold no valid event (the reason says why)"
     )
     return SourcedDeadLetter(
         dead, f"{message.topic()}/{message.partition()}/{message.offset()}", note

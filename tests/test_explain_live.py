@@ -32,7 +32,7 @@ from tests.live import LiveHarness, await_condition, expected_refunds
 DAY_MS = 86_400_000
 GHOST = "o-ghost"
 #: What `explain` says of the value of a dead letter of 16 bytes of junk.
-NOTE = "16 bytes that hold no event (neither JSON nor Avro the processor reads)"
+NOTE = "16 bytes that hold no valid event (the reason says why)"
 
 
 def _cli(live: LiveHarness, *args: str) -> subprocess.CompletedProcess[str]:
