@@ -148,7 +148,7 @@ class Router:
         The offset may be held back below records a committed batch read already: behind
         an update still pending, or events it handed to a task that had not decided them
         (docs/live.md, "Direct delivery"). Those records are read again up to the
-        `handled` mark (`replaying`): their events are handed over again and pending
+        `handled` mark (`Router.handled`): their events are handed over again and pending
         updates retried; a bad record is not dead-lettered again, and an update that
         expired is not resolved now.
 

@@ -566,11 +566,10 @@ class Runner:
         self._checkpoint = Checkpoint(self._producer, self._consumer, self._transaction_timeout_s)
         # What the last commits wrote, so that a batch that would write it again writes
         # nothing: the watermark record last committed per (source, partition), and the
-        # offsets and metadata last sent. Cleared by a rewind and a rebalance.
+        # offset and metadata last sent per partition. Cleared by a rewind, a task's
+        # claim, and a batch that failed after its commit.
         self._reported: dict[tuple[str, int], bytes] = {}
-        self._sent_positions: (
-            tuple[dict[tuple[str, int], int], dict[tuple[str, int], str]] | None
-        ) = None
+        self._sent_positions: dict[tuple[str, int], tuple[int, str | None]] = {}
         self._report_again_at = 0.0  # monotonic: unchanged reports are written again then
         self._intake = Intake(
             self._consumer, settings.max_batch_records, settings.commit_interval_ms / 1000
@@ -695,6 +694,10 @@ class Runner:
             # Outputs and offsets are committed: the batch's state must reach Redis too.
             # Retrying apply is safe, and claiming again is not (see `_rewind`). If we stop
             # first, the task's next owner applies the batch when it claims the task.
+            # What it wrote was not noted (`_process` stopped at the apply): the next
+            # batch writes every report and offset, or it could skip one that differs
+            # from this batch's as equal to an older one (found in review).
+            self._forget_commits()
             while self.running:
                 try:
                     checkpoint.apply()
@@ -981,8 +984,8 @@ class Runner:
             checkpoint.metadata.clear()
         checkpoint.commit()
         self._reported.update(checkpoint.reports)
-        if checkpoint.offsets:
-            self._sent_positions = (checkpoint.offsets, checkpoint.metadata)
+        for position, offset in checkpoint.offsets.items():
+            self._sent_positions[position] = (offset, checkpoint.metadata.get(position))
         if self._refused:
             # Kafka let this instance commit these inputs' offsets, so they are its own: the
             # claim holding their progress came late, from an instance that stalled between
@@ -998,13 +1001,19 @@ class Runner:
         self._drop_fenced()
 
     def _unchanged(self, checkpoint: Checkpoint) -> bool:
-        """Whether the batch has nothing to commit: no record, no state, and the offsets
-        and metadata the last commit sent. Its transaction then stays empty: an idle
+        """Whether the batch has nothing to commit: no record, no state, each partition's
+        offset and metadata as last sent, and no input to claim again (`_refused`, which a
+        commit of its offset proves ours). Its transaction then stays empty: an idle
         instance commits no transaction to the broker between two reports."""
+        sent = self._sent_positions
         return (
             not checkpoint.produced
             and not checkpoint.stores
-            and self._sent_positions == (checkpoint.offsets, checkpoint.metadata)
+            and not self._refused
+            and all(
+                sent.get(position) == (offset, checkpoint.metadata.get(position))
+                for position, offset in checkpoint.offsets.items()
+            )
         )
 
     def _input_marks(self, topic: str, partition: int) -> tuple[str, int, int] | None:
@@ -1373,11 +1382,12 @@ class Runner:
         self._report_lag(rewound)
 
     def _forget_commits(self) -> None:
-        """After a rewind or a rebalance, the next batch writes every report and commits
-        every offset: a task set up since reads the reports from its committed offset, and
-        syncs on the first record of ours (`OrderTask.sync`)."""
+        """After a rewind, a task's claim or a batch that failed after its commit, the next
+        batch writes every report and commits every offset: a task set up since reads the
+        reports from its committed offset, and syncs on the first record of ours
+        (`OrderTask.sync`)."""
         self._reported.clear()
-        self._sent_positions = None
+        self._sent_positions.clear()
 
     def _report_lag(self, offsets: Mapping[tuple[str, int], int]) -> None:
         """Each partition's lag from the offset the consumer reads it from next (where a
