@@ -35,7 +35,7 @@ from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
 
 from processor.config import load_policy
 from processor.deadletter import ERROR_CLASS, SOURCE_TOPIC
-from processor.localstack import free_port, poll_until
+from processor.localstack import free_port, poll_until, process_state
 from processor.localstack.kafka import KafkaAdmin, LocalKafka
 from processor.outputs import RefundCommand
 from processor.publish import publish_lines
@@ -158,6 +158,10 @@ class Instance:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def stopped_after(self, text: str) -> bool:
+        """Whether it logged `text` and is stopped (SIGSTOP: tests/stall.py)."""
+        return text in self.log_text() and process_state(self.process.pid) == "T"
+
     def log_lines(self) -> list[dict[str, Any]]:
         """The log's complete lines, as the JSON objects they must be (processor/logs.py)."""
         text = self.log_text()
@@ -258,20 +262,38 @@ class LiveHarness:
             source, "history.jsonl", self.settings, Serde.single_object(), errors=io.StringIO()
         )
 
-    def start(self, name: str | None = None, *, module: str = "processor.cli") -> Instance:
+    def start(
+        self,
+        name: str | None = None,
+        *,
+        module: str = "processor.cli",
+        env: Mapping[str, str] | None = None,
+    ) -> Instance:
         """Starts an instance; a `name` used before (a restart) gets a new log file. Another
-        `module` runs the processor with a fault injected (tests/stall_in_claim.py)."""
+        `module` runs the processor with a fault injected (`start_stalled`), `env` adds
+        variables for this instance alone."""
         name = name or f"p{len(self.instances)}"
         log = self.tmp_path / f"processor-{len(self.instances):02d}-{name}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", module, "run"],
-                env=self.env | {"REFUND_KAFKA__CLIENT_ID": name},
+                env=self.env | dict(env or {}) | {"REFUND_KAFKA__CLIENT_ID": name},
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
         instance = Instance(name, process, log)
         self.instances.append(instance)
+        return instance
+
+    def start_stalled(self, name: str, step: str) -> Instance:
+        """Starts an instance that stops itself the first time it reaches `step`
+        (tests/stall.py), and waits until it has."""
+        instance = self.start(name, module="tests.stall", env={"STALL_IN": step})
+        await_condition(
+            lambda: instance.stopped_after("stalling in"),
+            timeout_s=90,
+            what=f"{name} stops in its first {step}",
+        )
         return instance
 
     def running(self) -> list[Instance]:

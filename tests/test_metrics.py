@@ -25,7 +25,6 @@ from prometheus_client.samples import Sample
 from processor import metrics
 from processor.config import load_policy
 from processor.generate import generate_history
-from processor.localstack import process_state
 from processor.localstack.redis import LocalRedis
 from processor.metrics import (
     REGISTRY,
@@ -443,18 +442,10 @@ def test_the_lag_grows_while_redis_is_down(
     Kafka commit and its apply, leaves the instance retrying that apply, consuming
     nothing, until Redis is back. Where it lands depends on timing (on a loaded machine,
     often in that window); `after_a_commit` puts it there every time
-    (tests/stall_in_apply.py)."""
+    (tests/stall.py)."""
     live.configure(env={"REFUND_REDIS__URL": redis_server.url})
     if outage == "after_a_commit":
-        instance = live.start(module="tests.stall_in_apply")
-        await_condition(
-            lambda: (
-                "stalling in RedisTaskStore.apply" in instance.log_text()
-                and process_state(instance.process.pid) == "T"  # stopped
-            ),
-            timeout_s=90,
-            what="the instance stops in its first apply, its batch committed",
-        )
+        instance = live.start_stalled("p0", "apply")
         failing = "Redis unavailable: applying the committed batch"
     else:
         instance = live.start()

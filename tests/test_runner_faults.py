@@ -26,7 +26,6 @@ import redis
 from confluent_kafka import Producer
 
 from processor.generate import generate_history
-from processor.localstack import process_state
 from processor.localstack.kafka import KafkaAdmin, LocalKafka
 from processor.localstack.redis import LocalRedis
 from processor.redis_index import RedisTrackingIndex
@@ -248,15 +247,7 @@ def test_a_claim_stalled_past_a_newer_owners_commits_leaves_the_task_to_it(
     to the rebalance it is about to notice instead of stopping on an error
     (docs/state-store.md, "A zombie's claim"), and every refund is paid once."""
     expected = _history(live, SMALL.orders, seed=37)
-    stalled = live.start("i0", module="tests.stall_in_claim")
-    await_condition(
-        lambda: (
-            "stalling in RedisTaskStore.claim" in stalled.log_text()
-            and process_state(stalled.process.pid) == "T"  # stopped
-        ),
-        timeout_s=90,
-        what="i0 stops in its first claim",
-    )
+    stalled = live.start_stalled("i0", "claim")
     live.start("i1")
     with live.reader() as reader:
         reader.read_until(expected, timeout_s=240)
@@ -283,17 +274,7 @@ def test_a_late_claim_of_input_partitions_is_taken_back_by_their_owner(
     commit, so it claims the inputs again and its reports stand (docs/live.md, "Exactly
     once"): otherwise every router would read them as unknown from then on."""
     expected = _history(live, SMALL.orders, seed=41)
-    live.configure(env={"STALL_IN": "inputs"})
-    stalled = live.start("i0", module="tests.stall_in_claim")
-
-    def stopped_after(text: str) -> bool:
-        return text in stalled.log_text() and process_state(stalled.process.pid) == "T"
-
-    await_condition(
-        lambda: stopped_after("stalling in RedisTrackingIndex.claim_sources"),
-        timeout_s=90,
-        what="i0 stops in its first claim of its inputs",
-    )
+    stalled = live.start_stalled("i0", "inputs")
     owner = live.start("i1")
     inputs = {
         f"{topic}:{partition}"
@@ -306,7 +287,7 @@ def test_a_late_claim_of_input_partitions_is_taken_back_by_their_owner(
         mark = len(owner.log_text())
         stalled.process.send_signal(signal.SIGCONT)
         await_condition(
-            lambda: stopped_after("claimed late"),
+            lambda: stalled.stopped_after("claimed late"),
             timeout_s=60,
             what="i0 claims its inputs late and stops for good",
         )
