@@ -153,8 +153,8 @@ class Checkpoint:
     2. sends the consumed offsets into the transaction, each with its metadata (a task's
        batch marker, a router's watermark and handled mark), and with the consumer
        group's metadata, so a member that lost its partitions cannot commit them, nor the
-       records it produced; none when the runner found nothing to commit (`Runner.
-       _unchanged`): the transaction is then empty, and librdkafka ends it with no request;
+       records it produced; none when there is nothing to commit (`Runner._unchanged`):
+       the transaction is then empty, and librdkafka ends it with no request;
     3. commits the transaction: outputs, offsets and metadata become visible together, and
        the batch counts in the metrics (`tally`) and the log;
     4. applies the staged state in Redis (`apply()`, which may be retried).
