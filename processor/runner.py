@@ -543,8 +543,15 @@ class Runner:
             for topic in self._inputs
             for partition in topic_partitions(self._admin, topic)
         )
+        # A partition resumed (`_pace`) or assigned joins the consumer's next fetch, sent
+        # when the one in flight returns: with nothing new to read, after librdkafka's
+        # `fetch.wait.max.ms`, 500 ms. Idle reports no longer arrive every batch to end it
+        # sooner, and each start waited that long after its tasks synced (a per-batch
+        # timeline: five empty batches). One batch interval at most; the passthrough wins.
         self._consumer = Consumer(
-            settings.kafka.consumer_config(settings.group_id), logger=_rdkafka_log
+            {"fetch.wait.max.ms": settings.commit_interval_ms}
+            | settings.kafka.consumer_config(settings.group_id),
+            logger=_rdkafka_log,
         )
         # An instance that dies mid-batch leaves its transaction open, and every
         # read_committed reader of a partition it wrote waits until the broker aborts it:
