@@ -547,9 +547,10 @@ class Runner:
         # when the one in flight returns: with nothing new to read, after librdkafka's
         # `fetch.wait.max.ms`, 500 ms. Idle reports no longer arrive every batch to end it
         # sooner, and each start waited that long after its tasks synced (a per-batch
-        # timeline: five empty batches). One batch interval at most; the passthrough wins.
+        # timeline: five empty batches). One batch interval at most, never more than the
+        # default (librdkafka refuses over 300 s); the passthrough wins.
         self._consumer = Consumer(
-            {"fetch.wait.max.ms": settings.commit_interval_ms}
+            {"fetch.wait.max.ms": min(settings.commit_interval_ms, 500)}
             | settings.kafka.consumer_config(settings.group_id),
             logger=_rdkafka_log,
         )
