@@ -150,7 +150,7 @@ class Engine:
         tracking_number = event.tracking_number
         bucket = self.store.load_orphans(tracking_number) or OrphanBucket(tracking_number)
         known = bucket.seen.get(event.event_id)
-        if known is not None and is_redelivery(known, event):
+        if is_redelivery(known, event):
             return
         if is_reused_id(known, event):
             holder = f"tracking number {tracking_number!r}"

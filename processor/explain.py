@@ -244,7 +244,7 @@ def _order_events(
         origin = f"{source}:{number}"
         notes = [f"dead-lettered, {d.reason}: {d.message}" for d in dead.get(origin, ())]
         known = seen.get(event.event_id)
-        if known is not None and is_redelivery(known, event):
+        if is_redelivery(known, event):
             notes = notes or ["a duplicate of an earlier line: ignored"]
         elif known is None or known < 0:
             seen[event.event_id] = unapplied_digest(event) if notes else event_digest(event)

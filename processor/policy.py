@@ -320,9 +320,12 @@ def unapplied_digest(event: Event) -> int:
     return -(zlib.crc32(event_to_json(event).encode()) or 1)
 
 
-def is_redelivery(known: int, event: Event) -> bool:
-    """Whether `event`, whose id was seen with digest `known`, is that event again rather
-    than another one under its id (ids kept before digests match any event)."""
+def is_redelivery(known: int | None, event: Event) -> bool:
+    """Whether `event`, whose id was seen with digest `known` (None: not seen), is that
+    event again rather than another one under its id (ids kept before digests match any
+    event)."""
+    if known is None:
+        return False
     if known < 0:
         return known == unapplied_digest(event)
     return known == UNKNOWN_DIGEST or known == event_digest(event)
