@@ -227,6 +227,23 @@ def _kill(pid: int) -> None:
     assert poll_until(lambda: not pid_alive(pid), 10)
 
 
+def _take_port(port: int) -> socket.socket:
+    """A listening socket on `port`, once the killed service's is gone: `_kill` sees the
+    process's main thread a zombie while its other threads may still hold its sockets
+    (CI failed once binding at that moment: "Address already in use")."""
+    taken: list[socket.socket] = []
+
+    def bound() -> bool:
+        try:
+            taken.append(socket.create_server(("127.0.0.1", port)))
+        except OSError:
+            return False
+        return True
+
+    assert poll_until(bound, 10), f"port {port} still in use after the kill"
+    return taken[0]
+
+
 def test_cli_up_status_down(tmp_path: Path) -> None:
     def cli(command: str) -> subprocess.CompletedProcess[str]:
         return _localstack(tmp_path, command)
@@ -276,7 +293,7 @@ def test_cli_up_starts_a_dead_service_again_with_its_data_and_keeps_the_other(
         before = pids()
         _kill(before["redis"])
         port = int(env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
-        with socket.create_server(("127.0.0.1", port)):  # someone took its port meanwhile
+        with _take_port(port):  # someone took its port meanwhile
             refused = _localstack(tmp_path, "up")
         assert refused.returncode == 2
         assert "redis did not start again" in refused.stderr
