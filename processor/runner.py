@@ -590,7 +590,8 @@ class Runner:
         # caches hold many long-lived ones: at the default thresholds, full collections
         # traversing those caches took a quarter of the CPU (docs/live.md, "Performance").
         # What start-up built is frozen out of every scan; the young generation is
-        # collected in bigger, rarer steps.
+        # collected in bigger, rarer steps. `close` gives the collector back.
+        self._gc_thresholds = gc.get_threshold()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         self._consumer.subscribe(
@@ -611,7 +612,8 @@ class Runner:
             self.close()
 
     def close(self) -> None:
-        """Leaves the group (handing partitions over at once) and flushes the producer."""
+        """Leaves the group (handing partitions over at once), flushes the producer and
+        gives the process its garbage collector back."""
         self.running = False
         self._consumer.close()
         self._producer.flush(10)
@@ -619,6 +621,11 @@ class Runner:
         self._timers_pending.set(0)
         self._orphans_waiting.set(0)
         self._events_buffered.set(0)
+        # Frozen, this runner (in a cycle through the consumer's callbacks) and all it
+        # holds could never be collected: a process running one runner after another
+        # (the demo's instances, the benchmark's passes) kept each one's state.
+        gc.set_threshold(*self._gc_thresholds)
+        gc.unfreeze()
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self.running = False
