@@ -138,12 +138,16 @@ class Router:
         self,
         source: str,
         now: float,
-        committed: int | None = None,
+        committed: int,
         watermark: int | None = None,
         handled: int | None = None,
     ) -> None:
         """Takes a source over at its `committed` offset and the `watermark` and `handled`
-        mark committed with it (None: nothing committed yet).
+        mark committed with it (None: nothing committed yet, and the offset is where the
+        consumer starts reading, its log start). From then on `commit_offsets` has an
+        offset for it, which every batch that writes a record sends with the consumer
+        group's metadata: so a batch of reports alone is fenced too (docs/live.md,
+        "Exactly once").
 
         The offset may be held back below records a committed batch read already: behind
         an update still pending, or events it handed to a task that had not decided them

@@ -104,7 +104,8 @@ CONNECT_TIMEOUT_S = 30
 #: inside the transaction's timeout; unanswered, none of them counts as idle.
 END_OFFSETS_TIMEOUT_S = 2.0
 #: How long a rebalance waits for the inputs' partitions to be listed
-#: (`_check_inputs_unchanged`), inside its batch's transaction.
+#: (`_check_inputs_unchanged`), and for the log starts of those with no committed offset
+#: (`_log_starts`), inside its batch's transaction.
 INPUTS_CHECK_TIMEOUT_S = 5.0
 #: Waits between attempts while Redis is unreachable (doubling from the first to the last).
 REDIS_BACKOFF_S = (0.5, 8.0)
@@ -153,8 +154,11 @@ class Checkpoint:
     2. sends the consumed offsets into the transaction, each with its metadata (a task's
        batch marker, a router's watermark and handled mark), and with the consumer
        group's metadata, so a member that lost its partitions cannot commit them, nor the
-       records it produced; none when there is nothing to commit (`Runner._unchanged`):
-       the transaction is then empty, and librdkafka ends it with no request;
+       records it produced (a batch that produced one has offsets: a task commits its
+       own with what it decides, and each input its router reports has one from its
+       claim on, `Router.assign`); none when there is nothing
+       to commit (`Runner._unchanged`): the transaction is then empty, and librdkafka
+       ends it with no request;
     3. commits the transaction: outputs, offsets and metadata become visible together, and
        the batch counts in the metrics (`tally`) and the log;
     4. applies the staged state in Redis (`apply()`, which may be retried).
@@ -778,10 +782,14 @@ class Runner:
             if tp.topic != self._by_order
         )
         wanted = [TopicPartition(t, p) for t, p in sorted(self._unclaimed)]
-        for tp in self._consumer.committed(wanted, timeout=30):
+        committed = self._consumer.committed(wanted, timeout=30)
+        starts = self._log_starts(
+            [tp for tp in committed if tp.topic != self._by_order and tp.offset < 0]
+        )
+        for tp in committed:
             if tp.topic != self._by_order:
                 watermark, handled = parse_input_metadata(tp.metadata)
-                offset = tp.offset if tp.offset >= 0 else None
+                offset = tp.offset if tp.offset >= 0 else starts[(tp.topic, tp.partition)]
                 self._router.assign(f"{tp.topic}:{tp.partition}", now, offset, watermark, handled)
                 self._unclaimed.discard((tp.topic, tp.partition))
                 continue
@@ -856,6 +864,20 @@ class Runner:
                 f"removed: {sorted(self._sources - now)}); stopping so that it starts again "
                 f"with them"
             )
+
+    def _log_starts(self, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
+        """The first offset each partition holds, in one request: where the consumer reads
+        one with no committed offset from (`auto.offset.reset=earliest`), so committing it
+        moves nothing. A router commits it for an input it has read nothing of, since a
+        batch's offsets are what fences its records (`Router.assign`)."""
+        if not partitions:
+            return {}
+        earliest = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+        asked = self._admin.list_offsets(
+            {TopicPartition(tp.topic, tp.partition): earliest for tp in partitions},
+            request_timeout=INPUTS_CHECK_TIMEOUT_S,
+        )
+        return {(tp.topic, tp.partition): future.result().offset for tp, future in asked.items()}
 
     def _claim_sources(self, sources: list[str]) -> None:
         epochs, reported = self._index.claim_sources(sources)

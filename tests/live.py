@@ -399,18 +399,51 @@ class LiveHarness:
         """partition -> the end offset of `topic` (read_uncommitted: the high watermark)."""
         return self._list_offsets(topic, OffsetSpec.latest())  # type: ignore[no-untyped-call]
 
+    def committed_keys(self, topic: str) -> list[bytes]:
+        """The keys of every record of `topic` that a committed transaction wrote (or that
+        no transaction wrote), read_committed up to where the topic's committed part ended
+        when asked."""
+        ends = self._list_offsets(
+            topic,
+            OffsetSpec.latest(),  # type: ignore[no-untyped-call]
+            IsolationLevel.READ_COMMITTED,
+        )
+        consumer = Consumer(self.settings.kafka.consumer_config(f"{self.app}-key-reader"))
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        keys: list[bytes] = []
+
+        def read_to_end() -> bool:
+            keys.extend(
+                message.key() or b""
+                for message in consumer.consume(500, timeout=0.5)
+                if message.error() is None
+            )
+            positions = consumer.position([TopicPartition(topic, p) for p in ends])
+            return all(max(tp.offset, 0) >= ends[tp.partition] for tp in positions)
+
+        try:
+            await_condition(read_to_end, timeout_s=60, what=f"{topic} read to its end")
+            return keys
+        finally:
+            consumer.close()
+
     def start_offsets(self, topic: str) -> dict[int, int]:
         """partition -> the first offset `topic` still holds (the log start offset)."""
         return self._list_offsets(topic, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
 
-    def _list_offsets(self, topic: str, spec: OffsetSpec) -> dict[int, int]:
+    def _list_offsets(
+        self,
+        topic: str,
+        spec: OffsetSpec,
+        isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED,
+    ) -> dict[int, int]:
         """Retried while a topic just created has no settled leader everywhere yet."""
         specs = {TopicPartition(topic, p): spec for p in self.partitions(topic)}
         found: dict[int, int] = {}
 
         def listed() -> bool:
             try:
-                futures = self.admin.client.list_offsets(specs)
+                futures = self.admin.client.list_offsets(specs, isolation_level=isolation)
                 found.update({tp.partition: f.result().offset for tp, f in futures.items()})
             except KafkaException as exc:
                 if exc.args[0].code() not in _NO_LEADER_YET:

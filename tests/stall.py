@@ -8,7 +8,9 @@ only the stop is added before it. `STALL_IN` names the step:
   it stops again once that claim is made, for good: an instance that claimed late and
   never comes back to rejoin (tests/test_runner_faults.py);
 - `apply`: a batch's apply in Redis, after Kafka committed it, where Redis going down
-  leaves the processor retrying the apply rather than aborting (tests/test_metrics.py).
+  leaves the processor retrying the apply rather than aborting (tests/test_metrics.py);
+- `progress`: its router's first report of the input partitions it owns, in a batch that
+  produced nothing yet: it wakes up a zombie that writes reports (tests/test_runner_faults.py).
 
 Each stop is logged first, as JSON like every line of the log (`Instance.stopped_after`).
 """
@@ -24,6 +26,7 @@ import structlog
 from processor import cli
 from processor.redis_index import RedisTrackingIndex
 from processor.redis_store import RedisTaskStore
+from processor.router import Progress
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -36,11 +39,15 @@ def _stop(message: str) -> None:
     os.kill(os.getpid(), signal.SIGSTOP)
 
 
-def _stalling(step: Callable[P, R], *, stop_after: bool = False) -> Callable[P, R]:
+def _stalling(
+    step: Callable[P, R], *, stop_after: bool = False, when: Callable[..., bool] | None = None
+) -> Callable[P, R]:
+    """`step` stopping itself the first time it is called (with arguments that `when`
+    accepts)."""
     stalled: list[bool] = []
 
     def stall_once(*args: P.args, **kwargs: P.kwargs) -> R:
-        if stalled:
+        if stalled or (when is not None and not when(*args, **kwargs)):
             return step(*args, **kwargs)
         stalled.append(True)
         _stop(f"stalling in {step.__qualname__}")
@@ -52,16 +59,24 @@ def _stalling(step: Callable[P, R], *, stop_after: bool = False) -> Callable[P, 
     return stall_once
 
 
+def _reports_inputs(index: RedisTrackingIndex, reports: list[tuple[str, int, Progress]]) -> bool:
+    return bool(reports)
+
+
 if __name__ == "__main__":
     step = os.environ.get("STALL_IN", "claim")
     if step == "inputs":
         RedisTrackingIndex.claim_sources = _stalling(  # type: ignore[method-assign]
             RedisTrackingIndex.claim_sources, stop_after=True
         )
+    elif step == "progress":
+        RedisTrackingIndex.share_progress = _stalling(  # type: ignore[method-assign]
+            RedisTrackingIndex.share_progress, when=_reports_inputs
+        )
     elif step == "apply":
         RedisTaskStore.apply = _stalling(RedisTaskStore.apply)  # type: ignore[method-assign]
     elif step == "claim":
         RedisTaskStore.claim = _stalling(RedisTaskStore.claim)  # type: ignore[method-assign]
     else:
-        raise SystemExit(f"STALL_IN={step!r}: claim, inputs or apply")
+        raise SystemExit(f"STALL_IN={step!r}: claim, inputs, progress or apply")
     raise SystemExit(cli.main(sys.argv[1:]))

@@ -309,6 +309,45 @@ def test_a_late_claim_of_input_partitions_is_taken_back_by_their_owner(
     _assert_exactly_once(seen, expected, live)
 
 
+def _producers_first_keys(keys: list[bytes]) -> set[bytes]:
+    """The keys among `keys` that are the first record a producer wrote to the internal
+    topic (`Runner._new_key`: its transactional id, then a counter from 0)."""
+    return {key for key in keys if key.rpartition(b":")[2] == b"0"}
+
+
+def test_a_stalled_instance_that_comes_back_commits_no_reports(live: LiveHarness) -> None:
+    """i0 stops itself in its first batch, as it reports its input partitions, which have
+    nothing committed and nothing to read; i1 takes every partition over. i0 wakes up to
+    finish that batch: reports only, so it had no offset to send, and its transaction,
+    without the group's metadata, committed, a zombie's reports in i1's tasks' partitions.
+    Now it sends its inputs' offsets with the group's metadata: the broker refuses them,
+    and nothing of the batch commits (docs/live.md, "Exactly once")."""
+    live.configure(env={"REFUND_PURGE_INTERVAL_MS": "0"})  # every record stays to be read
+    zombie = live.start_stalled("i0", "progress")
+    live.start("i1")
+    live.await_stable_group({"i1"}, timeout_s=60)
+    live.await_task_progress(timeout_s=60)
+    by_order = live.settings.by_order_topic
+    (owners_first,) = _producers_first_keys(live.committed_keys(by_order))
+    mark = len(zombie.log_text())
+    zombie.process.send_signal(signal.SIGCONT)
+    await_condition(
+        lambda: "partitions lost" in zombie.log_text()[mark:],
+        timeout_s=60,
+        what="i0 ends its batch and learns it lost its partitions",
+    )
+    await_condition(
+        lambda: "partitions assigned" in zombie.log_text()[mark:],
+        timeout_s=60,
+        what="i0 rejoins the group",
+    )
+
+    committed = _producers_first_keys(live.committed_keys(by_order))
+    live.stop_all()
+    live.assert_none_failed()
+    assert committed == {owners_first}, "the zombie's batch committed"
+
+
 def _assert_stops_on_lost_state(instance: Instance) -> None:
     """The instance exits 1 on a StateBehindKafkaError that says what to do."""
     await_condition(lambda: not instance.running, timeout_s=60, what="the instance stops")
