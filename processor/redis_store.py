@@ -88,6 +88,21 @@ def lost_state(finding: str) -> StateBehindKafkaError:
     )
 
 
+def meta_key(app: str, task: str) -> str:
+    """The hash of a task's epoch, clock and applied offsets (`RedisTaskStore.meta_key`)."""
+    return "{" + f"{app}:{task}" + "}:meta"
+
+
+def tasks_without_state(client: redis.Redis, app: str, tasks: Sequence[str]) -> list[str]:
+    """The tasks among `tasks` of which Redis holds nothing, not even the epoch that every
+    claim, since the first version, writes before its owner's first commit: for a task
+    whose offsets Kafka committed, Redis lost it. One round trip."""
+    pipe = client.pipeline(transaction=False)
+    for task in tasks:
+        pipe.exists(meta_key(app, task))
+    return [task for task, found in zip(tasks, pipe.execute(), strict=True) if not found]
+
+
 # Pending-hash fields. The field name says what to do with its value at apply time:
 #   s:<key> -> SET key value        d:<key> -> DEL key
 #   t:<tracking number> -> HSET tracking number order_id
@@ -360,7 +375,7 @@ class RedisTaskStore:
         self._orphans_prefix = f"{self.hash_tag}:orphans:"
         self.tracking_key = f"{self.hash_tag}:tracking"
         self.timers_key = f"{self.hash_tag}:timers"
-        self.meta_key = f"{self.hash_tag}:meta"
+        self.meta_key = meta_key(app, task)
         self.pending_key = f"{self.hash_tag}:pending"
         self.aside_key = f"{self.hash_tag}:aside"
         self._claim_script: Script = client.register_script(_CLAIM_LUA)

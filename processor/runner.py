@@ -60,7 +60,13 @@ from processor.outputs import (
 )
 from processor.partitioner import default_partition
 from processor.redis_index import RedisTrackingIndex
-from processor.redis_store import FencedError, RedisTaskStore, StateAheadOfKafkaError
+from processor.redis_store import (
+    FencedError,
+    RedisTaskStore,
+    StateAheadOfKafkaError,
+    lost_state,
+    tasks_without_state,
+)
 from processor.router import (
     NOT_IDLE,
     Commit,
@@ -773,6 +779,7 @@ class Runner:
             if topic != self._by_order and f"{topic}:{partition}" not in self._source_epochs
         ]
         if new_sources:
+            self._check_tasks_kept()
             self._claim_sources(new_sources)
         # Every input partition of this instance hands its events for this instance's
         # tasks over directly (docs/live.md, "Direct delivery").
@@ -878,6 +885,25 @@ class Runner:
             request_timeout=INPUTS_CHECK_TIMEOUT_S,
         )
         return {(tp.topic, tp.partition): future.result().offset for tp, future in asked.items()}
+
+    def _check_tasks_kept(self) -> None:
+        """Raises `StateBehindKafkaError`, before a router's claim writes anything, if Redis
+        lost the state of a task whose offsets the group committed, whichever instance
+        owns it: a loss between two runs that an instance with no task of its own would
+        route on through, with the tracking index lost too (docs/live.md, "Exactly once").
+        A claim starts a lost input's epoch again at 1, which proves nothing."""
+        partitions = [TopicPartition(self._by_order, p) for p in range(self._by_order_partitions)]
+        committed = [
+            self._source_key(tp.partition)
+            for tp in self._consumer.committed(partitions, timeout=30)
+            if tp.offset >= 0
+        ]
+        lost = tasks_without_state(self._redis, self.settings.application_id, committed)
+        if lost:
+            raise lost_state(
+                f"tasks {', '.join(lost)}: the group committed their offsets, and Redis has "
+                "no state of them"
+            )
 
     def _claim_sources(self, sources: list[str]) -> None:
         epochs, reported = self._index.claim_sources(sources)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 
 from processor.generate import generate_history
 from processor.localstack.kafka import KafkaAdmin, LocalKafka
@@ -375,6 +375,61 @@ def test_a_router_whose_progress_redis_lost_stops_the_process(live: LiveHarness)
 
     _assert_stops_on_lost_state(instance)
     live.assert_none_failed()
+
+
+def test_a_router_without_tasks_refuses_a_redis_that_lost_everything_between_runs(
+    live: LiveHarness,
+) -> None:
+    """A run commits tasks and inputs; Redis loses everything (FLUSHALL); the next run's
+    instance owns only input partitions, since test consumers in the group hold every
+    partition of the orders and the internal topic. Its claim must find the tasks' state
+    gone, Kafka having committed their offsets, and stop, writing nothing: it used to
+    claim its inputs at a first epoch and route on, with the tracking index lost
+    (docs/live.md, "Exactly once")."""
+    live.publish(generate_history(20, seed=53, malformed_share=0))
+    live.start("i0")
+    live.await_stable_group({"i0"}, timeout_s=60)
+    live.await_task_progress(timeout_s=60)
+    live.stop_all()
+    live.assert_none_failed()
+    client = redis.Redis.from_url(live.redis_url)
+    client.flushall()
+
+    by_order = live.settings.by_order_topic
+    holders = [
+        Consumer(live.settings.kafka.consumer_config(live.settings.group_id) | {"client.id": name})
+        for name in ("a0", "a1", "a2")  # member ids sort before the processor's: range
+    ]
+    try:
+        for holder in holders:
+            holder.subscribe([live.topics["orders"], by_order])
+
+        def holding(names: set[str]) -> bool:
+            for holder in holders:
+                holder.poll(0.1)  # serves the rebalances
+            assignment = live.group_assignment()
+            return assignment is not None and set(assignment) == names
+
+        await_condition(lambda: holding({"a0", "a1", "a2"}), 60, "the holders own the tasks")
+        router = live.start("i1")
+        router.may_fail_with = ("StateBehindKafkaError",)
+        await_condition(
+            lambda: holding({"a0", "a1", "a2", "i1"}) or not router.running,
+            timeout_s=60,
+            what="i1 joins, owning only tracking partitions, or stops",
+        )
+        await_condition(
+            lambda: holding({"a0", "a1", "a2"}) and not router.running,
+            timeout_s=60,
+            what="i1 stops",
+        )
+    finally:
+        for holder in holders:
+            holder.close()
+
+    _assert_stops_on_lost_state(router)
+    assert client.dbsize() == 0, "the refused claim wrote to Redis"
+    assert not any(line["event"] == "task claimed" for line in router.log_lines())
 
 
 @pytest.mark.parametrize("size", SIZES)
