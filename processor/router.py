@@ -125,6 +125,7 @@ class _Source:
     pending: list[Inbound] = field(default_factory=list)
     quiet_since: float = 0.0  # monotonic seconds of the last record seen
     handled: int = 0  # offsets below were read by a committed batch (`assign`)
+    log_start: int = 0  # committed while nothing is read or committed (`assign`)
 
 
 class Router:
@@ -138,16 +139,20 @@ class Router:
         self,
         source: str,
         now: float,
-        committed: int,
+        committed: int | None,
         watermark: int | None = None,
         handled: int | None = None,
+        *,
+        log_start: int = 0,
     ) -> None:
         """Takes a source over at its `committed` offset and the `watermark` and `handled`
-        mark committed with it (None: nothing committed yet, and the offset is where the
-        consumer starts reading, its log start). From then on `commit_offsets` has an
-        offset for it, which every batch that writes a record sends with the consumer
-        group's metadata: so a batch of reports alone is fenced too (docs/live.md,
-        "Exactly once").
+        mark committed with it (None: nothing committed yet).
+
+        With nothing committed, `commit_offsets` gives its `log_start`, where the consumer
+        starts reading it, until a record is read: every batch that writes a record sends
+        an offset with the consumer group's metadata, so a batch of reports alone is
+        fenced too (docs/live.md, "Exactly once"). Only for committing: a record below it
+        (read before retention moved the start) is routed as any other.
 
         The offset may be held back below records a committed batch read already: behind
         an update still pending, or events it handed to a task that had not decided them
@@ -167,6 +172,7 @@ class Router:
             next_offset=committed,
             quiet_since=now,
             handled=handled or 0,
+            log_start=log_start,
         )
 
     def handled(self, source: str) -> int:
@@ -264,11 +270,10 @@ class Router:
         watermark and handled mark to commit with it, for whoever owns it next (`assign`)."""
         offsets: dict[str, Commit] = {}
         for name, source in self._sources.items():
-            if source.next_offset is None:
-                continue
-            offset = min((item.offset for item in source.pending), default=source.next_offset)
+            read_to = source.log_start if source.next_offset is None else source.next_offset
+            offset = min((item.offset for item in source.pending), default=read_to)
             # Handled: everything read. A pending update read again is retried as before.
-            handled = max(source.next_offset, source.handled)
+            handled = max(read_to, source.handled)
             offsets[name] = Commit(offset, _held_back(source, source.pending), handled)
         return offsets
 

@@ -796,8 +796,14 @@ class Runner:
         for tp in committed:
             if tp.topic != self._by_order:
                 watermark, handled = parse_input_metadata(tp.metadata)
-                offset = tp.offset if tp.offset >= 0 else starts[(tp.topic, tp.partition)]
-                self._router.assign(f"{tp.topic}:{tp.partition}", now, offset, watermark, handled)
+                self._router.assign(
+                    f"{tp.topic}:{tp.partition}",
+                    now,
+                    tp.offset if tp.offset >= 0 else None,
+                    watermark,
+                    handled,
+                    log_start=starts.get((tp.topic, tp.partition), 0),
+                )
                 self._unclaimed.discard((tp.topic, tp.partition))
                 continue
             source = self._source_key(tp.partition)

@@ -116,6 +116,24 @@ def test_records_read_again_below_the_handled_mark_are_replayed(index: TrackingI
     assert (commit.offset, commit.handled) == (3, 7), "the mark stays until read past"
 
 
+def test_a_source_with_nothing_committed_commits_its_log_start_and_routes_what_is_below(
+    index: TrackingIndex,
+) -> None:
+    """Its log start is committed, so a batch of its reports alone sends an offset (and is
+    fenced); but retention may have moved the start past records the consumer had read
+    already, and those are routed like any other, never skipped as read before."""
+    router = Router(index, load_policy())
+    router.assign(SOURCE, 0.0, committed=None, log_start=5)
+
+    (commit,) = router.commit_offsets().values()
+    assert (commit.offset, commit.handled) == (5, 5)
+    assert router.position(SOURCE) is None, "nothing read: no record is skipped"
+    below = inbound(3, scan("in_transit", "TN-p9", order_id="o9", when=at(2)))
+    assert [item.offset for _, item in router.route([below], 0.0, progress=None).routed] == [3]
+    (commit,) = router.commit_offsets().values()
+    assert commit.offset == 4
+
+
 def test_the_handled_mark_passes_a_pending_update_that_holds_the_offset(
     index: TrackingIndex,
 ) -> None:
