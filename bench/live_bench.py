@@ -106,7 +106,7 @@ from processor.metrics import REGISTRY
 from processor.publish import publish_lines
 from processor.redis_index import RedisTrackingIndex
 from processor.redis_store import delete_keys
-from processor.runner import Runner
+from processor.runner import Runner, batch_collector
 from processor.serde import DecodeError
 from processor.settings import Settings, make_serde
 
@@ -336,9 +336,22 @@ def run_processor(
     partitions = len({p for t, p in input_ends if t == topics.orders})
     for topic in (settings.by_order_topic, *(getattr(topics, role) for role in OUTPUT_ROLES)):
         admin.create_topic(topic, partitions, config=KEEP)
+    with batch_collector():  # as `refund-processor run` runs its runner
+        catch_up(settings, input_ends, timeout_s, profiler, result)
+    count_outputs(settings, result)
+    return result
+
+
+def catch_up(
+    settings: Settings,
+    input_ends: dict[tuple[str, int], int],
+    timeout_s: float,
+    profiler: cProfile.Profile | None,
+    result: ProcessorRun,
+) -> None:
+    """Runs a Runner until it has caught up (criteria a, b, c), timing it into `result`."""
     runner = Runner(settings)  # inits transactions; the topics exist already
     watcher = CatchUp(settings, input_ends)
-    gc.collect()
     gc.callbacks.append(result.collector)
     try:
         cpu = time.process_time()
@@ -384,8 +397,6 @@ def run_processor(
         runner.close()
         del runner
         gc.collect()  # the runner's callbacks make a cycle: free its clients now, not later
-    count_outputs(settings, result)
-    return result
 
 
 def count_outputs(settings: Settings, result: ProcessorRun, timeout_s: float = 120) -> None:

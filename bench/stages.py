@@ -30,7 +30,6 @@ processor can reach.
 """
 
 import argparse
-import contextlib
 import gc
 import io
 import time
@@ -50,7 +49,7 @@ from processor.events import (
 from processor.generate import write_history
 from processor.order_task import DirectEvent, OrderTask
 from processor.outputs import DeadLetter, Output, output_to_dict
-from processor.runner import GC_THRESHOLDS
+from processor.runner import batch_collector
 from processor.serde import Serde
 from processor.state import ORDER_STATE_ADAPTER, OrderState
 from processor.store import InMemoryStore
@@ -89,26 +88,11 @@ class _Clock:
         return result
 
 
-@contextlib.contextmanager
-def runner_collector() -> Iterator[None]:
-    """The garbage collector as `Runner` sets it, for the block: what the caller holds is
-    frozen (it is not the processor's to collect), the thresholds are `GC_THRESHOLDS`."""
-    thresholds = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
-
-
 def measure(records: list[tuple[str, bytes]], serde: Serde, batch: int) -> Stages:
     """Runs the stages over `records`, `batch` at a time as the processor reads them (so
     only a batch's events are alive at once, as in the processor); the seconds per event
     of each stage. Within a batch the engine decides in event-time order."""
-    with runner_collector():
+    with batch_collector():
         clock = _Clock()
         store = _SavedOrders()
         engine = Engine(store, load_policy())

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Iterator
 
 import redis
-from stages import Stages, encoded, runner_collector
+from stages import Stages, encoded
 
 from processor.config import load_policy
 from processor.engine import Engine
@@ -36,6 +36,7 @@ from processor.generate import write_history
 from processor.localstack.redis import LocalRedis
 from processor.outputs import Output
 from processor.redis_store import RedisTaskStore, delete_keys
+from processor.runner import batch_collector
 from processor.serde import Serde
 from processor.store import InMemoryStore, StateStore
 
@@ -125,7 +126,7 @@ def main() -> None:
     del history
     print(f"{args.orders} orders, {len(events)} events, {args.batch} a batch; us per event:")
     runs: dict[str, list[Stages]] = {"memory": [], "redis": []}
-    with runner_collector(), redis_server() as url:
+    with batch_collector(), redis_server() as url:
         for _ in range(args.runs):
             runs["memory"].append(measure(events, args.batch, None))
             runs["redis"].append(measure(events, args.batch, url))

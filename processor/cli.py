@@ -24,7 +24,7 @@ from processor.localstack import ServiceStartError
 from processor.metrics import MetricsServer
 from processor.publish import PublishError, publish_lines
 from processor.replay import write_replay
-from processor.runner import Runner
+from processor.runner import Runner, batch_collector
 from processor.settings import (
     Settings,
     SettingsError,
@@ -237,7 +237,7 @@ def _run(args: argparse.Namespace) -> int:
             f"instance on this host, REFUND_METRICS__PORT=0 takes any free port"
         ) from None
     try:
-        with server:
+        with server, batch_collector():
             _log.info("metrics served", url=f"{server.url}/metrics")
             Runner(settings).run()
     except PolicyConfigError:

@@ -70,7 +70,7 @@ from processor.redis_index import RedisTrackingIndex
 from processor.redis_store import RedisTaskStore, delete_keys, parse_timer_member
 from processor.replay import replay
 from processor.router import Progress as RouterProgress
-from processor.runner import Runner, topic_partitions
+from processor.runner import Runner, batch_collector, topic_partitions
 from processor.serde import Serde
 from processor.settings import (
     CONFIG_ENV,
@@ -765,6 +765,7 @@ def _run(
     )
 
     metrics_url = _serve_metrics(settings, stack)
+    stack.enter_context(batch_collector())
     instances = _Instances()
     stack.callback(instances.stop)
     started = time.monotonic()

@@ -115,10 +115,10 @@ END_OFFSETS_TIMEOUT_S = 2.0
 INPUTS_CHECK_TIMEOUT_S = 5.0
 #: Waits between attempts while Redis is unreachable (doubling from the first to the last).
 REDIS_BACKOFF_S = (0.5, 8.0)
-#: CPython's collector thresholds in a processor's process (`Runner.__init__`); the
-#: defaults are (700, 10, 10). Each young collection traverses every object the caches
-#: took in since the last, so the rarer the cheaper: at 50,000 a 20,000-order catch-up
-#: made thirty, at 500,000 one (docs/live.md, "Performance").
+#: CPython's collector thresholds while runners run (`batch_collector`); the defaults
+#: are (700, 10, 10). Each young collection traverses every object the caches took in
+#: since the last, so the rarer the cheaper: at 50,000 a 20,000-order catch-up made
+#: thirty, at 500,000 one (docs/live.md, "Performance").
 GC_THRESHOLDS = (500_000, 20, 10)
 #: Input bytes per routed record at most (or one input record, if it alone is bigger):
 #: well under the broker's default message.max.bytes (1 MiB).
@@ -148,6 +148,30 @@ def routed_chunks(items: list[Routed]) -> Iterator[list[Routed]]:
         size += payload
     if chunk:
         yield chunk
+
+
+@contextlib.contextmanager
+def batch_collector() -> Iterator[None]:
+    """The garbage collector as the block's runners want it, given back after it.
+
+    A batch allocates hundreds of thousands of short-lived objects, while the stores'
+    caches hold many long-lived ones: at the default thresholds, full collections
+    traversing those caches took a quarter of the CPU (docs/live.md, "Performance"). What
+    the process holds on entry is frozen out of every scan, and the young generation is
+    collected in bigger, rarer steps. Process-wide, so it wraps the runners' lives rather
+    than being set by each: a runner that froze itself stayed in memory for good once
+    closed, with all it held (the benchmark's passes and the demo's instances run several
+    in one process).
+    """
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 @dataclass(slots=True)
@@ -596,14 +620,6 @@ class Runner:
         self._purge_interval_s = settings.purge_interval_ms / 1000
         self._next_purge = time.monotonic() + self._purge_interval_s
         self._purging: list[Future[Any]] = []
-        # A batch allocates hundreds of thousands of short-lived objects, while the stores'
-        # caches hold many long-lived ones: at the default thresholds, full collections
-        # traversing those caches took a quarter of the CPU (docs/live.md, "Performance").
-        # What start-up built is frozen out of every scan; the young generation is
-        # collected in bigger, rarer steps. `close` gives the collector back.
-        self._gc_thresholds = gc.get_threshold()
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
         self._consumer.subscribe(
             [*self._inputs, self._by_order],
             on_assign=self._on_assign,
@@ -622,8 +638,7 @@ class Runner:
             self.close()
 
     def close(self) -> None:
-        """Leaves the group (handing partitions over at once), flushes the producer and
-        gives the process its garbage collector back."""
+        """Leaves the group (handing partitions over at once) and flushes the producer."""
         self.running = False
         self._consumer.close()
         self._producer.flush(10)
@@ -631,11 +646,6 @@ class Runner:
         self._timers_pending.set(0)
         self._orphans_waiting.set(0)
         self._events_buffered.set(0)
-        # Frozen, this runner (in a cycle through the consumer's callbacks) and all it
-        # holds could never be collected: a process running one runner after another
-        # (the demo's instances, the benchmark's passes) kept each one's state.
-        gc.set_threshold(*self._gc_thresholds)
-        gc.unfreeze()
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self.running = False

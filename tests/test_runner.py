@@ -46,10 +46,12 @@ from processor.partitioner import default_partition
 from processor.redis_index import RedisTrackingIndex
 from processor.router import Commit, Inbound, Routed
 from processor.runner import (
+    GC_THRESHOLDS,
     ROUTED_RECORD_BYTES,
     Intake,
     Runner,
     arrival_ms,
+    batch_collector,
     cluster_metadata,
     input_metadata,
     observe_transaction_open,
@@ -633,11 +635,12 @@ def test_routed_events_are_split_into_records_by_input_bytes_in_order() -> None:
     assert list(routed_chunks([])) == []
 
 
-def test_a_closed_runner_gives_the_process_its_collector_back(live: LiveHarness) -> None:
-    """A runner freezes what start-up built out of the collector's scans (`GC_THRESHOLDS`),
-    itself included. Left frozen, a closed runner and everything it held stayed in memory
-    for good, its state caches too, in a process that runs one after another (the demo's
-    instances, the benchmark's passes: 100 MB more each)."""
+def test_a_closed_runner_is_freed_and_leaves_the_collector_as_it_found_it(
+    live: LiveHarness,
+) -> None:
+    """The collector is the process's (`batch_collector`): a runner that froze its own
+    start-up stayed in memory for good once closed, with all it held, in a process that
+    runs one after another (the benchmark's passes: 100 MB more each)."""
     thresholds = gc.get_threshold()
     runner = Runner(live.settings)
     runner.run_once()
@@ -651,6 +654,15 @@ def test_a_closed_runner_gives_the_process_its_collector_back(live: LiveHarness)
 
     await_condition(freed, timeout_s=10, what="the closed runner is freed")
     assert gc.get_threshold() == thresholds
+
+
+def test_the_batch_collector_is_given_back_when_its_block_ends() -> None:
+    thresholds = gc.get_threshold()
+    with batch_collector():
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0, "what the process held on entry is frozen"
+    assert gc.get_threshold() == thresholds
+    assert gc.get_freeze_count() == 0
 
 
 def test_an_inputs_offset_metadata_carries_its_watermark_and_handled_mark() -> None:
