@@ -24,9 +24,10 @@ its first retention check (30 s after start, then every 5 min) deletes them mid-
    processor's batch size and poll timeout) subscribes to both inputs in a new group and
    Avro-decodes every value with `processor.serde` until it has read every published
    record. Rate = published records / seconds from the first poll to the last record;
-   the median of `--baseline-runs` runs (a few seconds each, so one is easily skewed),
-   right before each processor pass: the machine's speed moves by a quarter within
-   minutes, so each pass's ratio is to its own baseline, and the result is their median.
+   the median of `--baseline-runs` runs right before each processor pass (one by
+   default: a run of a few seconds is easily skewed, but the machine's speed moves by a
+   quarter within minutes, so pairing each pass with a baseline taken just before it
+   matters more). Each pass's ratio is to its own baseline; the result is their median.
 
 2. Processor: one in-process `Runner` (constructed, so transactions initialised, before
    the clock starts), `run_once()` in a loop. Between two batches no transaction is open,

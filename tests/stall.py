@@ -9,8 +9,9 @@ only the stop is added before it. `STALL_IN` names the step:
   never comes back to rejoin (tests/test_runner_faults.py);
 - `apply`: a batch's apply in Redis, after Kafka committed it, where Redis going down
   leaves the processor retrying the apply rather than aborting (tests/test_metrics.py);
-- `progress`: its router's first report of the input partitions it owns, in a batch that
-  produced nothing yet: it wakes up a zombie that writes reports (tests/test_runner_faults.py).
+- `progress`: its router's first report of the input partitions it owns: on inputs with
+  nothing to read, a batch of reports alone, and a zombie that writes reports once it wakes
+  up (tests/test_runner_faults.py).
 
 Each stop is logged first, as JSON like every line of the log (`Instance.stopped_after`).
 """
