@@ -186,9 +186,9 @@ class Checkpoint:
        group's metadata, so a member that lost its partitions cannot commit them, nor the
        records it produced (a batch that produced one has offsets: a task commits its
        own with what it decides, and each input its router reports has one from its
-       claim on, `Router.assign`); none when there is nothing
-       to commit (`Runner._unchanged`): the transaction is then empty, and librdkafka
-       ends it with no request;
+       claim on, `Router.assign`; one without raises before step 1); none when there is
+       nothing to commit (`Runner._unchanged`): the transaction is then empty, and
+       librdkafka ends it with no request;
     3. commits the transaction: outputs, offsets and metadata become visible together, and
        the batch counts in the metrics (`tally`) and the log;
     4. applies the staged state in Redis (`apply()`, which may be retried).
@@ -211,6 +211,12 @@ class Checkpoint:
     applied: int = 0  # stores[:applied] are applied (or were claimed by another owner)
 
     def commit(self) -> None:
+        if self.produced and not self.offsets:
+            # Each batch that writes a record has offsets by construction (step 2): a bug
+            # here stops the process rather than commit records a zombie could have written.
+            raise RuntimeError(
+                "a batch that wrote records has no offsets: it would commit unfenced"
+            )
         for store, offsets in self.stores:
             store.stage(offsets)
         positions = [

@@ -48,6 +48,7 @@ from processor.router import Commit, Inbound, Routed
 from processor.runner import (
     GC_THRESHOLDS,
     ROUTED_RECORD_BYTES,
+    Checkpoint,
     Intake,
     Runner,
     arrival_ms,
@@ -654,6 +655,25 @@ def test_a_closed_runner_is_freed_and_leaves_the_collector_as_it_found_it(
 
     await_condition(freed, timeout_s=10, what="the closed runner is freed")
     assert gc.get_threshold() == thresholds
+
+
+def test_a_batch_that_wrote_records_never_commits_them_without_offsets(
+    live: LiveHarness,
+) -> None:
+    """Offsets sent with the group's metadata are what fence a batch's records: one with
+    none would commit a zombie's records too."""
+    producer = Producer(live.settings.kafka.producer_config(f"{live.app}-unfenced"))
+    consumer = Consumer(live.settings.kafka.consumer_config(live.settings.group_id))
+    try:
+        producer.init_transactions(30)
+        producer.begin_transaction()
+        checkpoint = Checkpoint(producer, consumer, timeout_s=10, produced=True)
+        with pytest.raises(RuntimeError, match="it would commit unfenced"):
+            checkpoint.commit()
+        assert not checkpoint.committed
+        producer.abort_transaction(30)
+    finally:
+        consumer.close()
 
 
 def test_the_batch_collector_is_given_back_when_its_block_ends() -> None:
