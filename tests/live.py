@@ -323,9 +323,10 @@ class LiveHarness:
     def logs(self) -> str:
         return "\n".join(f"== {i.log.name}\n{i.log_text()}" for i in self.instances)
 
-    def log_marks(self) -> dict[str, int]:
-        """Where each running instance's log ends now, for `await_logged`."""
-        return {i.name: len(i.log_text()) for i in self.running()}
+    def log_marks(self, *names: str) -> dict[str, int]:
+        """Where each running instance's log (of those `names`, if given) ends now, for
+        `await_logged`."""
+        return {i.name: len(i.log_text()) for i in self.running() if not names or i.name in names}
 
     def await_logged(self, marks: Mapping[str, int], text: str, timeout_s: float) -> None:
         """Waits until each instance in `marks` has logged `text` after its mark."""

@@ -284,18 +284,14 @@ def test_a_late_claim_of_input_partitions_is_taken_back_by_their_owner(
     index = RedisTrackingIndex(redis.Redis.from_url(live.redis_url), live.app)
     with live.reader() as reader:
         reader.read_until(expected, timeout_s=240)
-        mark = len(owner.log_text())
+        marks = live.log_marks(owner.name)
         stalled.process.send_signal(signal.SIGCONT)
         await_condition(
             lambda: stalled.stopped_after("claimed late"),
             timeout_s=60,
             what="i0 claims its inputs late and stops for good",
         )
-        await_condition(
-            lambda: "claiming input partitions again" in owner.log_text()[mark:],
-            timeout_s=60,
-            what="i1, refused, claims the inputs again",
-        )
+        live.await_logged(marks, "claiming input partitions again", timeout_s=60)
         await_condition(
             lambda: set(index.read_progress()) == inputs,
             timeout_s=60,
@@ -329,18 +325,10 @@ def test_a_stalled_instance_that_comes_back_commits_no_reports(live: LiveHarness
     live.await_task_progress(timeout_s=60)
     by_order = live.settings.by_order_topic
     (owners_first,) = _producers_first_keys(live.committed_keys(by_order))
-    mark = len(zombie.log_text())
+    marks = live.log_marks(zombie.name)
     zombie.process.send_signal(signal.SIGCONT)
-    await_condition(
-        lambda: "partitions lost" in zombie.log_text()[mark:],
-        timeout_s=60,
-        what="i0 ends its batch and learns it lost its partitions",
-    )
-    await_condition(
-        lambda: "partitions assigned" in zombie.log_text()[mark:],
-        timeout_s=60,
-        what="i0 rejoins the group",
-    )
+    live.await_logged(marks, "partitions lost", timeout_s=60)  # i0 ends its batch
+    live.await_logged(marks, "partitions assigned", timeout_s=60)  # and rejoins the group
 
     committed = _producers_first_keys(live.committed_keys(by_order))
     live.stop_all()
