@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import redis
-import structlog.testing
 from confluent_kafka import (
     TIMESTAMP_CREATE_TIME,
     TIMESTAMP_LOG_APPEND_TIME,
@@ -48,14 +47,12 @@ from processor.router import Commit, Inbound, Routed
 from processor.runner import (
     GC_THRESHOLDS,
     ROUTED_RECORD_BYTES,
-    Checkpoint,
     Intake,
     Runner,
     arrival_ms,
     batch_collector,
     cluster_metadata,
     input_metadata,
-    observe_transaction_open,
     parse_input_metadata,
     routed_chunks,
     topic_partitions,
@@ -657,25 +654,6 @@ def test_a_closed_runner_is_freed_and_leaves_the_collector_as_it_found_it(
     assert gc.get_threshold() == thresholds
 
 
-def test_a_batch_that_wrote_records_never_commits_them_without_offsets(
-    live: LiveHarness,
-) -> None:
-    """Offsets sent with the group's metadata are what fence a batch's records: one with
-    none would commit a zombie's records too."""
-    producer = Producer(live.settings.kafka.producer_config(f"{live.app}-unfenced"))
-    consumer = Consumer(live.settings.kafka.consumer_config(live.settings.group_id))
-    try:
-        producer.init_transactions(30)
-        producer.begin_transaction()
-        checkpoint = Checkpoint(producer, consumer, timeout_s=10, produced=True)
-        with pytest.raises(RuntimeError, match="it would commit unfenced"):
-            checkpoint.commit()
-        assert not checkpoint.committed
-        producer.abort_transaction(30)
-    finally:
-        consumer.close()
-
-
 def test_the_batch_collector_is_given_back_when_its_block_ends() -> None:
     thresholds = gc.get_threshold()
     with batch_collector():
@@ -690,14 +668,3 @@ def test_an_inputs_offset_metadata_carries_its_watermark_and_handled_mark() -> N
     assert parse_input_metadata(input_metadata(Commit(5, 1_234, 9))) == (1_234, 9)
     assert parse_input_metadata("watermark:1234") == (1_234, None), "as committed before"
     assert parse_input_metadata(None) == (None, None)
-
-
-def test_a_transaction_open_for_over_half_its_timeout_is_a_warning() -> None:
-    with structlog.testing.capture_logs() as logs:
-        observe_transaction_open(4.9, 40_000, timeout_s=10)
-        observe_transaction_open(5.1, 40_000, timeout_s=10)
-
-    (warning,) = logs
-    assert warning["log_level"] == "warning"
-    assert "lower max_batch_records" in warning["event"]
-    assert (warning["open_s"], warning["records"]) == (5.1, 40_000)
