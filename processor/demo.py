@@ -415,7 +415,7 @@ def render_report(report: DemoReport) -> list[RenderableType]:
         f"events/s ({instances}; start-up and the {report.idle_wait_s:g} s idle-partition "
         "wait included)",
         f"live == replay: {verdict}\n"
-        f"dead letters: {live.dead_letters.total()} live (malformed lines sent as raw JSON), "
+        f"dead letters: {live.dead_letters.total()} live (malformed lines sent as raw bytes), "
         f"{report.replay.dead_letters.total()} in the replay\n" + metrics_line(report.metrics_url),
         _explain_hint(report.options),
     ]
@@ -758,10 +758,11 @@ def _run(
     serde = make_serde(settings)
     _publish(settings, serde, history)
     ends = _end_offsets(settings, partitions)
+    malformed = len(history.malformed)
     console.print(
         f"published {options.orders:,} orders over {HISTORY_DAYS} days (seed {options.seed}): "
-        f"{len(history.valid):,} events as Avro, {len(history.malformed)} malformed lines as raw "
-        "bytes"
+        f"{len(history.valid):,} events as Avro, {malformed} malformed "
+        f"line{'' if malformed == 1 else 's'} as raw bytes"
     )
 
     metrics_url = _serve_metrics(settings, stack)
@@ -794,7 +795,7 @@ def _run(
         options=options,
         application_id=app,
         events=sum(ends.values()),
-        malformed=len(history.malformed),
+        malformed=malformed,
         seconds=seconds,
         idle_wait_s=settings.idle_partition_wait_ms / 1000,
         clock=clock,
