@@ -99,7 +99,8 @@ def ship(order: Order, ledger: Ledger, package: Package, others: Iterable[Packag
     that the order's other packages (`others`) had sent already carry a reship, as long
     as reshipped units are still to ship. A package shipped beyond the order before any
     reship carries none. Its other units, if the cancellation refunded them as unshipped,
-    are paid for: they count as refunded out of it (R12)."""
+    are paid for: they count as refunded out of it (R12). Every SKU of `package` is one
+    the order has: the policy dead-letters a package with another (`unknown_sku`)."""
     unshipped = ledger.by_package.get(UNSHIPPED, {})
     if not ledger.reshipped and not unshipped:
         return ledger  # most packages: counting what the others sent would find nothing
