@@ -60,6 +60,12 @@ its first retention check (30 s after start, then every 5 min) deletes them mid-
    topics and Redis keys, on the same inputs; the result is their median (a pass of
    about ten seconds is as easily skewed by a neighbour as a baseline run).
 
+   Each pass also prints how long its main thread, the runner's, was on the CPU (less
+   the checks): it cannot take less than that, so the baseline's seconds over it bound
+   what the ratio could be had it never waited for Kafka, Redis or the idle wait; the
+   result gives their median: the most that overlapping the waits could give; past it,
+   only less CPU per event in the main thread (docs/live.md, "Performance").
+
 3. The counts of refund commands, reships, decisions and dead letters (by reason) the
    processor committed, read back read_committed.
 
@@ -313,6 +319,9 @@ class ProcessorRun:
     routed_s: float = 0.0  # first poll -> criterion a
     idle_s: float = 0.0  # first poll -> criteria a and b
     cpu_s: float = 0.0  # CPU seconds of this process (all threads, librdkafka's too)
+    main_cpu_s: float = (
+        0.0  # CPU seconds of the main thread, the runner's: `seconds` less its waits
+    )
     batches: int = 0
     check_s: float = 0.0  # spent checking the criteria (not in `seconds`)
     check_cpu_s: float = 0.0  # the main thread's CPU seconds in those checks (not in `cpu_s`)
@@ -355,7 +364,7 @@ def catch_up(
     watcher = CatchUp(settings, input_ends)
     gc.callbacks.append(result.collector)
     try:
-        cpu = time.process_time()
+        cpu, main_cpu = time.process_time(), time.thread_time()
         started = time.perf_counter()
         deadline = started + timeout_s
         shown, shown_routed = started, 0
@@ -386,6 +395,7 @@ def catch_up(
                 raise TimeoutError(f"not caught up after {timeout_s} s: {watcher.describe()}")
         result.seconds = elapsed
         result.cpu_s = time.process_time() - cpu - result.check_cpu_s
+        result.main_cpu_s = time.thread_time() - main_cpu - result.check_cpu_s
         assert watcher.routed_at is not None
         assert watcher.idle_at is not None
         result.routed_s = watcher.routed_at
@@ -592,6 +602,7 @@ def measure(
     cpu_rates: list[float] = []
     baseline_rates: list[float] = []
     ratios: list[float] = []
+    unwaited: list[float] = []  # each pass's ratio had its main thread never waited
     for n in range(args.runs):
         # Each pass has its baseline right before it, so that its ratio compares figures
         # taken a minute apart: the machine's speed moves by a quarter in a few minutes.
@@ -615,11 +626,15 @@ def measure(
         )
         result = run_processor(live, input_ends, args.timeout)
         report(result, total)
-        print(f"           ratio to its baseline {baseline_s / result.seconds:.2f}")
+        print(
+            f"           ratio to its baseline {baseline_s / result.seconds:.2f}; with no wait "
+            f"at all (the main thread's CPU time alone) {baseline_s / result.main_cpu_s:.2f}"
+        )
         rates.append(total / result.seconds)
         cpu_rates.append(total / result.cpu_s)
         baseline_rates.append(total / baseline_s)
         ratios.append(baseline_s / result.seconds)
+        unwaited.append(baseline_s / result.main_cpu_s)
     rate, baseline_rate, ratio = map(statistics.median, (rates, baseline_rates, ratios))
 
     print(
@@ -634,7 +649,10 @@ def measure(
     # steadier than the wall clock when the machine's other load moves.
     print(
         f"CPU: processor {statistics.median(cpu_rates):,.0f} events per CPU s (median of "
-        f"{', '.join(f'{r:,.0f}' for r in cpu_rates)})"
+        f"{', '.join(f'{r:,.0f}' for r in cpu_rates)}); with no wait at all, the ratio "
+        f"would be {statistics.median(unwaited):.2f} (median of "
+        f"{', '.join(f'{r:.2f}' for r in unwaited)}): the most that overlapping the waits could "
+        "give; past it, only less CPU per event in the main thread"
     )
 
     print(f"\nin-process stages over the same {len(records)} events, per event; {load()}")
@@ -671,6 +689,11 @@ def report(result: ProcessorRun, total: int) -> None:
         f"({result.batches} batches, {result.cpu_s:.1f} CPU s = "
         f"{total / result.cpu_s:,.0f} events per CPU s; "
         f"criteria checks {result.check_s:.2f} s, left out)"
+    )
+    print(
+        f"           main thread: {result.main_cpu_s:.2f} s on the CPU, "
+        f"{result.seconds - result.main_cpu_s:.2f} s off it (waiting for Kafka, Redis or the "
+        "idle wait, or for a core)"
     )
     print(
         f"           all input routed at {result.routed_s:.2f} s "
