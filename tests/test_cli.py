@@ -237,25 +237,31 @@ def test_ctrl_c_while_run_waits_for_kafka_stops_it_at_once_without_a_traceback(
     settings = tmp_path / "settings.yaml"
     settings.write_text("kafka:\n  bootstrap_servers: 127.0.0.1:1\nmetrics:\n  port: 0\n")
     clean = {k: v for k, v in os.environ.items() if not k.upper().startswith("REFUND_")}
+    # Unbuffered bytes: `communicate` reads the pipe itself, after what readline() took.
     process = subprocess.Popen(
         [sys.executable, "-m", "processor.cli", "run", "--config", str(settings)],
         env=clean,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        text=True,
+        bufsize=0,
     )
     try:
         assert process.stderr is not None
         seen = [process.stderr.readline()]
-        while '"metrics served"' not in seen[-1] and seen[-1]:
+        while b'"metrics served"' not in seen[-1] and seen[-1]:
             seen.append(process.stderr.readline())
         process.send_signal(signal.SIGINT)
-        # Read while waiting: a child blocked on a full stderr pipe would never exit.
-        _, rest = process.communicate(timeout=10)  # the first broker wait is 30 s
+        try:
+            # Read while waiting: a child blocked on a full stderr pipe would never exit.
+            _, rest = process.communicate(timeout=10)  # the first broker wait is 30 s
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, rest = process.communicate()
+            pytest.fail(f"still running 10 s after SIGINT:\n{(b''.join(seen) + rest).decode()}")
     finally:
         process.kill()
         process.wait()  # reaped: no zombie left for a later test's count of children
-    stderr = "".join(seen) + rest
+    stderr = (b"".join(seen) + rest).decode()
 
     assert process.returncode == 130, stderr
     assert stderr.splitlines()[-1] == "refund-processor: interrupted"
