@@ -9,7 +9,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Literal
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from processor.ledger import (
@@ -93,14 +93,12 @@ class _History:
     order: Order
     ledger: Ledger = field(default_factory=Ledger)
     #: Packages `ship` recorded, in order: the `others` of the next one.
-    recorded: list[Package] = field(default_factory=list)
-    #: Those, and packages carrying a SKU the order lacks, which the policy dead-letters
-    #: instead of recording (`_rejected_unknown_skus`): refunds may still name them.
     packages: dict[str, Package] = field(default_factory=dict)
     settlements: list[Settlement] = field(default_factory=list)
     refunded: Units = field(default_factory=dict)
     resent: Units = field(default_factory=dict)
-    #: Per package id: units refunded or reshipped for a refund or claim naming it.
+    #: Per package id: units refunded or reshipped for a refund or claim naming it, and
+    #: those `ship` counted as paid by the cancellation (R12).
     out_of: dict[str, Units] = field(default_factory=dict)
     #: What each reship sent: what a package carrying a replacement carries.
     reships: list[Units] = field(default_factory=list)
@@ -110,14 +108,13 @@ class _History:
 
 def _ship(history: _History, lines: Units) -> None:
     order, before = history.order, history.ledger
-    package = _package(f"p{len(history.packages) + 1}", lines)
-    history.packages[package.package_id] = package
     if not set(lines) <= set(order.lines):
-        return  # dead-lettered by the policy (unknown_sku): `ship` never sees one
+        return  # the policy dead-letters such a package (unknown_sku): nothing sees it
+    package = _package(f"p{len(history.packages) + 1}", lines)
     untouched = copy.deepcopy(before)
-    after = ship(order, before, package, history.recorded)
+    after = ship(order, before, package, list(history.packages.values()))
     assert before == untouched, "ship changed the ledger it was given"
-    history.recorded.append(package)
+    history.packages[package.package_id] = package
     history.ledger = after
     # Shipping pays and sends nothing; it only tells replacements and cancelled units.
     assert (after.refunded, after.refunded_minor, after.reshipped) == (
@@ -137,6 +134,7 @@ def _ship(history: _History, lines: Units) -> None:
             f"ship counted {quantity} x {sku} of {package.package_id} as paid by a "
             f"cancellation that refunded fewer: {before.by_package.get(UNSHIPPED)}"
         )
+    _add(history.out_of.setdefault(package.package_id, {}), moved)
 
 
 def _check_failures(before: Ledger, after: Ledger, package: Package | None, granted: Units) -> None:
@@ -232,11 +230,6 @@ def _reship(history: _History, units: Units, package: Package | None) -> Units:
 def _check_invariants(history: _History) -> None:
     """The money invariants, after any step, failed reships or not (the bounds are
     argued in `test_a_failed_reship_lets_its_units_be_compensated_again_within_the_order_total`).
-
-    Per SKU, a refund or reship grants at most `ordered - covered + standing`, where
-    `covered = refunded + reshipped - failed` and `standing` are the package's
-    replacements not failed yet, and marks the standing ones it takes as failed: so
-    covered <= ordered, checked as refunded + reshipped <= ordered + failed.
     """
     order, ledger = history.order, history.ledger
     paid = sum(settled.amount_minor for settled in history.settlements)
@@ -285,7 +278,9 @@ def _check_uncompensated(history: _History, asked: Units) -> None:
     """What any refund or reship could get, out of any package or none: ordered SKUs only
     (and only those the package carried), positive, within what was asked and carried.
     Out of no package, exactly what docs/policy.md says: ordered - covered, where
-    covered = refunded + reshipped - failed (so a unit nothing covers is never denied)."""
+    covered = refunded + reshipped - failed; out of a package, that plus its replacements
+    not failed yet, within what it carried less what was taken out of it. Exactly, so a
+    unit nothing covers is never denied, nor paid short."""
     order, ledger = history.order, history.ledger
     greedy = dict.fromkeys([*order.lines, FOREIGN_SKU], 99)
     for package in [None, *history.packages.values()]:
@@ -314,6 +309,24 @@ def _check_uncompensated(history: _History, asked: Units) -> None:
         f"covered {covered} of {order.lines}: uncompensated found "
         f"{uncompensated(order, ledger, greedy)}, the policy's formula {expected}"
     )
+    # Out of a package, the same within what it carried and nothing took out of it yet;
+    # its replacements that have not failed are the claimed units again.
+    for package_id, package in history.packages.items():
+        replacements = ledger.replacements.get(package_id, {})
+        failed_here = ledger.failed_replacements.get(package_id, {})
+        taken_out = history.out_of.get(package_id, {})
+        expected = {}
+        for sku, priced in order.lines.items():
+            standing = replacements.get(sku, 0) - failed_here.get(sku, 0)
+            owed = priced.quantity - covered[sku] + standing
+            quantity = min(owed, package.lines.get(sku, 0) - taken_out.get(sku, 0))
+            if quantity > 0:
+                expected[sku] = quantity
+        found = uncompensated(order, ledger, greedy, package)
+        assert found == expected, (
+            f"out of {package_id}, carrying {package.lines} with {taken_out} taken: "
+            f"uncompensated found {found}, the policy's formula {expected}"
+        )
 
 
 def _check_again_pays_nothing_more(
@@ -342,7 +355,7 @@ def _check_again_pays_nothing_more(
 
 def _units(order: Order) -> st.SearchStrategy[Units]:
     """Units a claim may ask for: any SKU, the order's or not, any quantity, beyond it too."""
-    quantities = st.integers(1, 2) | st.integers(0, 7)  # mostly a part of what is left
+    quantities = st.integers(1, 2) | st.integers(1, 7)  # mostly a part of what is left
     skus = st.sampled_from([*order.lines, FOREIGN_SKU])
     return st.dictionaries(skus, quantities, min_size=1, max_size=4)
 
@@ -375,7 +388,7 @@ def _draw_lines(data: st.DataObject, history: _History) -> Units:
     order = history.order
     kinds = ["replacement", "rest", "any"] if history.unsent else ["rest", "any", "replacement"]
     kind = data.draw(st.sampled_from(kinds), label="lines")
-    shipped = shipped_units(history.recorded)
+    shipped = shipped_units(history.packages.values())
     rest = {
         sku: priced.quantity - shipped.get(sku, 0)
         for sku, priced in order.lines.items()
@@ -413,7 +426,7 @@ def _step(data: st.DataObject, history: _History, operation: Operation) -> None:
         _check_uncompensated(history, {})
         return
     if operation == "cancellation":
-        shipped = shipped_units(history.recorded)
+        shipped = shipped_units(history.packages.values())
         unshipped = {
             sku: priced.quantity - shipped.get(sku, 0) for sku, priced in order.lines.items()
         }
@@ -496,29 +509,35 @@ def test_a_failed_reship_lets_its_units_be_compensated_again_within_the_order_to
         _step(data, history, operation)
         _check_invariants(history)
 
+    # A claim on what is still owed (one may be left: the operations before may have
+    # compensated everything, and then there is nothing to reship).
     claimed_package = _draw_package(data, history, named=False)
-    sent = _reship(history, _draw_asked(data, order, claimed_package), claimed_package)
+    owed = uncompensated(order, history.ledger, dict(ordered), claimed_package)
+    assume(owed)
+    skus = data.draw(st.lists(st.sampled_from(sorted(owed)), min_size=1, unique=True))
+    claim = {sku: data.draw(st.integers(1, owed[sku]), label=f"claimed {sku}") for sku in skus}
+    sent = _reship(history, claim, claimed_package)
+    assert sent == claim, f"{claim} was owed, the reship sent {sent}"
     _check_invariants(history)
-    if sent:
-        history.unsent.remove(sent)
-        _ship(history, sent)
-        replacement = history.recorded[-1]
-        assert carries_only_reships(history.ledger, replacement), (
-            f"{replacement.package_id} carries {sent}, reshipped after the whole order "
-            f"shipped, but its replacements are {history.ledger.replacements}"
+    history.unsent.remove(sent)
+    _ship(history, sent)
+    replacement = list(history.packages.values())[-1]
+    assert carries_only_reships(history.ledger, replacement), (
+        f"{replacement.package_id} carries {sent}, reshipped after the whole order "
+        f"shipped, but its replacements are {history.ledger.replacements}"
+    )
+    if failure == "lost":
+        lost = _granted(_refund(history, dict(replacement.lines), replacement, None))
+        assert lost == sent, f"the loss of {replacement.package_id} paid for {lost}"
+        assert history.ledger.failed_replacements[replacement.package_id] == sent
+        _check_again_pays_nothing_more(
+            history, "package_refund", sent, replacement, out_of=None, first=lost
         )
-        if failure == "lost":
-            lost = _granted(_refund(history, dict(replacement.lines), replacement, None))
-            assert lost == sent, f"the loss of {replacement.package_id} paid for {lost}"
-            assert history.ledger.failed_replacements[replacement.package_id] == sent
-            _check_again_pays_nothing_more(
-                history, "package_refund", sent, replacement, out_of=None, first=lost
-            )
-        elif failure == "claim refunded":
-            _refund(history, _draw_asked(data, order, replacement), replacement, None)
-        else:
-            _reship(history, _draw_asked(data, order, replacement), replacement)
-        _check_invariants(history)
+    elif failure == "claim refunded":
+        _refund(history, _draw_asked(data, order, replacement), replacement, None)
+    else:
+        _reship(history, _draw_asked(data, order, replacement), replacement)
+    _check_invariants(history)
     for operation in after:
         _step(data, history, operation)
         _check_invariants(history)
