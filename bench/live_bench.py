@@ -319,9 +319,9 @@ class ProcessorRun:
     routed_s: float = 0.0  # first poll -> criterion a
     idle_s: float = 0.0  # first poll -> criteria a and b
     cpu_s: float = 0.0  # CPU seconds of this process (all threads, librdkafka's too)
-    main_cpu_s: float = (
-        0.0  # CPU seconds of the main thread, the runner's: `seconds` less its waits
-    )
+    #: CPU seconds of the main thread, the runner's: `seconds` less its waits (for Kafka,
+    #: Redis and the idle wait) and the time it was ready but had no core.
+    main_cpu_s: float = 0.0
     batches: int = 0
     check_s: float = 0.0  # spent checking the criteria (not in `seconds`)
     check_cpu_s: float = 0.0  # the main thread's CPU seconds in those checks (not in `cpu_s`)
@@ -377,7 +377,7 @@ def catch_up(
             result.batches += 1
             now = time.perf_counter()
             elapsed = now - started - result.check_s  # the processor's time so far
-            checking = time.thread_time()
+            checking, spent = time.thread_time(), time.process_time()
             buffered = REGISTRY.get_sample_value("refunds_events_buffered") or 0
             result.most_buffered = max(result.most_buffered, int(buffered))
             if watcher.done(elapsed):
@@ -394,8 +394,9 @@ def catch_up(
             if now > deadline:
                 raise TimeoutError(f"not caught up after {timeout_s} s: {watcher.describe()}")
         result.seconds = elapsed
-        result.cpu_s = time.process_time() - cpu - result.check_cpu_s
-        result.main_cpu_s = time.thread_time() - main_cpu - result.check_cpu_s
+        # Up to the last check, as `seconds`.
+        result.cpu_s = spent - cpu - result.check_cpu_s
+        result.main_cpu_s = checking - main_cpu - result.check_cpu_s
         assert watcher.routed_at is not None
         assert watcher.idle_at is not None
         result.routed_s = watcher.routed_at
