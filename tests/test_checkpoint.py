@@ -1,10 +1,23 @@
-"""A batch's commit (`processor.checkpoint`): what it refuses to commit, and what it warns of."""
+"""A batch's commit (`processor.checkpoint`): what it refuses to commit, how its
+transaction ends or stops the process, and what it warns of."""
+
+import uuid
 
 import pytest
+import redis
 import structlog
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
-from processor.checkpoint import Checkpoint, observe_transaction_open
+from processor.checkpoint import (
+    KAFKA_TIMEOUTS,
+    Checkpoint,
+    TransactionStuckError,
+    end_transaction,
+    kafka_timed_out,
+    observe_transaction_open,
+)
+from processor.redis_store import RedisTaskStore, delete_keys
+from processor.state import OrderState
 from tests.live import LiveHarness
 
 
@@ -36,3 +49,96 @@ def test_a_transaction_open_for_over_half_its_timeout_is_a_warning() -> None:
     assert warning["log_level"] == "warning"
     assert "lower max_batch_records" in warning["event"]
     assert (warning["open_s"], warning["records"]) == (5.1, 40_000)
+
+
+def _retriable(reason: str) -> KafkaException:
+    return KafkaException(KafkaError(KafkaError._TIMED_OUT, reason, retriable=True))
+
+
+def test_a_transaction_that_fails_to_end_retriably_is_ended_again() -> None:
+    """librdkafka asks for the same call again after a retriable failure."""
+    attempts: list[float] = []
+
+    def commit(timeout_s: float) -> None:
+        attempts.append(timeout_s)
+        if len(attempts) < 3:
+            raise _retriable("coordinator busy")
+
+    end_transaction(commit, timeout_s=10)
+
+    assert attempts == [10, 10, 10]
+
+
+def test_a_transaction_that_cannot_end_stops_the_process_rather_than_hang_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Retried for ever, a broker stalled past the transaction timeout kept the process
+    deaf to SIGTERM: a non-retriable error ends at once, a stop request or the deadline
+    ends the retries."""
+    attempts: list[float] = []
+
+    def refused(timeout_s: float) -> None:
+        attempts.append(timeout_s)
+        raise KafkaException(KafkaError(KafkaError.INVALID_TXN_STATE, "no transaction"))
+
+    def stalled(timeout_s: float) -> None:
+        attempts.append(timeout_s)
+        raise _retriable("broker stalled")
+
+    with pytest.raises(KafkaException, match="no transaction"):
+        end_transaction(refused, timeout_s=10)
+    assert len(attempts) == 1
+
+    with pytest.raises(TransactionStuckError, match="stopping while the transaction"):
+        end_transaction(stalled, timeout_s=10, stopping=lambda: True)
+    assert len(attempts) == 2
+
+    monkeypatch.setattr("processor.checkpoint.TRANSACTION_STUCK_S", 0.0)
+    with pytest.raises(TransactionStuckError, match="did not end in 0 s"):
+        end_transaction(stalled, timeout_s=10, stopping=lambda: False)
+    assert len(attempts) == 3
+
+
+@pytest.mark.parametrize("code", sorted(KAFKA_TIMEOUTS))
+def test_a_kafka_timeout_in_a_batch_stops_the_process(code: int) -> None:
+    with pytest.raises(TransactionStuckError, match="timed out"):
+        kafka_timed_out(KafkaException(KafkaError(code, "no answer")))
+
+
+def test_other_kafka_errors_in_a_batch_are_left_to_the_abort_and_retry() -> None:
+    kafka_timed_out(KafkaException(KafkaError(KafkaError._STATE, "not now")))
+
+
+def test_a_store_fenced_after_the_commit_is_left_to_the_next_claim_and_the_rest_apply(
+    live: LiveHarness, redis_url: str
+) -> None:
+    """Kafka committed the batch: a task that another instance claimed since is applied by
+    that claim (docs/state-store.md), so `apply` logs it and goes on with the others."""
+    client = redis.Redis.from_url(redis_url)
+    app = f"test-{uuid.uuid4().hex[:12]}"
+    try:
+        zombie = RedisTaskStore(client, app=app, task=f"{app}-by-order:0")
+        zombie.claim({})
+        zombie.save_order(OrderState("o1"))
+        zombie.stage({"orders:0": 1})
+        RedisTaskStore(client, app=app, task=f"{app}-by-order:0").claim({})
+        kept = RedisTaskStore(client, app=app, task=f"{app}-by-order:1")
+        kept.claim({})
+        kept.save_order(OrderState("o2"))
+        kept.stage({"orders:1": 1})
+        producer = Producer(live.settings.kafka.producer_config())
+        consumer = Consumer(live.settings.kafka.consumer_config(live.settings.group_id))
+        committed = Checkpoint(
+            producer, consumer, timeout_s=10, stores=[(zombie, {}), (kept, {})], committed=True
+        )
+        with structlog.testing.capture_logs() as logs:
+            committed.apply()
+        consumer.close()
+    finally:
+        delete_keys(client, f"{app}:")
+        client.close()
+
+    assert committed.applied == 2
+    (warning,) = logs
+    assert warning["event"] == "task fenced after its batch committed: a claim applies it"
+    assert (warning["topic"], warning["partition"]) == (f"{app}-by-order", 0)
