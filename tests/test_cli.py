@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.console import run_cli
+from tests.console import ctrl_c_as_in_a_terminal, run_cli
 from tests.factories import order_placed, scan, shipped
 
 
@@ -238,13 +238,14 @@ def test_ctrl_c_while_run_waits_for_kafka_stops_it_at_once_without_a_traceback(
     settings.write_text("kafka:\n  bootstrap_servers: 127.0.0.1:1\nmetrics:\n  port: 0\n")
     clean = {k: v for k, v in os.environ.items() if not k.upper().startswith("REFUND_")}
     # Unbuffered bytes: `communicate` reads the pipe itself, after what readline() took.
-    process = subprocess.Popen(
-        [sys.executable, "-m", "processor.cli", "run", "--config", str(settings)],
-        env=clean,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        bufsize=0,
-    )
+    with ctrl_c_as_in_a_terminal():
+        process = subprocess.Popen(
+            [sys.executable, "-m", "processor.cli", "run", "--config", str(settings)],
+            env=clean,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+        )
     try:
         assert process.stderr is not None
         seen = [process.stderr.readline()]

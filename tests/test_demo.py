@@ -9,7 +9,6 @@ and once interrupted with Ctrl-C, and look for anything it left running.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import re
@@ -17,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,6 +41,7 @@ from processor.replay import replay
 from processor.router import Progress
 from processor.store import Timer
 from processor.summary import Summary, format_minor, summarize
+from tests.console import ctrl_c_as_in_a_terminal
 from tests.live import await_condition
 
 ORDERS = "o"
@@ -212,21 +211,6 @@ def _processes_in(directory: Path) -> list[str]:
     return found
 
 
-@contextlib.contextmanager
-def _ctrl_c_as_in_a_terminal() -> Iterator[None]:
-    """Children started inside get SIGINT's default disposition, as from a terminal.
-
-    A shell starts a background job (`.ci/run &`, say) with SIGINT ignored, every process
-    it execs inherits that, and CPython then leaves it ignored: a demo started so would
-    shrug off the Ctrl-C this test sends. A handler, unlike SIG_IGN, is reset by exec.
-    """
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 @pytest.mark.parametrize("interrupted", [False, True], ids=["to the end", "ctrl-c"])
 def test_demo_stops_the_kafka_and_redis_it_started(tmp_path: Path, interrupted: bool) -> None:
     temp = tmp_path / "temp"  # the demo's TMPDIR: its services' directories are made there
@@ -239,7 +223,7 @@ def test_demo_stops_the_kafka_and_redis_it_started(tmp_path: Path, interrupted: 
     } | {"TMPDIR": str(temp)}
     log = tmp_path / "stderr.log"
     orders = "2000" if interrupted else "30"
-    with log.open("wb") as stderr, _ctrl_c_as_in_a_terminal():
+    with log.open("wb") as stderr, ctrl_c_as_in_a_terminal():
         demo = subprocess.Popen(
             [sys.executable, "-m", "processor.cli", "demo", "--orders", orders],
             stdout=subprocess.PIPE,
