@@ -237,14 +237,13 @@ def test_ctrl_c_while_run_waits_for_kafka_stops_it_at_once_without_a_traceback(
     settings = tmp_path / "settings.yaml"
     settings.write_text("kafka:\n  bootstrap_servers: 127.0.0.1:1\nmetrics:\n  port: 0\n")
     clean = {k: v for k, v in os.environ.items() if not k.upper().startswith("REFUND_")}
-    # Unbuffered bytes: `communicate` reads the pipe itself, after what readline() took.
     with ctrl_c_as_in_a_terminal():
         process = subprocess.Popen(
             [sys.executable, "-m", "processor.cli", "run", "--config", str(settings)],
             env=clean,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            bufsize=0,
+            bufsize=0,  # bytes, unbuffered: communicate() reads on after what readline() took
         )
     try:
         assert process.stderr is not None
