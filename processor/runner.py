@@ -604,13 +604,22 @@ class Runner:
             return
         self._check_inputs_unchanged()
         now = time.monotonic()
+        wanted = sorted(self._unclaimed)
         new_sources = [
             f"{topic}:{partition}"
-            for topic, partition in sorted(self._unclaimed)
+            for topic, partition in wanted
             if topic != self._by_order and f"{topic}:{partition}" not in self._source_epochs
         ]
+        # The group's committed offsets, one request: of the partitions to set up, and of
+        # every task's when a router claim needs them checked first (`_check_tasks_kept`).
+        tasks = [(self._by_order, p) for p in range(self._by_order_partitions)]
+        asked = sorted(set(wanted) | set(tasks)) if new_sources else wanted
+        committed = {
+            (tp.topic, tp.partition): tp
+            for tp in self._consumer.committed([TopicPartition(t, p) for t, p in asked], timeout=30)
+        }
         if new_sources:
-            self._check_tasks_kept()
+            self._check_tasks_kept([committed[task] for task in tasks])
             self._claim_sources(new_sources)
         # Every input partition of this instance hands its events for this instance's
         # tasks over directly (docs/live.md, "Direct delivery").
@@ -619,12 +628,11 @@ class Runner:
             for tp in self._consumer.assignment()
             if tp.topic != self._by_order
         )
-        wanted = [TopicPartition(t, p) for t, p in sorted(self._unclaimed)]
-        committed = self._consumer.committed(wanted, timeout=30)
+        claimed = [committed[position] for position in wanted]
         starts = self._log_starts(
-            [tp for tp in committed if tp.topic != self._by_order and tp.offset < 0]
+            [tp for tp in claimed if tp.topic != self._by_order and tp.offset < 0]
         )
-        for tp in committed:
+        for tp in claimed:
             if tp.topic != self._by_order:
                 watermark, handled = parse_input_metadata(tp.metadata)
                 self._router.assign(
@@ -723,18 +731,14 @@ class Runner:
         )
         return {(tp.topic, tp.partition): future.result().offset for tp, future in asked.items()}
 
-    def _check_tasks_kept(self) -> None:
+    def _check_tasks_kept(self, tasks: list[TopicPartition]) -> None:
         """Raises `StateBehindKafkaError`, before a router's claim writes anything, if Redis
-        lost the state of a task whose offsets the group committed, whichever instance
-        owns it: a loss between two runs that an instance with no task of its own would
-        route on through, with the tracking index lost too (docs/live.md, "Exactly once").
-        A claim starts a lost input's epoch again at 1, which proves nothing."""
-        partitions = [TopicPartition(self._by_order, p) for p in range(self._by_order_partitions)]
-        committed = [
-            self._source_key(tp.partition)
-            for tp in self._consumer.committed(partitions, timeout=30)
-            if tp.offset >= 0
-        ]
+        lost the state of a task whose offsets the group committed (`tasks`: every task's
+        partition, with the group's committed offset), whichever instance owns it: a loss
+        between two runs that an instance with no task of its own would route on through,
+        with the tracking index lost too (docs/live.md, "Exactly once"). A claim starts a
+        lost input's epoch again at 1, which proves nothing."""
+        committed = [self._source_key(tp.partition) for tp in tasks if tp.offset >= 0]
         lost = tasks_without_state(self._redis, self.settings.application_id, committed)
         if lost:
             raise lost_state(
