@@ -396,19 +396,22 @@ class LiveHarness:
         finally:
             consumer.close()
 
-    def end_offsets(self, topic: str) -> dict[int, int]:
-        """partition -> the end offset of `topic` (read_uncommitted: the high watermark)."""
-        return self._list_offsets(topic, OffsetSpec.latest())  # type: ignore[no-untyped-call]
+    def end_offsets(
+        self, topic: str, isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED
+    ) -> dict[int, int]:
+        """partition -> the end offset of `topic`: the high watermark (read_uncommitted), or
+        where its committed part ends (read_committed: before the first open transaction)."""
+        return self._list_offsets(
+            topic,
+            OffsetSpec.latest(),  # type: ignore[no-untyped-call]
+            isolation,
+        )
 
     def committed_keys(self, topic: str) -> list[bytes]:
         """The keys of every record of `topic` that a committed transaction wrote (or that
         no transaction wrote), read_committed up to where the topic's committed part ended
         when asked."""
-        ends = self._list_offsets(
-            topic,
-            OffsetSpec.latest(),  # type: ignore[no-untyped-call]
-            IsolationLevel.READ_COMMITTED,
-        )
+        ends = self.end_offsets(topic, IsolationLevel.READ_COMMITTED)
         consumer = Consumer(self.settings.kafka.consumer_config(f"{self.app}-key-reader"))
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
         keys: list[bytes] = []
@@ -583,23 +586,13 @@ class WalletReader:
 
     def read_all(self, timeout_s: float) -> list[RefundKey]:
         """Waits until no transaction is open on the topic, then reads to its end."""
-        admin = self._harness.admin.client
         partitions = [TopicPartition(self._topic, p) for p in self._wallet_partitions()]
         ends: dict[int, int] = {}
 
         def settled() -> bool:
-            committed, written = (
-                {
-                    tp.partition: future.result().offset
-                    for tp, future in admin.list_offsets(
-                        {tp: OffsetSpec.latest() for tp in partitions},  # type: ignore[no-untyped-call]
-                        isolation_level=level,
-                    ).items()
-                }
-                for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED)
-            )
+            committed = self._harness.end_offsets(self._topic, IsolationLevel.READ_COMMITTED)
             ends.update(committed)
-            return committed == written
+            return committed == self._harness.end_offsets(self._topic)
 
         await_condition(settled, timeout_s, "every transaction on the wallet topic ended")
 
