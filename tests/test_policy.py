@@ -12,7 +12,13 @@ import pytest
 
 from processor.config import load_policy
 from processor.events import parse_event_json, to_millis
-from processor.outputs import Decision, RefundCommand, ReshipCommand, refund_command_id
+from processor.outputs import (
+    Decision,
+    RefundCommand,
+    ReshipCommand,
+    refund_command_id,
+    reship_command_id,
+)
 from processor.policy import Result, apply_event, timers
 from processor.state import OrderState
 from processor.testing import TestDriver
@@ -1093,3 +1099,413 @@ def test_a_skipped_scan_read_again_is_skipped_though_a_deadline_now_comes_before
 
     again = apply(stray)
     assert (again.timers_before, again.outputs) == (None, [])
+
+
+# Examples a mutation sweep of processor/policy.py found missing: each fails if the rule
+# logic it names is changed (a boundary flipped, a condition dropped, a code swapped).
+
+
+def test_r1_a_scan_read_before_its_package_shipped_is_applied_when_it_ships() -> None:
+    """The scan names its order but no package has its number yet: it waits in the order
+    for the package, and is decided when the package ships, not dead-lettered."""
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(scan("rto_delivered", "TN-p1", when=at(9), event_id="rto-1"))
+    assert driver.outputs() == []
+
+    driver.pipe(shipped(event_id="ship-1"))
+
+    refund = _one_refund(driver)
+    assert (refund.reason, refund.evidence_event_ids) == ("rto_delivered", ("ship-1", "rto-1"))
+    assert driver.dead_letters() == []
+
+
+def test_r2_a_return_at_the_deadline_instant_is_decided_before_the_deadline() -> None:
+    """An order's timers fire before its event only when due earlier than it (docs/policy.md,
+    "Time"): a package back exactly at its deadline has come back (R3), so it is paid as a
+    return, not as lost."""
+    driver = TestDriver()
+    _shipped_order(driver)  # shipped on day 1: deadline day 21
+    driver.pipe(return_received("p1", "intact", when=at(21), event_id="back-1"))
+    driver.advance_to(at(60))
+
+    refund = _one_refund(driver)
+    assert (refund.reason, refund.evidence_event_ids) == ("return_received", ("ship-1", "back-1"))
+    assert _codes(driver.decisions()) == [("refunded", "return_received")]
+    assert driver.decisions()[0].rule == "R2"
+
+
+def test_r2b_a_relabeled_return_is_denied() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(return_received("p1", "relabeled"))
+    driver.advance_to(at(60))
+
+    assert driver.refunds() == []
+    assert _codes(driver.decisions()) == [("denied", "return_not_intact")]
+
+
+def test_r2b_a_return_not_intact_after_a_refund_is_denied_as_already_refunded() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(scan("lost", when=at(5)))
+    driver.pipe(return_received("p1", "opened", when=at(12)))
+
+    assert len(driver.refunds()) == 1
+    assert _codes(driver.decisions()) == [("refunded", "lost"), ("denied", "already_refunded")]
+    assert driver.decisions()[-1].rule == "R2b"
+
+
+@pytest.mark.parametrize("delivered", [None, at(25)], ids=["lost", "late_delivery"])
+def test_r3_refunds_the_deadline_makes_are_logged_under_r3(delivered: str | None) -> None:
+    """R3b is the courier's own `lost` scan; the deadline's refunds are R3."""
+    driver = TestDriver()
+    _shipped_order(driver)
+    if delivered is not None:
+        driver.pipe(scan("delivered", when=delivered))
+    driver.advance_to(at(60))
+
+    (decision,) = driver.decisions()
+    assert (decision.outcome, decision.rule) == ("refunded", "R3")
+    assert decision.code == ("lost" if delivered is None else "late_delivery")
+    # What `explain` shows as the deadline passing.
+    assert driver.order("o1").packages["p1"].deadline_passed  # type: ignore[union-attr]
+
+
+def test_r3_a_late_delivery_of_another_package_does_not_make_a_lost_one_late() -> None:
+    """p2's delivery, after p1's deadline, makes that deadline fire first: p1 is lost, not
+    delivered late by p2's scan."""
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 2}, event_id="ship-1"))  # deadline day 21
+    driver.pipe(shipped("p2", {"B": 1}, when=at(2)))  # deadline day 22
+    driver.pipe(scan("delivered", "TN-p2", when=at(21, 0.5)))
+
+    refund = _one_refund(driver)
+    assert (refund.package_id, refund.reason, refund.evidence_event_ids) == (
+        "p1",
+        "lost",
+        ("ship-1",),
+    )
+    assert driver.order("o1").packages["p1"].delivered_at is None  # type: ignore[union-attr]
+
+
+def test_r3_a_second_delivered_scan_after_the_deadline_keeps_the_delivery_on_time() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(scan("delivered", when=at(19), event_id="dlv-1"))
+    driver.pipe(scan("delivered", when=at(25), event_id="dlv-2"))
+    driver.advance_to(at(60))
+
+    assert driver.refunds() == []
+    assert driver.order("o1").packages["p1"].delivered_event_id == "dlv-1"  # type: ignore[union-attr]
+
+
+def test_r3b_a_lost_scan_at_the_instant_of_the_delivery_is_an_anomaly() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(scan("delivered", when=at(3)))
+    driver.pipe(scan("lost", when=at(3)))
+
+    assert driver.refunds() == []
+    assert _codes(driver.decisions()) == [("anomaly", "lost_after_delivery")]
+
+
+def test_r3b_a_lost_scan_dated_before_a_delivery_read_first_is_paid_as_in_event_time_order() -> (
+    None
+):
+    """Lost on day 4, delivered on day 5: in event-time order the loss is refunded (R3b).
+    Read in the other order, the delivery that came after the loss does not cancel it."""
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(scan("delivered", when=at(5)))
+    driver.pipe(scan("lost", when=at(4)))
+
+    assert [(r.reason, r.amount_minor) for r in driver.refunds()] == [("lost", 5000)]
+
+
+def test_a_scan_dated_orphan_ttl_before_two_packages_of_its_number_is_news_of_both() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 2}, tracking_number="T1", when=at(8)))
+    driver.pipe(shipped("p2", {"B": 1}, tracking_number="T1", when=at(8)))
+    driver.pipe(scan("rto_delivered", "T1", when=at(1)))  # exactly orphan_ttl before both
+
+    assert [(r.package_id, r.reason) for r in driver.refunds()] == [
+        ("p1", "rto_delivered"),
+        ("p2", "rto_delivered"),
+    ]
+    assert driver.dead_letters() == []
+
+
+@pytest.mark.parametrize(
+    ("reused_at", "scanned_at"),
+    [(at(10), at(20)), (at(3), at(20)), (at(10), at(10))],
+    ids=["later", "reused-at-the-delivery-instant", "scanned-at-the-reuse-instant"],
+)
+def test_a_return_scan_once_a_delivered_number_is_used_again_refunds_only_the_new_package(
+    reused_at: str, scanned_at: str
+) -> None:
+    """p1 is delivered on day 3, p2 takes its number over then or later: a return to origin
+    of the number, from the moment p2 has it, is p2's. p1, delivered, is not refunded."""
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 2}, tracking_number="T1"))
+    driver.pipe(scan("delivered", "T1", when=at(3)))
+    driver.pipe(shipped("p2", {"B": 1}, tracking_number="T1", when=reused_at))
+    driver.pipe(scan("rto_delivered", "T1", when=scanned_at))
+
+    assert [(r.package_id, r.amount_minor) for r in driver.refunds()] == [("p2", 2500)]
+    assert _codes(driver.decisions()) == [("refunded", "rto_delivered")]
+
+
+def test_a_scan_dated_before_a_delivered_number_was_used_again_is_still_the_old_packages() -> None:
+    """A `lost` of T1 dated day 5, read after p2 took T1 over on day 10: p1 still had the
+    number then, and tracking showed p1 delivered, so for p1 it is an anomaly."""
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 2}, tracking_number="T1"))
+    driver.pipe(scan("delivered", "T1", when=at(3)))
+    driver.pipe(shipped("p2", {"B": 1}, tracking_number="T1", when=at(10)))
+    driver.pipe(scan("lost", "T1", when=at(5)))
+
+    assert [(d.outcome, d.code) for d in driver.decisions() if d.package_id == "p1"] == [
+        ("anomaly", "lost_after_delivery")
+    ]
+
+
+def test_r4_a_request_at_the_instant_a_package_shipped_is_too_late() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped(when=at(1), event_id="ship-1"))
+    driver.pipe(cancellation_requested(when=at(1), event_id="req-1"))
+
+    (decision,) = driver.decisions()
+    assert (decision.outcome, decision.code, decision.rule) == (
+        "denied",
+        "cancellation_too_late",
+        "R4",
+    )
+    assert decision.evidence_event_ids == ("req-1", "ship-1")
+
+
+def test_r4_a_request_at_the_instant_of_the_first_pickup_scan_is_too_late() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped(when=at(2)))
+    driver.pipe(scan("picked_up", when=at(0, 3)))
+    driver.pipe(cancellation_requested(when=at(0, 3)))
+
+    assert _codes(driver.decisions()) == [("denied", "cancellation_too_late")]
+
+
+def test_r4_a_pending_request_is_denied_once_however_many_packages_ship() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(cancellation_requested(when=at(0, 1), event_id="req-1"))
+    driver.pipe(shipped("p1", {"A": 2}, when=at(1), event_id="ship-1"))
+    driver.pipe(shipped("p2", {"B": 1}, when=at(2)))
+
+    assert _codes(driver.decisions()) == [
+        ("pending", "awaiting_interception"),
+        ("denied", "cancellation_too_late"),
+    ]
+    assert driver.decisions()[-1].evidence_event_ids == ("req-1", "ship-1")
+
+
+def test_r5_a_cancellation_after_every_unit_shipped_refunds_nothing() -> None:
+    """Denied as too late, not as already refunded; a second cancellation cites the first."""
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(order_cancelled(when=at(1, 2), event_id="cancel-1"))
+    driver.pipe(order_cancelled(request_id="r2", when=at(1, 4), event_id="cancel-2"))
+
+    assert driver.refunds() == []
+    assert _codes(driver.decisions()) == [
+        ("denied", "cancellation_too_late"),
+        ("denied", "already_cancelled"),
+    ]
+    assert driver.decisions()[0].rule == "R5"
+    assert driver.decisions()[1].evidence_event_ids == ("cancel-1", "cancel-2")
+
+
+def test_r6_a_not_received_claim_before_any_package_shipped_waits() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(claim_filed("not_received", when=at(0, 5)))
+    assert _codes(driver.decisions()) == [("pending", "awaiting_tracking")]
+
+    driver.pipe(shipped())
+    driver.pipe(scan("lost", when=at(5)))
+
+    assert [(r.reason, r.amount_minor) for r in driver.refunds()] == [("lost", 5000)]
+    assert driver.order("o1").claims["c1"].status == "settled"  # type: ignore[union-attr]
+
+
+def test_r6_a_not_received_claim_on_a_package_delivered_late_is_denied_by_tracking() -> None:
+    """The package was refunded as a late delivery, and tracking shows it delivered."""
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(scan("delivered", when=at(25), event_id="late-1"))
+    driver.pipe(claim_filed("not_received", package_id="p1", when=at(26), event_id="claim"))
+
+    assert [r.reason for r in driver.refunds()] == ["late_delivery"]
+    decision = driver.decisions()[-1]
+    assert (decision.outcome, decision.code) == ("denied", "tracking_shows_delivered")
+    assert decision.evidence_event_ids == ("claim", "late-1")
+
+
+def test_r6_an_accepted_review_of_a_claim_waiting_for_tracking_decides_nothing_more() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(claim_filed("not_received", when=at(4)))
+    driver.pipe(claim_reviewed(when=at(5)))
+    assert _codes(driver.decisions()) == [("pending", "awaiting_tracking")]
+
+    driver.pipe(scan("delivered", when=at(6)))
+    assert _codes(driver.decisions()) == [
+        ("pending", "awaiting_tracking"),
+        ("denied", "tracking_shows_delivered"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("claim_type", "resolution", "rule"),
+    [("damaged", None, "R8"), ("wrong_quantity", "refund", "R9"), ("missing_item", None, "R10")],
+)
+def test_a_claim_refund_is_logged_under_its_rule_with_its_events_as_evidence(
+    claim_type: str, resolution: str | None, rule: str
+) -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(scan("delivered", when=at(3), event_id="dlv"))
+    driver.pipe(claim_filed(claim_type, lines={"A": 1}, event_id="claim"))
+    driver.pipe(claim_reviewed(resolution=resolution, event_id="review"))
+
+    refund = _one_refund(driver)
+    (decision,) = driver.decisions()
+    assert (decision.code, decision.rule, decision.command_id) == (
+        claim_type,
+        rule,
+        refund.command_id,
+    )
+    proof = ("dlv",) if claim_type == "missing_item" else ()
+    assert refund.evidence_event_ids == decision.evidence_event_ids == ("claim", "review", *proof)
+
+
+def test_r9_a_reship_command_is_identified_by_its_claim_and_cites_its_events() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(claim_filed("wrong_quantity", lines={"A": 1}, event_id="claim"))
+    driver.pipe(claim_reviewed(resolution="reship", event_id="review"))
+
+    (reship,) = driver.read(ReshipCommand)
+    assert reship.command_id == reship_command_id("o1", "c1")
+    assert reship.evidence_event_ids == ("claim", "review")
+    (decision,) = driver.decisions()
+    assert (decision.rule, decision.command_id) == ("R9", reship.command_id)
+
+
+def test_a_review_read_before_its_claim_is_decided_when_the_claim_arrives() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(claim_reviewed(when=at(7)))
+    assert driver.outputs() == []
+
+    driver.pipe(claim_filed("damaged", lines={"A": 1}, when=at(6)))
+
+    refund = _one_refund(driver)
+    assert (refund.reason, refund.amount_minor) == ("damaged", 1000)
+
+
+def test_r9_a_claim_settled_by_a_refund_yields_nothing_on_a_second_review() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(claim_filed("wrong_quantity", lines={"A": 1}))
+    driver.pipe(claim_reviewed(resolution="refund"))
+    driver.pipe(claim_reviewed(resolution="refund", when=at(8)))
+
+    assert len(driver.refunds()) == 1
+    assert _codes(driver.decisions()) == [
+        ("refunded", "wrong_quantity"),
+        ("denied", "claim_already_settled"),
+    ]
+
+
+def test_r9_a_refund_for_units_the_claimed_package_never_carried_is_denied_as_such() -> None:
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 2}))
+    driver.pipe(shipped("p2", {"B": 1}))
+    driver.pipe(claim_filed("wrong_quantity", package_id="p1", lines={"B": 1}, when=at(4)))
+    driver.pipe(claim_reviewed(resolution="refund", when=at(5)))
+
+    assert driver.refunds() == []
+    assert _codes(driver.decisions()) == [("denied", "not_in_package")]
+
+
+def test_r10_after_a_partial_cancellation_the_units_not_shipped_are_not_awaited() -> None:
+    """B was cancelled (and refunded) before it shipped: once p1 is delivered every
+    package is in, and a missing A is decided at once."""
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 2}))
+    driver.pipe(order_cancelled(when=at(1, 2)))
+    driver.pipe(scan("delivered", "TN-p1", when=at(3)))
+    driver.pipe(claim_filed("missing_item", lines={"A": 1}, when=at(5)))
+    driver.pipe(claim_reviewed(when=at(6)))
+
+    assert [(r.reason, r.amount_minor) for r in driver.refunds()] == [
+        ("cancellation_intercepted", 2500),
+        ("missing_item", 1000),
+    ]
+
+
+def test_r10_a_missing_item_waits_for_the_units_not_shipped_yet() -> None:
+    """Every package so far is delivered, but B has not shipped: the item may be in the
+    package still to come. Decided when it arrives, with every event it rests on."""
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    driver.pipe(shipped("p1", {"A": 2}))
+    driver.pipe(scan("delivered", "TN-p1", when=at(3), event_id="p1-dlv"))
+    driver.pipe(claim_filed("missing_item", lines={"A": 1}, when=at(5), event_id="claim"))
+    driver.pipe(claim_reviewed(when=at(6), event_id="review"))
+    assert driver.refunds() == []
+    assert _codes(driver.decisions()) == [("pending", "awaiting_packages")]
+
+    driver.pipe(shipped("p2", {"B": 1}, when=at(7)))
+    driver.pipe(scan("delivered", "TN-p2", when=at(9), event_id="p2-dlv"))
+
+    refund = _one_refund(driver)
+    assert (refund.reason, refund.amount_minor) == ("missing_item", 1000)
+    assert refund.evidence_event_ids == ("claim", "review", "p1-dlv", "p2-dlv")
+
+
+def test_r11_a_delivery_at_the_deadline_after_a_lost_refund_is_one_anomaly() -> None:
+    """Delivered at the deadline is on time (R3), so after the lost refund it is an
+    anomaly; a second on-time delivery scan does not report it again."""
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.advance_to(at(22))
+    driver.pipe(scan("delivered", when=at(21), event_id="dlv-1"))
+    assert _codes(driver.decisions()) == [
+        ("refunded", "lost"),
+        ("anomaly", "delivered_after_refund"),
+    ]
+    assert "dlv-1" in driver.decisions()[-1].evidence_event_ids
+
+    driver.pipe(scan("delivered", when=at(20), event_id="dlv-0"))
+    assert len(driver.decisions()) == 2
+
+
+def test_r11_an_on_time_delivery_read_after_a_late_delivery_refund_is_an_anomaly() -> None:
+    driver = TestDriver()
+    _shipped_order(driver)
+    driver.pipe(scan("delivered", when=at(25)))
+    driver.pipe(scan("delivered", when=at(19)))
+
+    assert len(driver.refunds()) == 1
+    assert _codes(driver.decisions()) == [
+        ("refunded", "late_delivery"),
+        ("anomaly", "delivered_after_refund"),
+    ]
