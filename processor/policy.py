@@ -737,6 +737,9 @@ def _scan_package(step: _Step, package: Package, event: TrackingUpdate) -> None:
             _refund_package(
                 step, package, "lost", "R3b", evidence=evidence, why="courier declared it lost"
             )
+            # A delivery dated after the loss but read before it (more than
+            # allowed_lateness late): in event-time order it came after this refund.
+            _report_delivered_after_refund(step, step.state.packages[package.package_id])
         case "rto_delivered" if (refused := _refused_return(package)) is not None:
             _deny_not_intact(
                 step,
@@ -760,8 +763,15 @@ def _delivered(step: _Step, package: Package, event: TrackingUpdate) -> None:
         package = _set_package(
             step, package, delivered_at=event.at, delivered_event_id=event.event_id
         )
+    _report_delivered_after_refund(step, package)
+
+
+def _report_delivered_after_refund(step: _Step, package: Package) -> None:
+    """R11, once per package: tracking shows it delivered on time (its earliest delivery
+    scan), and it was refunded as lost or late."""
     refunded_as_lost = package.settled_by in ("lost", "late_delivery") and not package.refund_denied
-    if refunded_as_lost and event.at <= package.deadline and not package.anomaly_reported:
+    on_time = package.delivered_at is not None and package.delivered_at <= package.deadline
+    if refunded_as_lost and on_time and not package.anomaly_reported:
         package = _set_package(step, package, anomaly_reported=True)
         step.decide(
             "anomaly",
@@ -769,7 +779,7 @@ def _delivered(step: _Step, package: Package, event: TrackingUpdate) -> None:
             "R11",
             f"package {package.package_id} delivered on time after it was refunded as "
             f"{package.settled_by}; no automatic action",
-            (package.shipped_event_id, event.event_id),
+            (package.shipped_event_id, package.delivered_event_id or ""),
             subject=f"package:{package.package_id}",
             package_id=package.package_id,
         )

@@ -1211,17 +1211,26 @@ def test_r3b_a_lost_scan_at_the_instant_of_the_delivery_is_an_anomaly() -> None:
     assert _codes(driver.decisions()) == [("anomaly", "lost_after_delivery")]
 
 
-def test_r3b_a_lost_scan_dated_before_a_delivery_read_first_is_paid_as_in_event_time_order() -> (
-    None
-):
-    """Lost on day 4, delivered on day 5: in event-time order the loss is refunded (R3b).
-    Read in the other order, the delivery that came after the loss does not cancel it."""
+@pytest.mark.parametrize("delivery_read_first", [False, True], ids=["in-order", "delivery-first"])
+def test_r3b_a_loss_dated_before_an_on_time_delivery_is_refunded_and_the_delivery_reported(
+    delivery_read_first: bool,
+) -> None:
+    """Lost on day 4, delivered on day 5: the loss is refunded (R3b), and the delivery after
+    it is R11's anomaly, whichever is read first. A scan more than allowed_lateness late is
+    decided when read; until 2026-12-07 a delivery read first was never reported (found
+    by a mutation sweep)."""
     driver = TestDriver()
     _shipped_order(driver)
-    driver.pipe(scan("delivered", when=at(5)))
-    driver.pipe(scan("lost", when=at(4)))
+    lost, delivered = scan("lost", when=at(4)), scan("delivered", when=at(5), event_id="dlv")
+    for event in [delivered, lost] if delivery_read_first else [lost, delivered]:
+        driver.pipe(event)
 
     assert [(r.reason, r.amount_minor) for r in driver.refunds()] == [("lost", 5000)]
+    assert _codes(driver.decisions()) == [
+        ("refunded", "lost"),
+        ("anomaly", "delivered_after_refund"),
+    ]
+    assert driver.decisions()[-1].evidence_event_ids == ("ship-1", "dlv")
 
 
 def test_a_scan_dated_orphan_ttl_before_two_packages_of_its_number_is_news_of_both() -> None:
