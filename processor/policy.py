@@ -8,6 +8,7 @@ call `apply_event` and `fire_timer` and differ only in where state and outputs g
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Final, get_args
 
 from processor.config import PolicyConfig
@@ -873,6 +874,11 @@ def _cancellation_requested(step: _Step, event: CancellationRequested) -> None:
         (event.event_id,),
         subject=f"cancellation-request:{event.request_id}",
     )
+    if state.packages:
+        # Shipped after the request, but read before it (more than allowed_lateness late):
+        # in event-time order the first of them found the request pending.
+        first = min(state.packages.values(), key=attrgetter("shipped_at"))
+        _deny_cancellation(step, request, first.shipped_event_id, first.package_id)
 
 
 def _order_cancelled(step: _Step, event: OrderCancelled) -> None:

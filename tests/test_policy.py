@@ -1308,6 +1308,28 @@ def test_r4_a_request_at_the_instant_of_the_first_pickup_scan_is_too_late() -> N
     assert _codes(driver.decisions()) == [("denied", "cancellation_too_late")]
 
 
+@pytest.mark.parametrize("shipment_read_first", [False, True], ids=["in-order", "shipment-first"])
+def test_r4_a_request_dated_before_the_shipment_is_pending_then_denied(
+    shipment_read_first: bool,
+) -> None:
+    """Requested on day 1, shipped on day 2: the request waits for the warehouse, and the
+    shipment ends it, whichever is read first. Until 2026-12-07 a request read after the
+    shipment stayed pending for good (found by a mutation sweep)."""
+    driver = TestDriver()
+    driver.pipe(order_placed())
+    request = cancellation_requested(when=at(1), event_id="req-1")
+    shipment = shipped(when=at(2), event_id="ship-1")
+    for event in [shipment, request] if shipment_read_first else [request, shipment]:
+        driver.pipe(event)
+
+    assert _codes(driver.decisions()) == [
+        ("pending", "awaiting_interception"),
+        ("denied", "cancellation_too_late"),
+    ]
+    assert driver.decisions()[-1].evidence_event_ids == ("req-1", "ship-1")
+    assert driver.order("o1").cancel_request is None  # type: ignore[union-attr]
+
+
 def test_r4_a_pending_request_is_denied_once_however_many_packages_ship() -> None:
     driver = TestDriver()
     driver.pipe(order_placed())
