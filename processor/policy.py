@@ -120,7 +120,10 @@ class _Step:
         claim_id: str | None = None,
         command_id: str | None = None,
         amount_minor: int | None = None,
+        at: int | None = None,
     ) -> None:
+        """`at`: the event time of the decision, when it is not the step's (a decision a
+        late event makes for an event read before it, dated as in event-time order)."""
         order = self.state.order
         self.emit(
             Decision(
@@ -130,7 +133,7 @@ class _Step:
                 code=code,
                 rule=rule,
                 detail=detail,
-                decided_at=self.at,
+                decided_at=self.at if at is None else at,
                 evidence_event_ids=evidence,
                 package_id=package_id,
                 claim_id=claim_id,
@@ -626,22 +629,30 @@ def _package_shipped(step: _Step, event: PackageShipped, origin: str) -> None:
             package_id=package.package_id,
         )
     elif state.cancel_request is not None:
-        _deny_cancellation(step, state.cancel_request, event.event_id, package.package_id)
+        _deny_cancellation(step, state.cancel_request, package)
     _release_held(step, f"package:{package.package_id}")
     _release_held(step, f"tracking:{event.tracking_number}")
 
 
-def _deny_cancellation(
-    step: _Step, request: Cancellation, shipped_evidence: str, package_id: str
-) -> None:
+def _deny_cancellation(step: _Step, request: Cancellation, package: Package) -> None:
+    """R4, once the request meets a package that shipped: before it, or after it but
+    before the warehouse intercepted the order. Decided when the later of the two
+    happened, whichever was read first."""
     step.state.cancel_request = None
+    if package.shipped_at <= request.at or (
+        package.picked_up_at is not None and package.picked_up_at <= request.at
+    ):
+        why, at = "had left the warehouse when cancellation was requested", request.at
+    else:
+        why, at = "shipped before the warehouse intercepted the order", package.shipped_at
     step.decide(
         "denied",
         "cancellation_too_late",
         "R4",
-        f"package {package_id} had left the warehouse when cancellation was requested",
-        (request.event_id, shipped_evidence),
+        f"package {package.package_id} {why}",
+        (request.event_id, package.shipped_event_id),
         subject=f"cancellation-request:{request.request_id}",
+        at=at,
     )
 
 
@@ -738,8 +749,8 @@ def _scan_package(step: _Step, package: Package, event: TrackingUpdate) -> None:
             _refund_package(
                 step, package, "lost", "R3b", evidence=evidence, why="courier declared it lost"
             )
-            # A delivery dated after the loss but read before it (more than
-            # allowed_lateness late): in event-time order it came after this refund.
+            # A delivery dated after the loss but read before it (out of event-time order;
+            # in the replay, only by more than allowed_lateness) came after this refund.
             _report_delivered_after_refund(step, step.state.packages[package.package_id])
         case "rto_delivered" if (refused := _refused_return(package)) is not None:
             _deny_not_intact(
@@ -769,21 +780,29 @@ def _delivered(step: _Step, package: Package, event: TrackingUpdate) -> None:
 
 def _report_delivered_after_refund(step: _Step, package: Package) -> None:
     """R11, once per package: tracking shows it delivered on time (its earliest delivery
-    scan), and it was refunded as lost or late."""
+    scan), and it was refunded as lost or late. Decided when the later of the delivery and
+    the refund happened, whichever was read first."""
+    delivered_at = package.delivered_at
     refunded_as_lost = package.settled_by in ("lost", "late_delivery") and not package.refund_denied
-    on_time = package.delivered_at is not None and package.delivered_at <= package.deadline
-    if refunded_as_lost and on_time and not package.anomaly_reported:
-        package = _set_package(step, package, anomaly_reported=True)
-        step.decide(
-            "anomaly",
-            "delivered_after_refund",
-            "R11",
-            f"package {package.package_id} delivered on time after it was refunded as "
-            f"{package.settled_by}; no automatic action",
-            (package.shipped_event_id, package.delivered_event_id or ""),
-            subject=f"package:{package.package_id}",
-            package_id=package.package_id,
-        )
+    if (
+        not refunded_as_lost
+        or delivered_at is None
+        or delivered_at > package.deadline
+        or package.anomaly_reported
+    ):
+        return
+    package = _set_package(step, package, anomaly_reported=True)
+    step.decide(
+        "anomaly",
+        "delivered_after_refund",
+        "R11",
+        f"package {package.package_id} delivered on time after it was refunded as "
+        f"{package.settled_by}; no automatic action",
+        (package.shipped_event_id, package.delivered_event_id or ""),
+        subject=f"package:{package.package_id}",
+        package_id=package.package_id,
+        at=max(step.at, delivered_at),
+    )
 
 
 def _refund_package(
@@ -858,7 +877,7 @@ def _cancellation_requested(step: _Step, event: CancellationRequested) -> None:
         if p.shipped_at <= event.at or (p.picked_up_at is not None and p.picked_up_at <= event.at)
     ]
     if shipped:
-        _deny_cancellation(step, request, shipped[0].shipped_event_id, shipped[0].package_id)
+        _deny_cancellation(step, request, shipped[0])
         return
     if state.cancelled is not None:
         _already_cancelled(
@@ -875,10 +894,12 @@ def _cancellation_requested(step: _Step, event: CancellationRequested) -> None:
         subject=f"cancellation-request:{event.request_id}",
     )
     if state.packages:
-        # Shipped after the request, but read before it (more than allowed_lateness late):
-        # in event-time order the first of them found the request pending.
-        first = min(state.packages.values(), key=attrgetter("shipped_at"))
-        _deny_cancellation(step, request, first.shipped_event_id, first.package_id)
+        # Shipped after the request, but read before it (out of event-time order; in the
+        # replay, only by more than allowed_lateness): in event-time order the first of
+        # them found the request pending.
+        _deny_cancellation(
+            step, request, min(state.packages.values(), key=attrgetter("shipped_at"))
+        )
 
 
 def _order_cancelled(step: _Step, event: OrderCancelled) -> None:
