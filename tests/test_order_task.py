@@ -207,3 +207,94 @@ def test_an_input_reported_idle_is_left_out_only_while_its_log_ends_where_the_re
 
     task.trust_idle({OTHER: 52})  # records came after the report
     assert task.watermark() == day(1)
+
+
+def test_a_direct_inputs_idle_claim_comes_from_its_router_once_synced() -> None:
+    """The local router's report of a direct input carries its idle claim too: the task
+    asks for that input's end and leaves it out while the log ends there."""
+    task = make_direct_task()
+    task.sync()
+    task.receive_local_watermark(SOURCE, day(1), idle_at_end=40)
+    task.receive_watermark(0, OTHER, day(5), idle_at_end=NOT_IDLE)
+    assert task.idle_claims() == {SOURCE}
+
+    task.trust_idle({SOURCE: 40})
+    assert task.watermark() == day(5)
+
+
+def test_an_input_idle_at_offset_0_is_left_out_like_any_other() -> None:
+    """A partition nobody ever wrote to ends at offset 0: SPEC section 6, an empty
+    partition must not stop timers."""
+    task = OrderTask(InMemoryStore(), load_policy(), frozenset({SOURCE, OTHER}))
+    task.receive_watermark(0, SOURCE, day(5), idle_at_end=NOT_IDLE)
+    task.receive_watermark(1, OTHER, 0, idle_at_end=0)
+    assert task.idle_claims() == {OTHER}
+
+    task.trust_idle({OTHER: 0})
+    assert task.watermark() == day(5)
+
+
+def test_the_clock_trails_the_watermark_by_allowed_lateness() -> None:
+    """SPEC section 6: the clock is the watermark less allowed_lateness, and timers due by
+    then are what `clock_target` tells the store to prefetch."""
+    task = make_task()
+    lateness = load_policy().allowed_lateness_ms
+    task.receive_watermark(0, SOURCE, day(2), idle_at_end=NOT_IDLE)
+    assert task.clock_target() == day(2) - lateness
+
+    task.take_ready()
+    task.release()
+    assert task.store.get_clock() == day(2) - lateness
+
+
+def test_release_tells_when_the_events_it_decided_arrived() -> None:
+    task = make_task()
+    event, order_id, origin, _ = placed("o1", 1)
+    task.receive(0, [(event, order_id, origin, 1234)])
+
+    decide_up_to(task, 1, 1)
+    assert task.released_arrivals == [1234]
+    decide_up_to(task, 2, 2)
+    assert task.released_arrivals == [], "nothing decided this time"
+
+
+def test_events_taken_and_not_released_yet_are_still_undecided() -> None:
+    """Between `take_ready` and `release` (the store prefetches their state) the taken
+    events hold the offset and the held watermark as the buffered ones do; and what two
+    takes took, one release decides."""
+    task = make_direct_task()
+    task.sync()
+    task.receive_direct([handed(10, "o1", 1), handed(11, "o2", 2), handed(12, "o3", 4)])
+    task.receive_local_watermark(SOURCE, day(2), idle_at_end=NOT_IDLE)
+    task.receive_watermark(0, OTHER, day(2), idle_at_end=NOT_IDLE)
+    assert task.take_ready() == ["o1", "o2"]
+
+    assert task.direct_commit_offset(SOURCE) == 10
+    assert task.hold() == day(1) - 1
+
+    task.receive_local_watermark(SOURCE, day(4), idle_at_end=NOT_IDLE)
+    task.receive_watermark(1, OTHER, day(4), idle_at_end=NOT_IDLE)
+    assert task.take_ready() == ["o3"]
+    task.release()
+    assert len(task.released_arrivals) == 3
+    assert (task.direct_commit_offset(SOURCE), task.hold(), task.buffered()) == (None, None, 0)
+
+
+def test_direct_events_leave_the_internal_topics_offset_alone() -> None:
+    task = make_direct_task()
+    task.sync()
+    task.receive(5, [])
+    task.receive_direct([handed(10, "o1", 1)])
+
+    assert task.commit_offset() == 6
+    assert task.direct_commit_offset(SOURCE) == 10
+
+
+def test_a_task_no_input_has_reported_to_yet_decides_nothing_and_keeps_its_clock() -> None:
+    task = make_task()
+    task.receive(0, [placed("o1", 1)])
+
+    assert task.take_ready() == []
+    assert task.release() == []
+    assert task.store.get_clock() is None
+    assert task.buffered() == 1

@@ -13,7 +13,19 @@ import redis
 from processor.config import load_policy
 from processor.events import Event, parse_event_json, to_millis
 from processor.redis_index import RedisTrackingIndex
-from processor.router import Inbound, Progress, Router, TrackingIndex, claiming_idle, trusted
+from processor.router import (
+    NOT_IDLE,
+    Inbound,
+    Progress,
+    Router,
+    TrackingIndex,
+    all_drained,
+    claiming_idle,
+    combined_watermark,
+    expiry_progress,
+    rests_on,
+    trusted,
+)
 from tests.factories import T0, at, scan, shipped
 
 SOURCE = "tracking:0"
@@ -219,3 +231,163 @@ def test_a_drained_report_is_trusted_while_the_log_ends_where_it_did(
 def test_a_drained_report_of_a_router_of_before_the_end_offsets_is_not_trusted() -> None:
     old = Progress(100, True, 100, True)
     assert not trusted({SOURCE: old}, {SOURCE: 0})[SOURCE].drained
+
+
+def test_a_pending_update_is_retried_and_routed_once_its_shipment_is_linked(
+    index: TrackingIndex,
+) -> None:
+    """Retried before the batch's own events, so it stays ahead of what came after it."""
+    router = Router(index, load_policy())
+    router.route([unresolved(4)], 0.0, progress=None)
+    assert router.pending() == 1
+
+    result = router.route([inbound(5, shipped("p1"))], 1.0, progress=None)
+
+    assert [(order_id, item.origin) for order_id, item in result.routed] == [
+        ("o1", "tracking/0/4"),
+        ("o1", "tracking/0/5"),
+    ]
+    assert router.pending() == 0
+    (commit,) = router.commit_offsets().values()
+    assert commit.offset == 6
+
+
+def test_the_oldest_pending_update_holds_the_offset_and_the_watermark(
+    index: TrackingIndex,
+) -> None:
+    """Offsets and event times of pending updates need not run together: the offset is
+    held at the lowest one, the watermark below the oldest in event time."""
+    router = Router(index, load_policy())
+    router.route([unresolved(3, days=2), unresolved(5, days=1)], 0.0, progress=None)
+    oldest = unresolved(5, days=1).event.at
+
+    (commit,) = router.commit_offsets().values()
+    assert (commit.offset, commit.watermark) == (3, oldest - 1)
+    ((_, report),) = router.watermarks(0.0, 1.0, {}, None, all_inputs_drained=False)
+    assert report.watermark == oldest - 1
+
+
+def test_a_pending_update_expires_once_the_replays_clock_is_orphan_ttl_past_it(
+    index: TrackingIndex,
+) -> None:
+    """As the replay: expired when the clock (progress less allowed_lateness) reaches
+    occurred_at + orphan_ttl, not a millisecond before."""
+    policy = load_policy()
+    router = Router(index, policy)
+    update = unresolved(4, days=1)
+    due = update.event.at + policy.orphan_ttl_ms + policy.allowed_lateness_ms
+    router.route([update], 0.0, progress=None)
+
+    assert router.route([], 1.0, progress=due - 1).dead_letters == []
+    assert router.pending() == 1
+    assert [item.origin for item, _ in router.route([], 2.0, progress=due).dead_letters] == [
+        "tracking/0/4"
+    ]
+
+
+def test_a_sources_watermark_never_moves_back_on_an_older_event(index: TrackingIndex) -> None:
+    router = Router(index, load_policy())
+    newer = inbound(1, scan("in_transit", "TN-p9", order_id="o9", when=at(5)))
+    router.route([newer], 0.0, progress=None)
+    router.route([inbound(2, scan("in_transit", "TN-p9", order_id="o9", when=at(2)))], 0.0, None)
+
+    ((_, report),) = router.watermarks(0.0, 1.0, {}, None, all_inputs_drained=False)
+    assert (report.watermark, report.routed) == (newer.event.at, newer.event.at)
+    (commit,) = router.commit_offsets().values()
+    assert (commit.offset, commit.watermark) == (3, newer.event.at)
+
+
+def test_a_source_taken_over_reports_the_watermark_committed_with_its_offset(
+    index: TrackingIndex,
+) -> None:
+    router = Router(index, load_policy())
+    router.assign(SOURCE, 0.0, committed=7, watermark=12_345, handled=7)
+
+    ((_, report),) = router.watermarks(0.0, 1.0, {}, None, all_inputs_drained=False)
+    assert (report.watermark, report.routed) == (12_345, 12_345)
+    assert router.position(SOURCE) == 7
+    assert router.commit_offsets()[SOURCE] == (7, 12_345, 7), "nothing read: as committed"
+
+
+def test_a_revoked_source_is_neither_reported_nor_committed(index: TrackingIndex) -> None:
+    router = Router(index, load_policy())
+    router.assign(SOURCE, 0.0, committed=7, watermark=12_345, handled=7)
+    router.assign("orders:0", 0.0, committed=3)
+
+    router.revoke(SOURCE)
+
+    assert list(router.commit_offsets()) == ["orders:0"]
+    assert [name for name, _ in router.watermarks(0.0, 1.0, {}, None, False)] == ["orders:0"]
+    assert router.position(SOURCE) is None
+
+
+def test_a_source_is_quiet_only_for_the_wait_after_its_last_record(index: TrackingIndex) -> None:
+    router = Router(index, load_policy())
+    router.assign(SOURCE, now=0.0, committed=7)
+    router.route([inbound(7, shipped("p1"))], 5.0, progress=None)
+
+    ((_, busy),) = router.watermarks(5.5, 1.0, {SOURCE: 8}, None, all_inputs_drained=False)
+    ((_, quiet),) = router.watermarks(6.5, 1.0, {SOURCE: 8}, None, all_inputs_drained=False)
+    assert (busy.drained, busy.idle) == (False, False)
+    assert (quiet.drained, quiet.idle, quiet.end) == (True, True, 8)
+
+
+def test_a_record_skipped_below_the_position_does_not_move_it_back(index: TrackingIndex) -> None:
+    """A bad record read again behind a held offset is skipped, not dead-lettered again:
+    the records after it were routed already."""
+    router = Router(index, load_policy())
+    router.route([inbound(5, shipped("p1"))], 0.0, progress=None)
+    router.skip(SOURCE, 3, 0.0)
+
+    assert router.position(SOURCE) == 6
+    assert router.commit_offsets()[SOURCE].offset == 6
+
+
+def test_a_drained_source_holding_a_pending_update_is_not_reported_idle(
+    index: TrackingIndex,
+) -> None:
+    """Drained (so its end is asked, for expiries and `all_drained`), but not idle: a task
+    leaving it out would let its clock pass the update."""
+    router = Router(index, load_policy())
+    router.route([unresolved(4, days=1)], 0.0, progress=None)
+    held = unresolved(4, days=1).event.at - 1
+
+    ((_, report),) = router.watermarks(2.0, 1.0, {SOURCE: 5}, None, all_inputs_drained=False)
+
+    assert (report.watermark, report.idle, report.drained, report.end) == (held, False, True, 5)
+    assert report.idle_end == NOT_IDLE, "the watermark record a task reads says not idle"
+    assert claiming_idle({SOURCE: report}) == [SOURCE]
+
+
+@pytest.mark.parametrize(
+    ("end", "log_end", "rests"),
+    [(0, 0, True), (7, 7, True), (7, None, False), (NOT_IDLE, NOT_IDLE, False)],
+    ids=["empty log", "same end", "unknown", "no claim"],
+)
+def test_a_claim_rests_on_the_end_it_was_made_at(
+    end: int, log_end: int | None, rests: bool
+) -> None:
+    assert rests_on(end, log_end) is rests
+
+
+def test_the_combined_watermark_is_the_slowest_active_input_or_when_all_are_idle_the_newest() -> (
+    None
+):
+    sources = ["a", "b", "c"]
+    assert combined_watermark(sources, {"a": (10, False), "b": (30, True), "c": (20, False)}) == 10
+    assert combined_watermark(sources, {"a": (10, True), "b": (30, True), "c": (20, True)}) == 30
+
+
+def test_expiry_progress_ignores_holds_and_leaves_drained_inputs_out() -> None:
+    reported = {
+        "a": Progress(10, False, 30, True, end=7),  # drained, holding a pending update
+        "b": Progress(40, False, 50, False),  # holding at 40, routed to 50
+    }
+    assert expiry_progress(["a", "b"], reported) == 50
+
+
+def test_all_inputs_are_drained_only_when_each_has_reported_drained() -> None:
+    drained = Progress(10, True, 10, True, end=7)
+    assert all_drained(["a", "b"], {"a": drained, "b": drained})
+    assert not all_drained(["a", "b"], {"a": drained})
+    assert not all_drained(["a", "b"], {"a": drained, "b": Progress(10, False, 10, False)})
