@@ -1,5 +1,6 @@
 """Routing, waiting for missing pieces, orphan expiry, deduplication and the clock."""
 
+from processor.store import InMemoryStore, Timer
 from processor.testing import TestDriver
 from tests.factories import (
     at,
@@ -194,3 +195,101 @@ def test_an_update_read_again_after_its_dead_letter_is_a_redelivery() -> None:
         ("unknown_tracking_number", "test:1", "TN-X"),
         ("unknown_tracking_number", "test:4", "TN-X"),
     ]
+
+
+def test_every_update_waiting_for_a_tracking_number_goes_to_the_order_in_arrival_order() -> None:
+    """All of the bucket, not its first update only, and in the order the updates came: a
+    loss reported after an on-time delivery is an anomaly, not a refund."""
+    driver = TestDriver()
+    driver.pipe(scan("delivered", "TN-X", order_id=None, when=at(2)))
+    driver.pipe(scan("lost", "TN-X", order_id=None, when=at(3)))
+    driver.pipe(order_placed(when=at(0)))
+    driver.pipe(shipped(tracking_number="TN-X", when=at(1)))
+
+    assert driver.refunds() == []
+    assert [(d.outcome, d.code) for d in driver.decisions()] == [("anomaly", "lost_after_delivery")]
+
+
+def test_each_update_waiting_for_a_tracking_number_expires_at_its_own_orphan_ttl() -> None:
+    """Oldest deadline first across buckets, even when the clock jumps past several: the
+    bucket's timer is its oldest update's, and the next one's is set when that fires."""
+    driver = TestDriver()
+    driver.pipe(scan("in_transit", "TN-A", order_id=None, when=at(3)))
+    driver.pipe(scan("in_transit", "TN-B", order_id=None, when=at(2)))
+    driver.pipe(scan("in_transit", "TN-A", order_id=None, when=at(1)))
+    driver.advance_to(at(20))
+
+    assert _dead(driver) == [
+        ("unknown_tracking_number", "test:3", "TN-A"),
+        ("unknown_tracking_number", "test:2", "TN-B"),
+        ("unknown_tracking_number", "test:1", "TN-A"),
+    ]
+
+
+def test_a_deadline_the_clock_jumped_past_is_decided_at_the_deadline() -> None:
+    """decided_at is the deadline's event time, not how far another order moved the clock."""
+    driver = TestDriver()
+    driver.pipe(order_placed(when=at(0)))
+    driver.pipe(shipped(when=at(1)))
+    driver.pipe(order_placed("o2", when=at(30)))
+
+    (refund,) = driver.refunds()
+    assert refund.reason == "lost"
+    assert refund.decided_at == driver.order("o1").packages["p1"].deadline  # type: ignore[union-attr]
+
+
+def test_an_update_corrected_after_it_expired_waiting_for_its_tracking_number_is_judged() -> None:
+    """The bucket keeps an expired update by its whole content: the same update again is a
+    redelivery, but a corrected one under its id (same type and time) is judged again."""
+    driver = TestDriver()
+    first = scan("in_transit", "TN-X", order_id=None, when=at(1), event_id="s1")
+    driver.pipe(first)
+    driver.pipe(scan("in_transit", "TN-X", order_id=None, when=at(5), event_id="s2"))
+    driver.advance_to(at(8))
+    driver.pipe(first | {"status": "delivered", "carrier_status": "DELIVERED"})
+
+    assert _dead(driver) == [
+        ("unknown_tracking_number", "test:1", "TN-X"),
+        ("unknown_tracking_number", "test:3", "TN-X"),
+    ]
+
+
+def _stored_timers(store: InMemoryStore) -> set[Timer]:
+    """Every timer the store holds (popping them all)."""
+    popped: set[Timer] = set()
+    while (timer := store.pop_due_timer(2**62)) is not None:
+        popped.add(timer)
+    return popped
+
+
+def test_the_store_keeps_the_timers_the_states_need_and_no_stale_ones() -> None:
+    """docs/policy.md, "Time": the engine keeps the store's timers in line with what the
+    states need. Here they need none: an expiry that moved earlier, then released; a
+    deadline met by a delivery; a bucket's timer, moved earlier, once a package claims
+    its number. None of them may be left behind to fire."""
+    store = InMemoryStore()
+    driver = TestDriver(store=store)
+    driver.pipe(scan("delivered", "TN-X", order_id=None, when=at(5)))
+    driver.pipe(scan("picked_up", "TN-X", order_id=None, when=at(3)))
+    driver.pipe(claim_filed("damaged", order_id="o2", when=at(2)))
+    driver.pipe(claim_reviewed(order_id="o2", when=at(1)))
+    driver.pipe(order_placed(when=at(0)))
+    driver.pipe(shipped(tracking_number="TN-X", when=at(2)))
+    driver.pipe(order_placed("o2", when=at(0)))
+
+    assert driver.timers("o1") == driver.timers("o2") == {}
+    assert _stored_timers(store) == set()
+
+
+def test_a_bucket_goes_once_its_updates_are_forwarded_or_expired() -> None:
+    store = InMemoryStore()
+    driver = TestDriver(store=store)
+    driver.pipe(scan("in_transit", "TN-X", order_id=None, when=at(1)))
+    driver.pipe(scan("in_transit", "TN-Y", order_id=None, when=at(1)))
+    driver.pipe(order_placed(when=at(1)))
+    driver.pipe(shipped(tracking_number="TN-X", when=at(1, 1)))
+    driver.advance_to(at(8))
+
+    assert _dead(driver) == [("unknown_tracking_number", "test:2", "TN-Y")]
+    assert store.load_orphans("TN-X") is None
+    assert store.load_orphans("TN-Y") is None

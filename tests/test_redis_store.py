@@ -50,6 +50,7 @@ from processor.replay import OfflineProcessor, replay
 from processor.state import ORDER_STATE_ADAPTER, Held, OrderState, OrphanBucket
 from processor.store import StateStore, Timer, order_owner, tracking_owner
 from processor.testing import TestDriver
+from tests.factories import at, scan
 
 POLICY = load_policy()
 TASK = "orders.events-3"
@@ -1000,6 +1001,26 @@ def test_the_engine_on_redis_agrees_with_the_replay_through_every_crash_point(
     # timers, one more to reload them (subtracted above); the first batch also loads the
     # scripts into the server if it has not seen them (EVALSHA, SCRIPT LOAD, EVALSHA).
     assert max(costs[1:]) == 4
+
+
+def test_an_orphan_bucket_on_redis_keeps_only_the_updates_still_waiting(
+    scratch: tuple[redis.Redis, str],
+) -> None:
+    """Redis loads copies of buckets: after its oldest update expires, the engine must save
+    what is left, or that update expires again (or is forwarded) later."""
+    client, app = scratch
+    store = RedisTaskStore(client, app=app, task=TASK)
+    store.claim({})
+    driver = TestDriver(POLICY, store)
+    driver.pipe(scan("in_transit", "TN-X", order_id=None, when=at(1)))
+    driver.pipe(scan("in_transit", "TN-X", order_id=None, when=at(5)))
+    driver.advance_to(at(8))
+    driver.advance_to(at(12))
+
+    assert [(d.reason, d.origin) for d in driver.dead_letters()] == [
+        ("unknown_tracking_number", "test:1"),
+        ("unknown_tracking_number", "test:2"),
+    ]
 
 
 # Figures (printed; run with -s to see them).

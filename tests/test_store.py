@@ -79,3 +79,14 @@ def test_the_clock_is_stored(store: StateStore) -> None:
     assert store.get_clock() is None
     store.set_clock(42)
     assert store.get_clock() == 42
+
+
+def test_cancelled_timers_never_fire_however_many_are_due(store: StateStore) -> None:
+    first = Timer(100, order_owner("o1"), "deadline:p1")
+    second = Timer(200, order_owner("o2"), "deadline:p2")
+    for timer in (first, second):
+        store.set_timer(timer)
+    for timer in (first, second):
+        store.cancel_timer(timer)
+
+    assert store.pop_due_timer(1_000) is None
