@@ -16,7 +16,7 @@ from processor.checkpoint import (
     kafka_timed_out,
     observe_transaction_open,
 )
-from processor.redis_store import RedisTaskStore, delete_keys
+from processor.redis_store import RedisTaskStore, StateBehindKafkaError, delete_keys
 from processor.state import OrderState
 from tests.live import LiveHarness
 
@@ -142,3 +142,65 @@ def test_a_store_fenced_after_the_commit_is_left_to_the_next_claim_and_the_rest_
     (warning,) = logs
     assert warning["event"] == "task fenced after its batch committed: a claim applies it"
     assert (warning["topic"], warning["partition"]) == (f"{app}-by-order", 0)
+
+
+def test_a_committed_batch_is_staged_before_and_applied_after_its_transaction(
+    live: LiveHarness, redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    app = f"test-{uuid.uuid4().hex[:12]}"
+    producer = Producer(live.settings.kafka.producer_config(f"{live.app}-commit"))
+    consumer = Consumer(live.settings.kafka.consumer_config(live.settings.group_id))
+    try:
+        store = RedisTaskStore(client, app=app, task=f"{app}-by-order:0")
+        store.claim({})
+        store.save_order(OrderState("o1"))
+        producer.init_transactions(30)
+        producer.begin_transaction()
+        checkpoint = Checkpoint(producer, consumer, timeout_s=10, stores=[(store, {"orders:0": 1})])
+        checkpoint.commit()
+
+        assert (checkpoint.committed, checkpoint.applied) == (True, 1)
+        assert not client.exists(store.pending_key)
+        owner = RedisTaskStore(client, app=app, task=f"{app}-by-order:0")
+        owner.claim({"orders:0": 1})
+        assert owner.load_order("o1") == OrderState("o1")
+    finally:
+        consumer.close()
+        delete_keys(client, f"{app}:")
+        client.close()
+
+
+def test_apply_goes_on_past_a_fenced_store_but_not_past_lost_state(
+    live: LiveHarness, redis_url: str
+) -> None:
+    """Only a fence is left to the next claim: a task whose Redis lost its epoch stops the
+    batch (StateBehindKafkaError), after the stores before it are applied."""
+    client = redis.Redis.from_url(redis_url)
+    app = f"test-{uuid.uuid4().hex[:12]}"
+    stores = [RedisTaskStore(client, app=app, task=f"{app}-by-order:{n}") for n in range(3)]
+    try:
+        for n, store in enumerate(stores):
+            store.claim({})
+            store.save_order(OrderState(f"o{n}"))
+            store.stage({f"orders:{n}": 1})
+        RedisTaskStore(client, app=app, task=f"{app}-by-order:0").claim({})  # fences stores[0]
+        client.delete(stores[2].meta_key)  # Redis lost task 2 (a restart without persistence)
+        producer = Producer(live.settings.kafka.producer_config())
+        consumer = Consumer(live.settings.kafka.consumer_config(live.settings.group_id))
+        committed = Checkpoint(
+            producer,
+            consumer,
+            timeout_s=10,
+            stores=[(store, {}) for store in stores],
+            committed=True,
+        )
+        with pytest.raises(StateBehindKafkaError, match="Redis has no epoch"):
+            committed.apply()
+        consumer.close()
+        assert committed.applied == 2
+        assert not client.exists(stores[1].pending_key)
+        assert client.exists(stores[1].order_key("o1"))
+    finally:
+        delete_keys(client, f"{app}:")
+        client.close()

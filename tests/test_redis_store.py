@@ -426,6 +426,68 @@ def test_a_stale_claim_leaves_the_current_owners_batch_for_the_next_claim(
     assert not client.exists(next_owner.aside_key)
 
 
+def test_a_claim_that_applies_one_set_aside_batch_keeps_the_others_until_its_own_apply(
+    client: redis.Redis, new_store: Callable[[], RedisTaskStore]
+) -> None:
+    """Only the owner's apply after its own Kafka commit shows that no other batch can
+    commit any more; a claim applying the batch Kafka committed does not."""
+    owner = new_store()
+    owner.claim({})
+    owner.save_order(OrderState("o0"))
+    owner.stage({PARTITION: 3})
+    owner.apply()
+    state = _write_a_batch(owner)
+    owner.stage({PARTITION: 7})
+    stale = new_store()
+    stale.claim({PARTITION: 3})  # sets the owner's batch aside
+    stale.save_order(OrderState("o2"))
+    stale.stage({PARTITION: 5})
+    # ... the owner's transaction commits in Kafka: offset 7.
+
+    next_owner = new_store()
+    next_owner.claim({PARTITION: 7})
+
+    assert next_owner.load_order("o1") == state
+    assert next_owner.load_order("o2") is None
+    stale_batch = f"{next_owner.pending_key}@{stale.epoch}"
+    assert client.smembers(next_owner.aside_key) == {stale_batch.encode()}
+    assert client.hget(stale_batch, "o") == f'{{"{PARTITION}":5}}'.encode()
+    next_owner.save_order(OrderState("o3"))
+    next_owner.stage({PARTITION: 8})
+    next_owner.apply()
+    assert not client.exists(next_owner.aside_key, stale_batch)
+
+
+def test_claim_applies_the_committed_batch_after_an_aborted_one_set_aside_before_it(
+    client: redis.Redis, new_store: Callable[[], RedisTaskStore]
+) -> None:
+    """Crashes in a row: several before their Kafka commit, the last after it. (SMEMBERS
+    order is the server's: with eight aborted batches, the committed one is rarely first.)"""
+    first = new_store()
+    first.claim({})
+    first.save_order(OrderState("o0"))
+    first.stage({PARTITION: 3})
+    first.apply()
+    for _ in range(8):
+        crashed = new_store()
+        crashed.claim({PARTITION: 3})
+        crashed.save_order(OrderState("o9"))
+        crashed.stage({PARTITION: 5})
+        # ... the process dies before Kafka commits: Kafka still stands at offset 3.
+    second = new_store()
+    second.claim({PARTITION: 3})
+    state = _write_a_batch(second)
+    second.stage({PARTITION: 7})
+    # ... Kafka commits the transaction, the process dies before apply().
+
+    owner = new_store()
+    owner.claim({PARTITION: 7})
+
+    assert owner.load_order("o1") == state
+    assert owner.load_order("o9") is None
+    assert owner.get_clock() == 42
+
+
 def test_claim_applies_a_pending_batch_whose_offsets_kafka_committed(
     client: redis.Redis, new_store: Callable[[], RedisTaskStore]
 ) -> None:
@@ -512,6 +574,40 @@ def test_the_owner_refuses_to_stage_on_redis_that_lost_what_it_applied(
     assert store.epoch is None
 
 
+@pytest.mark.parametrize(
+    ("replica", "error"),
+    [("applied", "NOPENDING"), ("staged", "MISMATCH")],
+)
+def test_the_owner_refuses_to_apply_a_batch_redis_lost(
+    client: redis.Redis, new_store: Callable[[], RedisTaskStore], replica: str, error: str
+) -> None:
+    """A failover to a replica that lagged behind the stage: it holds no pending batch, or
+    the one before, whose apply never reached it. Neither is the batch Kafka committed."""
+    store = new_store()
+    store.claim({})
+    store.save_order(OrderState("o1"))
+    store.stage({PARTITION: 1})
+    snapshots = {
+        "staged": {key: cast(bytes, client.dump(key)) for key in _task_keys(client, store)}
+    }
+    store.apply()
+    snapshots["applied"] = {key: cast(bytes, client.dump(key)) for key in _task_keys(client, store)}
+    store.save_order(OrderState("o2"))
+    store.stage({PARTITION: 2})
+    for key in _task_keys(client, store):
+        client.delete(key)
+    for key, value in snapshots[replica].items():
+        client.restore(key, 0, value)
+
+    with pytest.raises(redis.ResponseError, match=error):
+        store.apply()
+    assert not client.exists(store.order_key("o2"))
+    assert client.exists(store.order_key("o1")) == (replica == "applied")
+    assert client.hget(store.meta_key, "applied_offsets") == (
+        f'{{"{PARTITION}":1}}'.encode() if replica == "applied" else None
+    )
+
+
 def test_claim_refuses_state_behind_kafka_even_with_a_pending_batch(
     client: redis.Redis, new_store: Callable[[], RedisTaskStore]
 ) -> None:
@@ -538,6 +634,98 @@ def test_claim_refuses_state_ahead_of_kafka(new_store: Callable[[], RedisTaskSto
         new_store().claim({})
     with pytest.raises(StateAheadOfKafkaError):
         new_store().claim({PARTITION: 4})
+
+
+def test_a_zombies_discard_leaves_the_new_owners_staged_batch(
+    new_store: Callable[[], RedisTaskStore],
+) -> None:
+    """The zombie learns of its fence only from Kafka's abort: its discard must not delete
+    the pending batch the new owner staged since."""
+    zombie = new_store()
+    zombie.claim({})
+    _write_a_batch(zombie)
+    zombie.stage({PARTITION: 1})
+    owner = new_store()
+    owner.claim({})
+    owner.save_order(OrderState("o2"))
+    owner.stage({PARTITION: 1})
+
+    zombie.discard()  # its transaction aborted (fenced in Kafka)
+    owner.apply()
+
+    fresh = new_store()
+    fresh.claim({PARTITION: 1})
+    assert fresh.load_order("o2") == OrderState("o2")
+    assert fresh.load_order("o1") is None
+
+
+def test_claiming_the_task_again_forgets_what_the_instance_cached(
+    new_store: Callable[[], RedisTaskStore],
+) -> None:
+    """The task went to another instance and came back: what this one cached before is
+    what that owner may have changed since."""
+    store = new_store()
+    store.claim({})
+    store.save_order(OrderState("o1", seen={"e1": 1}))
+    store.link_tracking("TN1", "o1")
+    store.set_clock(10)
+    store.stage({PARTITION: 1})
+    store.apply()
+    other = new_store()
+    other.claim({PARTITION: 1})
+    other.save_order(OrderState("o1", seen={"e1": 1, "e2": 1}))
+    other.link_tracking("TN1", "o9")
+    other.set_clock(20)
+    other.stage({PARTITION: 2})
+    other.apply()
+
+    store.claim({PARTITION: 2})
+
+    assert store.load_order("o1") == OrderState("o1", seen={"e1": 1, "e2": 1})
+    assert store.order_for_tracking("TN1") == "o9"
+    assert store.get_clock() == 20
+
+
+def test_stage_replaces_a_leftover_pending_batch_of_its_own(
+    client: redis.Redis, new_store: Callable[[], RedisTaskStore]
+) -> None:
+    """A discard whose DEL never reached Redis leaves the aborted batch pending: the next
+    stage must replace it, not add to it."""
+    store = new_store()
+    store.claim({})
+    _write_a_batch(store)
+    store.stage({PARTITION: 1})
+    leftover = cast(bytes, client.dump(store.pending_key))
+    store.discard()
+    client.restore(store.pending_key, 0, leftover)  # as if the DEL had been lost
+
+    store.save_order(OrderState("o2"))
+    store.stage({PARTITION: 1})
+    store.apply()
+
+    fresh = new_store()
+    fresh.claim({PARTITION: 1})
+    assert fresh.load_order("o2") == OrderState("o2")
+    assert fresh.load_order("o1") is None
+    assert fresh.order_for_tracking("TN1") is None
+    assert fresh.get_clock() is None
+    assert fresh.pop_due_timer(1_000) is None
+
+
+def test_redis_holding_a_partition_kafka_has_no_commit_for_is_ahead_not_behind(
+    new_store: Callable[[], RedisTaskStore],
+) -> None:
+    store = new_store()
+    store.claim({})
+    store.stage({"a-0": 5, "b-0": 7})
+    store.apply()
+
+    with pytest.raises(StateAheadOfKafkaError):
+        new_store().claim({"a-0": 5})  # b-0's committed offset expired or was reset
+    with pytest.raises(StateAheadOfKafkaError):
+        new_store().claim({"a-0": 5, "b-0": 6})
+    with pytest.raises(StateBehindKafkaError):
+        new_store().claim({"a-0": 5, "b-0": 8})
 
 
 def test_state_survives_a_redis_crash_with_aof(redis_server: LocalRedis) -> None:
@@ -792,6 +980,37 @@ def test_prefetch_loads_a_batch_in_one_round_trip(scratch: tuple[redis.Redis, st
         assert store.load_orphans("TN3") == OrphanBucket("TN3", seen={"t3": 1})
         assert store.order_for_tracking("L3") == "o3"
         assert store.order_for_tracking("TN3") is None
+
+
+def test_a_batch_of_thousands_of_writes_is_staged_and_applied_whole(
+    new_store: Callable[[], RedisTaskStore],
+) -> None:
+    """The scripts pass arguments to Redis in chunks: none may be lost at a chunk's edge."""
+    count = 2_500
+    store = new_store()
+    store.claim({})
+    for i in range(count):
+        store.save_order(OrderState(f"o{i}"))
+        store.save_orphans(OrphanBucket(f"TN{i}"))
+        store.link_tracking(f"L{i}", f"o{i}")
+        store.set_timer(Timer(i, order_owner(f"o{i}"), "deadline:p1"))
+    store.stage({PARTITION: 1})
+    store.apply()
+    for i in range(count):
+        store.delete_orphans(f"TN{i}")
+        store.cancel_timer(Timer(i, order_owner(f"o{i}"), "deadline:p1"))
+    store.stage({PARTITION: 2})
+    store.apply()
+
+    fresh = new_store()
+    fresh.claim({PARTITION: 2})
+    ids = [f"o{i}" for i in range(count)]
+    numbers = [f"TN{i}" for i in range(count)] + [f"L{i}" for i in range(count)]
+    fresh.prefetch(ids, numbers)
+    assert [fresh.load_order(o) for o in ids] == [OrderState(o) for o in ids]
+    assert [fresh.load_orphans(f"TN{i}") for i in range(count)] == [None] * count
+    assert [fresh.order_for_tracking(f"L{i}") for i in range(count)] == ids
+    assert fresh.pop_due_timer(10 * count) is None
 
 
 def test_a_batch_reads_each_order_once_and_the_cache_is_bounded_between_batches(
