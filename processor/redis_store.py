@@ -461,8 +461,18 @@ class RedisTaskStore:
         applied = _decode_offsets(reply[1])
         applied_raw = "" if reply[1] is None else cast(bytes, reply[1]).decode()
         committed = {key: int(value) for key, value in committed_offsets.items()}
+        batches = cast(list[tuple[bytes, bytes, list[bytes]]], reply[2])
+        matching = [raw.decode() for _, raw, _ in batches if _decode_offsets(raw) == committed]
+        if len(matching) > 1:
+            # Each batch's offsets carry its owner's batch marker (runner), so at most one
+            # can match: otherwise which one Kafka committed cannot be told.
+            raise StateMismatchError(
+                f"task {self.task}: {len(matching)} staged batches carry Kafka's committed "
+                f"offsets {committed}, so which one committed cannot be told: a batch's "
+                "offsets must carry its owner's batch marker (docs/state-store.md, claim)"
+            )
         kept: list[bytes] = []
-        for batch, staged_raw, fields in cast(list[tuple[bytes, bytes, list[bytes]]], reply[2]):
+        for batch, staged_raw, fields in batches:
             if _decode_offsets(staged_raw) != committed:
                 kept.append(staged_raw)  # aborted, or its transaction may yet commit
                 continue

@@ -42,6 +42,7 @@ from processor.redis_store import (
     RedisTaskStore,
     StateAheadOfKafkaError,
     StateBehindKafkaError,
+    StateMismatchError,
     delete_keys,
     parse_timer_member,
     timer_member,
@@ -634,6 +635,31 @@ def test_claim_refuses_state_ahead_of_kafka(new_store: Callable[[], RedisTaskSto
         new_store().claim({})
     with pytest.raises(StateAheadOfKafkaError):
         new_store().claim({PARTITION: 4})
+
+
+def test_a_claim_refuses_two_staged_batches_with_the_committed_offsets(
+    new_store: Callable[[], RedisTaskStore],
+) -> None:
+    """Owner 1 stages and dies before its commit; owner 2 stages the same offsets, Kafka
+    commits them, and it dies before its apply. Without batch markers in the offsets,
+    which batch committed cannot be told: the claim applies neither (found by a mutation
+    sweep: it applied both, the aborted one last about half the time)."""
+    first = new_store()
+    first.claim({})
+    first.save_order(OrderState("o1"))
+    first.stage({"P": 1})
+    first.apply()
+    for seen in ({"aborted": 1}, {"committed": 1}):
+        owner = new_store()
+        owner.claim({"P": 1})
+        owner.save_order(OrderState("o1", seen=seen))
+        owner.stage({"P": 2})
+
+    with pytest.raises(StateMismatchError, match="2 staged batches carry"):
+        new_store().claim({"P": 2})
+    reader = new_store()
+    reader.claim({"P": 1})  # Redis still stands where the first owner applied
+    assert reader.load_order("o1") == OrderState("o1")
 
 
 def test_a_zombies_discard_leaves_the_new_owners_staged_batch(
