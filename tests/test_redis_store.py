@@ -402,11 +402,11 @@ def test_redis_losing_the_task_mid_run_is_lost_state_not_a_fence(
         store.stage({PARTITION: 1}) if step == "stage" else store.apply()
 
 
-def test_a_stale_claim_leaves_the_current_owners_batch_for_the_next_claim(
-    client: redis.Redis, new_store: Callable[[], RedisTaskStore]
-) -> None:
-    """The zombie read Kafka's offsets (3) just before the owner's transaction committed
-    the batch it staged (7), and claims after: it must not drop that batch."""
+def _applied_3_and_staged_7(
+    new_store: Callable[[], RedisTaskStore],
+) -> tuple[RedisTaskStore, OrderState]:
+    """An owner that applied a batch at offset 3 and staged the next, at 7, whose Kafka
+    transaction has not committed yet; and the state that batch wrote."""
     owner = new_store()
     owner.claim({})
     owner.save_order(OrderState("o0"))
@@ -414,6 +414,15 @@ def test_a_stale_claim_leaves_the_current_owners_batch_for_the_next_claim(
     owner.apply()
     state = _write_a_batch(owner)
     owner.stage({PARTITION: 7})
+    return owner, state
+
+
+def test_a_stale_claim_leaves_the_current_owners_batch_for_the_next_claim(
+    client: redis.Redis, new_store: Callable[[], RedisTaskStore]
+) -> None:
+    """The zombie read Kafka's offsets (3) just before the owner's transaction committed
+    the batch it staged (7), and claims after: it must not drop that batch."""
+    owner, state = _applied_3_and_staged_7(new_store)
     new_store().claim({PARTITION: 3})
     # ... the owner's transaction commits in Kafka: offset 7.
     with pytest.raises(FencedError, match="fenced in apply"):
@@ -432,13 +441,7 @@ def test_a_claim_that_applies_one_set_aside_batch_keeps_the_others_until_its_own
 ) -> None:
     """Only the owner's apply after its own Kafka commit shows that no other batch can
     commit any more; a claim applying the batch Kafka committed does not."""
-    owner = new_store()
-    owner.claim({})
-    owner.save_order(OrderState("o0"))
-    owner.stage({PARTITION: 3})
-    owner.apply()
-    state = _write_a_batch(owner)
-    owner.stage({PARTITION: 7})
+    _, state = _applied_3_and_staged_7(new_store)
     stale = new_store()
     stale.claim({PARTITION: 3})  # sets the owner's batch aside
     stale.save_order(OrderState("o2"))
