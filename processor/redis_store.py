@@ -448,7 +448,8 @@ class RedisTaskStore:
         committed) and set aside otherwise, until this owner's first `apply` deletes it:
         the claimer may itself be stale, and the batch's owner current. Raises
         `StateBehindKafkaError` (or `StateAheadOfKafkaError`) if Redis then does not stand
-        at these offsets.
+        at these offsets, and `StateMismatchError`, applying nothing, if two staged batches
+        have them (offsets without batch markers).
         """
         self._reset_local()
         self._epoch = None
@@ -462,12 +463,12 @@ class RedisTaskStore:
         applied_raw = "" if reply[1] is None else cast(bytes, reply[1]).decode()
         committed = {key: int(value) for key, value in committed_offsets.items()}
         batches = cast(list[tuple[bytes, bytes, list[bytes]]], reply[2])
-        matching = [raw.decode() for _, raw, _ in batches if _decode_offsets(raw) == committed]
-        if len(matching) > 1:
+        matching = sum(_decode_offsets(raw) == committed for _, raw, _ in batches)
+        if matching > 1:
             # Each batch's offsets carry its owner's batch marker (runner), so at most one
             # can match: otherwise which one Kafka committed cannot be told.
             raise StateMismatchError(
-                f"task {self.task}: {len(matching)} staged batches carry Kafka's committed "
+                f"task {self.task}: {matching} staged batches carry Kafka's committed "
                 f"offsets {committed}, so which one committed cannot be told: a batch's "
                 "offsets must carry its owner's batch marker (docs/state-store.md, claim)"
             )
