@@ -634,14 +634,20 @@ def _package_shipped(step: _Step, event: PackageShipped, origin: str) -> None:
     _release_held(step, f"tracking:{event.tracking_number}")
 
 
+def _left_by(package: Package, at: int) -> bool:
+    """R4: the package had left the warehouse at `at` (shipped, or a picked-up-or-later
+    scan, at or before it)."""
+    return package.shipped_at <= at or (
+        package.picked_up_at is not None and package.picked_up_at <= at
+    )
+
+
 def _deny_cancellation(step: _Step, request: Cancellation, package: Package) -> None:
     """R4, once the request meets a package that shipped: before it, or after it but
     before the warehouse intercepted the order. Decided when the later of the two
     happened, whichever was read first."""
     step.state.cancel_request = None
-    if package.shipped_at <= request.at or (
-        package.picked_up_at is not None and package.picked_up_at <= request.at
-    ):
+    if _left_by(package, request.at):
         why, at = "had left the warehouse when cancellation was requested", request.at
     else:
         why, at = "shipped before the warehouse intercepted the order", package.shipped_at
@@ -871,11 +877,7 @@ def _lost_deadline(step: _Step, package: Package) -> None:
 def _cancellation_requested(step: _Step, event: CancellationRequested) -> None:
     state = step.state
     request = Cancellation(event.request_id, event.event_id, event.at)
-    shipped = [
-        p
-        for p in state.packages.values()
-        if p.shipped_at <= event.at or (p.picked_up_at is not None and p.picked_up_at <= event.at)
-    ]
+    shipped = [p for p in state.packages.values() if _left_by(p, event.at)]
     if shipped:
         _deny_cancellation(step, request, shipped[0])
         return
