@@ -462,21 +462,22 @@ class RedisTaskStore:
         applied = _decode_offsets(reply[1])
         applied_raw = "" if reply[1] is None else cast(bytes, reply[1]).decode()
         committed = {key: int(value) for key, value in committed_offsets.items()}
-        batches = cast(list[tuple[bytes, bytes, list[bytes]]], reply[2])
-        matching = sum(_decode_offsets(raw) == committed for _, raw, _ in batches)
-        if matching > 1:
+        matching: list[tuple[bytes, bytes, list[bytes]]] = []
+        kept: list[bytes] = []  # aborted, or their transactions may yet commit
+        for aside in cast(list[tuple[bytes, bytes, list[bytes]]], reply[2]):
+            if _decode_offsets(aside[1]) == committed:
+                matching.append(aside)
+            else:
+                kept.append(aside[1])
+        if len(matching) > 1:
             # Each batch's offsets carry its owner's batch marker (runner), so at most one
             # can match: otherwise which one Kafka committed cannot be told.
             raise StateMismatchError(
-                f"task {self.task}: {matching} staged batches carry Kafka's committed "
+                f"task {self.task}: {len(matching)} staged batches carry Kafka's committed "
                 f"offsets {committed}, so which one committed cannot be told: a batch's "
                 "offsets must carry its owner's batch marker (docs/state-store.md, claim)"
             )
-        kept: list[bytes] = []
-        for batch, staged_raw, fields in batches:
-            if _decode_offsets(staged_raw) != committed:
-                kept.append(staged_raw)  # aborted, or its transaction may yet commit
-                continue
+        for batch, staged_raw, fields in matching:
             keys = [f[2:].decode() for f in fields if f[:2] in (b"s:", b"d:")]
             with REDIS_CLAIM.time():
                 status, current = self._run_apply(
