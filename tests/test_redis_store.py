@@ -436,6 +436,40 @@ def test_a_stale_claim_leaves_the_current_owners_batch_for_the_next_claim(
     assert not client.exists(next_owner.aside_key)
 
 
+class _OutclaimedStore(RedisTaskStore):
+    """A store whose claim loses the task to `rival`'s claim after reading the batches set
+    aside and before applying the one Kafka committed: two members' claims racing."""
+
+    rival: RedisTaskStore
+
+    def _run_apply(
+        self, epoch: int, offsets: str, keys: Sequence[str], *, batch: str, clear_aside: bool
+    ) -> tuple[int, Any]:
+        self.rival.claim({PARTITION: 7})
+        return super()._run_apply(epoch, offsets, keys, batch=batch, clear_aside=clear_aside)
+
+
+def test_a_claim_outclaimed_while_applying_a_set_aside_batch_is_fenced_and_writes_nothing(
+    client: redis.Redis, new_store: Callable[[], RedisTaskStore]
+) -> None:
+    owner, state = _applied_3_and_staged_7(new_store)
+    # ... the owner's transaction commits in Kafka (offset 7), and the owner dies.
+    loser = _OutclaimedStore(client, app=owner.app, task=TASK)
+    loser.rival = new_store()
+
+    with pytest.raises(FencedError, match=r"fenced in claim \(applying a staged batch\)"):
+        loser.claim({PARTITION: 7})
+
+    assert loser.epoch is None
+    with pytest.raises(RuntimeError, match="not claimed"):
+        loser.stage({PARTITION: 8})
+    winner = loser.rival
+    assert winner.epoch == 3
+    assert winner.load_order("o1") == state
+    assert winner.get_clock() == 42
+    assert not client.exists(winner.pending_key)
+
+
 def test_a_claim_that_applies_one_set_aside_batch_keeps_the_others_until_its_own_apply(
     client: redis.Redis, new_store: Callable[[], RedisTaskStore]
 ) -> None:
