@@ -295,7 +295,9 @@ def apply_in_full(
     needed = due
     # Rare: the stream clock fires most timers. One at a time, each from the timers the
     # state needs after the last: an expiry of held events expires the oldest only, and
-    # the next one's may be due before this event too.
+    # the next one's may be due before this event too. The loop ends: a firing marks its
+    # package's deadline passed (R3) or expires the held events its deadline was for, so
+    # no timer comes back at the deadline it fired at.
     while needed and min(needed.values()) < at:
         deadline, name = min((d, n) for n, d in needed.items())
         _fire(_Step(state, config, f"timer:{name}", deadline, result), name, event)
