@@ -347,7 +347,8 @@ def _invalid(exc: ValidationError) -> InvalidEventError:
         return InvalidEventError(reason, "type: Field required")
     # loc[0] is the discriminator value; the field path starts after it.
     where = ".".join(str(part) for part in first["loc"][1:]) or "event"
-    extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    others = exc.error_count() - 1
+    extra = f" (and {others} more problem{'s' if others > 1 else ''})" if others else ""
     return InvalidEventError(reason, f"{where}: {first['msg']}{extra}")
 
 

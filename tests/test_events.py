@@ -217,7 +217,12 @@ def test_a_byte_order_mark_before_the_json_is_skipped(line: str | bytes) -> None
         (
             order_placed(currency="usd", fee=-1),
             "currency: currency must be three capital letters (ISO 4217), got 'usd'"
-            " (and 1 more problems)",
+            " (and 1 more problem)",
+        ),
+        (
+            order_placed(lines={"A": (0, 1000)}, currency="usd", fee=-1),
+            "currency: currency must be three capital letters (ISO 4217), got 'usd'"
+            " (and 2 more problems)",
         ),
     ],
 )
