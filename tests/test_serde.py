@@ -87,6 +87,7 @@ class FakeRegistry:
         self.ids: dict[str, int] = {}
         self.texts: dict[int, str] = {}
         self.subjects: dict[str, set[int]] = {}
+        self.types: dict[int, str] = {}
         self.calls: Counter[str] = Counter()
         self.fail_with: Exception | None = None
 
@@ -111,18 +112,26 @@ class FakeRegistry:
             raise self.fail_with
         if schema_id not in self.texts:
             raise NotFoundError(f"schema {schema_id}")
-        return SimpleNamespace(schema_str=self.texts[schema_id], schema_type="AVRO")
+        return SimpleNamespace(
+            schema_str=self.texts[schema_id], schema_type=self.types.get(schema_id, "AVRO")
+        )
 
     def add_raw(self, text: str, schema_type: str = "AVRO") -> int:
         schema_id = len(self.ids) + 1000
         self.ids[text] = schema_id
         self.texts[schema_id] = text
+        self.types[schema_id] = schema_type
         return schema_id
 
 
 def confluent_mock_client() -> Any:
     return SchemaRegistryClient.new_client({"url": "mock://serde-tests"})
 
+
+#: A record registered by someone else: a registry serves it, no reader schema of ours reads it.
+FOREIGN_SCHEMA = json.dumps(
+    {"type": "record", "name": "x.Other", "fields": [{"name": "a", "type": "long"}]}
+)
 
 RegistryFactory = Callable[[], Any]
 REGISTRIES: list[Any] = [
@@ -199,7 +208,14 @@ def message_strategy(message_type: str) -> st.SearchStrategy[dict[str, Any]]:
 # --------------------------------------------------------------------------- schemas
 
 
-def test_schemas_dir_is_the_checkout_schemas_directory() -> None:
+@pytest.mark.parametrize("variable", [None, ""], ids=["unset", "empty"])
+def test_schemas_dir_is_the_checkout_schemas_directory(
+    variable: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if variable is None:
+        monkeypatch.delenv(SCHEMAS_DIR_ENV, raising=False)
+    else:
+        monkeypatch.setenv(SCHEMAS_DIR_ENV, variable)
     assert schemas_dir() == Path(__file__).resolve().parent.parent / "schemas"
 
 
@@ -285,6 +301,52 @@ def test_referenced_named_type_is_inlined_at_first_use() -> None:
     assert [fld["type"] for fld in reship["fields"] if fld["name"] == "lines"] == [
         {"type": "array", "items": catalog().named_types["refunds.SkuQuantity"]}
     ]
+
+
+def test_a_named_type_used_twice_is_defined_once_at_its_first_use() -> None:
+    swap = catalog().message_schema(
+        {
+            "type": "record",
+            "name": "refunds.Swap",
+            "fields": [
+                {"name": "given", "type": "refunds.SkuQuantity"},
+                {"name": "taken", "type": "refunds.SkuQuantity"},
+            ],
+        }
+    )
+
+    assert swap.canonical_form.count('"name":"refunds.SkuQuantity"') == 1
+    assert swap.schema["fields"][1]["type"] == "refunds.SkuQuantity"
+
+
+def test_a_record_without_a_namespace_keeps_its_bare_name() -> None:
+    plain = MessageSchema.from_schema(
+        {"type": "record", "name": "Plain", "fields": [{"name": "a", "type": "long"}]}
+    )
+
+    assert plain.name == "Plain"
+
+
+@pytest.mark.parametrize(
+    "field_type",
+    [
+        {"type": "long", "logicalType": "timestamp-millis"},
+        {"type": "long", "logicalType": "timestamp-micros"},
+        ["null", {"type": "long", "logicalType": "timestamp-millis"}],
+    ],
+    ids=["millis", "micros", "nullable"],
+)
+def test_a_naive_datetime_is_refused_in_any_timestamp_field(field_type: Any) -> None:
+    stamped = MessageSchema.from_schema(
+        {"type": "record", "name": "x.Stamped", "fields": [{"name": "at", "type": field_type}]}
+    )
+
+    with pytest.raises(EncodeError) as caught:
+        Serde.single_object(readers=[stamped]).encode(
+            "x.Stamped", {"at": datetime(2026, 3, 1, 10)}, TOPIC
+        )
+
+    assert caught.value.field == "at"
 
 
 def test_fingerprint_matches_an_independent_crc64_avro() -> None:
@@ -497,6 +559,21 @@ def test_trailing_bytes_and_corrupt_body() -> None:
     assert caught.value.reason in {"avro_decode_error", "truncated"}
 
 
+@pytest.mark.parametrize(
+    "header",
+    [b"\xc3\x01" + bytes(8), b"\x00" + (4242).to_bytes(4, "big")],
+    ids=["single-object", "confluent"],
+)
+def test_a_whole_header_naming_an_unknown_schema_is_unknown_schema_even_without_a_body(
+    header: bytes,
+) -> None:
+    """Without the schema there is no telling that a body is missing."""
+    with pytest.raises(DecodeError) as caught:
+        Serde.confluent(FakeRegistry()).decode(header, TOPIC)
+
+    assert caught.value.reason == "unknown_schema"
+
+
 def test_confluent_frame_without_a_registry_is_unknown_schema() -> None:
     with pytest.raises(DecodeError) as caught:
         Serde.single_object().decode(b"\x00\x00\x00\x00\x07" + b"\x02", TOPIC)
@@ -539,6 +616,41 @@ def test_confluent_subjects_and_unknown_ids(make_registry: RegistryFactory) -> N
     with pytest.raises(DecodeError) as caught:
         serde.decode(b"\x00" + (99999).to_bytes(4, "big") + placed[5:], TOPIC)
     assert caught.value.reason == "unknown_schema"
+
+
+@pytest.mark.parametrize("make_registry", REGISTRIES)
+def test_a_confluent_frame_cut_at_any_length_is_truncated(make_registry: RegistryFactory) -> None:
+    registry = make_registry()
+    good = Serde.confluent(registry).encode("order_placed", ORDER_PLACED, TOPIC)
+    consumer = Serde.confluent(registry)
+
+    for length in range(1, len(good)):
+        with pytest.raises(DecodeError) as caught:
+            consumer.decode(good[:length], TOPIC)
+        assert caught.value.reason == "truncated", length
+
+
+def test_a_registered_schema_may_name_our_named_types_without_defining_them() -> None:
+    """As a registry with schema references serves it: `refunds.SkuQuantity` by name only."""
+    registry = FakeRegistry()
+    by_reference = registry.add_raw(json.dumps(catalog().named_types["refunds.PackageShipped"]))
+    shipped = {
+        "type": "package_shipped",
+        "event_id": "e3",
+        "occurred_at": datetime(2026, 3, 2, 9, 0, tzinfo=UTC),
+        "order_id": "o1",
+        "package_id": "p1",
+        "tracking_number": "1Z",
+        "carrier": "ups",
+        "lines": [{"sku": "A", "quantity": 2}],
+    }
+    body = Serde.single_object().encode("package_shipped", shipped, TOPIC)[10:]
+
+    decoded = Serde.confluent(registry).decode(
+        b"\x00" + by_reference.to_bytes(4, "big") + body, TOPIC
+    )
+
+    assert decoded == shipped
 
 
 def test_confluent_hot_path_makes_no_registry_calls() -> None:
@@ -597,9 +709,7 @@ def test_confluent_id_not_found_decodes_once_the_registry_has_it(
 def test_confluent_bogus_id_costs_a_registry_call_per_retry_interval() -> None:
     registry, clock = FakeRegistry(), Clock()
     consumer = Serde.confluent(registry, clock=clock)
-    foreign = registry.add_raw(
-        json.dumps({"type": "record", "name": "x.Other", "fields": [{"name": "a", "type": "long"}]})
-    )
+    foreign = registry.add_raw(FOREIGN_SCHEMA)
     for _ in range(3):
         for schema_id in (4242, foreign):
             for _ in range(100):
@@ -610,17 +720,49 @@ def test_confluent_bogus_id_costs_a_registry_call_per_retry_interval() -> None:
     assert registry.calls["get_schema"] == 3 + 1
 
 
-def test_confluent_foreign_and_non_avro_schemas_are_unknown() -> None:
+def broken_schema(*fields: Any) -> str:
+    return json.dumps({"type": "record", "name": "x.Broken", "fields": list(fields)})
+
+
+@pytest.mark.parametrize(
+    ("text", "schema_type"),
+    [
+        pytest.param(FOREIGN_SCHEMA, "AVRO", id="foreign"),
+        pytest.param(catalog()["order_placed"].schema_text, "JSON", id="ours-but-not-avro"),
+        pytest.param("{", "AVRO", id="not-json"),
+        pytest.param(broken_schema({"name": 1}), "AVRO", id="field-without-type"),
+        pytest.param(broken_schema(1), "AVRO", id="field-not-an-object"),
+        pytest.param(
+            broken_schema({"name": "a", "type": {"type": "fixed", "name": "F"}}),
+            "AVRO",
+            id="fixed-without-size",
+        ),
+    ],
+)
+def test_confluent_foreign_and_non_avro_schemas_are_unknown(text: str, schema_type: str) -> None:
+    """Not a failure to retry: the registry answered, and will answer the same again."""
+    registry = FakeRegistry()
+    schema_id = registry.add_raw(text, schema_type)
+    body = Serde.single_object().encode("order_placed", ORDER_PLACED, TOPIC)[10:]
+
+    with pytest.raises(DecodeError) as caught:
+        Serde.confluent(registry).decode(b"\x00" + schema_id.to_bytes(4, "big") + body, TOPIC)
+
+    assert caught.value.reason == "unknown_schema"
+
+
+def test_unknown_schema_ids_are_remembered_in_bounded_memory() -> None:
+    """A flood of bogus ids pushes out even an id remembered for good: it is asked again."""
     registry = FakeRegistry()
     consumer = Serde.confluent(registry)
-    foreign = registry.add_raw(
-        json.dumps({"type": "record", "name": "x.Other", "fields": [{"name": "a", "type": "long"}]})
-    )
-    broken = registry.add_raw('{"type": "record", "name": "x.Broken", "fields": [{"name": 1}]}')
-    for schema_id in (foreign, broken):
-        with pytest.raises(DecodeError) as caught:
+    foreign = registry.add_raw(FOREIGN_SCHEMA)
+    flood = range(10_000, 20_000)
+
+    for schema_id in (foreign, *flood, foreign):
+        with pytest.raises(DecodeError):
             consumer.decode(b"\x00" + schema_id.to_bytes(4, "big") + b"\x02", TOPIC)
-        assert caught.value.reason == "unknown_schema"
+
+    assert registry.calls["get_schema"] == 1 + len(flood) + 1
 
 
 def test_confluent_registry_outage_is_not_a_decode_error() -> None:
@@ -702,6 +844,27 @@ def test_evolution_through_the_registry(make_registry: RegistryFactory) -> None:
     assert new_data[1:5] != old_data[1:5]
     assert current_serde.decode(new_data, TOPIC) == ORDER_PLACED
     assert newer_serde.decode(old_data, TOPIC) == {**ORDER_PLACED, "channel": "web"}
+
+
+def test_a_writer_schema_learned_from_the_registry_also_reads_its_single_object_frames() -> None:
+    registry = FakeRegistry()
+    newer = evolved("order_placed", [CHANNEL])
+    value = {**ORDER_PLACED, "channel": "app"}
+    consumer = Serde.confluent(registry)
+    consumer.decode(
+        Serde.confluent(registry, readers=readers_with(newer)).encode("order_placed", value, TOPIC),
+        TOPIC,
+    )
+    single_object = Serde.single_object(readers=readers_with(newer)).encode(
+        "order_placed", value, TOPIC
+    )
+
+    assert consumer.decode(single_object, TOPIC) == ORDER_PLACED
+
+
+def test_two_reader_schemas_for_one_record_are_rejected() -> None:
+    with pytest.raises(ValueError, match="two reader schemas"):
+        Serde.single_object(readers=[*catalog(), evolved("order_placed", [CHANNEL])])
 
 
 def test_incompatible_writer_is_reported() -> None:
