@@ -9,6 +9,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Literal
 
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -636,3 +637,101 @@ def test_a_ledger_that_refunded_the_fee_never_pays_it_again() -> None:
     assert last is not None
     assert (last.describe(), last.shipping_fee_minor) == ("1 x B (2500) = 2500", 0)
     assert last.ledger.refunded_minor == order.total_minor
+
+
+def test_a_refund_lists_its_lines_in_sku_order_whatever_order_it_was_asked_in() -> None:
+    """As a reship's lines are: the refund command is the same whatever order a claim or
+    a package listed its SKUs in."""
+    order = _order()
+    asked = settle_refund(order, Ledger(), {"B": 1, "A": 2})
+    assert asked is not None
+    assert [line.sku for line in asked.lines] == ["A", "B"]
+
+
+def test_a_refund_out_of_no_package_counts_its_units_out_of_none() -> None:
+    """A claim on the whole order: a key for it in `by_package` would be stored as the
+    package id "None"."""
+    order = _order()
+    claimed = settle_refund(order, Ledger(), {"A": 1})
+    assert claimed is not None
+    assert claimed.ledger.by_package == {}
+
+
+@pytest.mark.parametrize("lines", [{"A": 1, "B": 1}, {"A": 2}], ids=["another SKU", "another A"])
+def test_a_package_carrying_a_reship_and_another_unit_does_not_carry_only_reships(
+    lines: Units,
+) -> None:
+    """Shipped after a cancellation, such a package is an anomaly (R12): only one A it
+    carries replaces the one reshipped; the other unit is beyond the order."""
+    order = _order()
+    first = _package("p1", {"A": 2, "B": 1})
+    ledger = ship(order, Ledger(), first, [])
+    reshipped = settle_reship(order, ledger, {"A": 1}, first)
+    assert reshipped is not None
+    second = _package("p2", lines)
+    ledger = ship(order, reshipped[1], second, [first])
+    assert ledger.replacements == {"p2": {"A": 1}}
+    assert not carries_only_reships(ledger, second)
+
+
+def test_a_package_carrying_reships_and_an_ordered_unit_fails_no_more_than_its_reships() -> None:
+    """Refunded in two parts, the first failing one reship, the package's second refund
+    fails the other reship and pays the ordered unit: nothing is left to refund after it."""
+    order = _order({"A": (3, 1000)}, fee=500)
+    first = _package("p1", {"A": 2})
+    ledger = ship(order, Ledger(), first, [])
+    reshipped = settle_reship(order, ledger, {"A": 2}, first)  # a damaged claim on p1
+    assert reshipped is not None
+    second = _package("p2", {"A": 3})  # the two reships and the unit still to ship
+    ledger = ship(order, reshipped[1], second, [first])
+    assert ledger.replacements == {"p2": {"A": 2}}
+
+    lost = settle_refund(order, ledger, {"A": 1}, second)
+    assert lost is not None
+    assert lost.describe() == "1 x A (1000) = 1000"
+    rest = settle_refund(order, lost.ledger, {"A": 2}, second)
+    assert rest is not None
+    assert rest.describe() == "2 x A (2000) + shipping fee (500) = 2500"
+    assert rest.ledger.failed_replacements == {"p2": {"A": 2}}
+    for package in (None, first, second):
+        assert settle_refund(order, rest.ledger, {"A": 1}, package) is None
+    assert rest.ledger.refunded_minor == order.total_minor
+
+
+def test_packages_shipped_after_a_cancellation_take_the_units_it_refunded_one_by_one() -> None:
+    """R12: each late package counts as paid only the cancelled units no earlier one took."""
+    order = _order({"A": (3, 1000)})
+    first = _package("p1", {"A": 1})
+    ledger = ship(order, Ledger(), first, [])
+    cancelled = settle_refund(order, ledger, {"A": 2}, out_of=UNSHIPPED)
+    assert cancelled is not None
+    second, third = _package("p2", {"A": 1}), _package("p3", {"A": 1})
+
+    ledger = ship(order, cancelled.ledger, second, [first])
+    assert ledger.by_package == {UNSHIPPED: {"A": 1}, "p2": {"A": 1}}
+    ledger = ship(order, ledger, third, [first, second])
+    assert ledger.by_package == {UNSHIPPED: {}, "p2": {"A": 1}, "p3": {"A": 1}}
+
+
+@pytest.mark.parametrize("fee", [500, 0])
+def test_the_refund_that_leaves_every_unit_refunded_marks_the_fee_refunded(fee: int) -> None:
+    """Even a fee of 0: the ledger then says the fee is settled, as `explain` shows it."""
+    order = _order(fee=fee)
+    partial = settle_refund(order, Ledger(), {"A": 2})
+    assert partial is not None
+    assert not partial.ledger.shipping_fee_refunded
+    last = settle_refund(order, partial.ledger, {"B": 1})
+    assert last is not None
+    assert (last.shipping_fee_minor, last.ledger.shipping_fee_refunded) == (fee, True)
+
+
+def test_a_ledger_that_refunded_the_fee_keeps_it_refunded_through_a_partial_refund() -> None:
+    """The defence in depth of the test above, one refund later."""
+    order = _order()
+    restored = Ledger(refunded={"A": 1}, shipping_fee_refunded=True, refunded_minor=1000)
+    partial = settle_refund(order, restored, {"A": 1})
+    assert partial is not None
+    assert partial.ledger.shipping_fee_refunded
+    last = settle_refund(order, partial.ledger, {"B": 1})
+    assert last is not None
+    assert last.shipping_fee_minor == 0
