@@ -3,11 +3,14 @@
 import json
 from dataclasses import fields
 
+import pytest
+
 from processor.config import load_policy
 from processor.events import parse_event_json
-from processor.policy import apply_event
+from processor.policy import apply_event, is_redelivery
 from processor.state import (
     ORDER_STATE_ADAPTER,
+    ORPHAN_BUCKET_ADAPTER,
     UNKNOWN_DIGEST,
     Cancellation,
     Claim,
@@ -21,7 +24,7 @@ from processor.state import (
     replace_claim,
     replace_package,
 )
-from tests.factories import order_cancelled
+from tests.factories import order_cancelled, scan
 
 
 def _package() -> Package:
@@ -121,3 +124,31 @@ def test_a_state_stored_before_reships_were_counted_loads_with_none_reshipped() 
     reshipped = Ledger({"A": 1}, False, 1000, reshipped={"p1": {"A": 1}})
     stored_now = ORDER_STATE_ADAPTER.dump_json(OrderState("o1", ledger=reshipped))
     assert ORDER_STATE_ADAPTER.validate_json(stored_now).ledger == reshipped
+
+
+def test_an_orphan_bucket_stored_before_digests_loads_and_takes_every_id_as_a_redelivery() -> None:
+    """As an order's state: Redis holds buckets of tracking updates whose `seen` is a list."""
+    bucket = ORPHAN_BUCKET_ADAPTER.validate_json(b'{"tracking_number": "TN-1", "seen": ["e1"]}')
+    assert bucket.seen == {"e1": UNKNOWN_DIGEST}
+
+    again = parse_event_json(json.dumps(scan("delivered", "TN-1", order_id=None, event_id="e1")))
+    assert is_redelivery(bucket.seen["e1"], again)
+
+
+@pytest.mark.parametrize(
+    ("records", "record_id", "name", "default"),
+    [
+        ("packages", "p1", "refund_denied", False),
+        ("claims", "c1", "review", None),
+        ("claims", "c1", "status", "open"),
+    ],
+)
+def test_a_record_stored_without_a_defaulted_field_loads_with_its_default(
+    records: str, record_id: str, name: str, default: object
+) -> None:
+    """A package settled before `refund_denied` was kept reads as refunded by its rule, as
+    the policy read it then; a claim without a review was never reviewed."""
+    stored = json.loads(ORDER_STATE_ADAPTER.dump_json(_state()))
+    del stored[records][record_id][name]
+    state = ORDER_STATE_ADAPTER.validate_json(json.dumps(stored))
+    assert getattr(getattr(state, records)[record_id], name) == default
