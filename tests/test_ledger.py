@@ -384,10 +384,11 @@ def _draw_package(data: st.DataObject, history: _History, *, named: bool) -> Pac
 
 
 def _draw_lines(data: st.DataObject, history: _History) -> Units:
-    """A package's lines: the rest of the order, a replacement for an earlier reship, or
-    anything (a SKU the order lacks, more units than ordered)."""
+    """A package's lines: the rest of the order, a replacement for an earlier reship, both
+    in one package, or anything (a SKU the order lacks, more units than ordered)."""
     order = history.order
-    kinds = ["replacement", "rest", "any"] if history.unsent else ["rest", "any", "replacement"]
+    replacing = ["replacement", "replacement and rest"]
+    kinds = [*replacing, "rest", "any"] if history.unsent else ["rest", "any", *replacing]
     kind = data.draw(st.sampled_from(kinds), label="lines")
     shipped = shipped_units(history.packages.values())
     rest = {
@@ -395,10 +396,15 @@ def _draw_lines(data: st.DataObject, history: _History) -> Units:
         for sku, priced in order.lines.items()
         if priced.quantity > shipped.get(sku, 0)
     }
-    if kind == "replacement" and history.unsent:
-        return dict(history.unsent.pop(0))
-    if kind == "replacement" and history.reships:
-        return dict(data.draw(st.sampled_from(history.reships), label="replacement of"))
+    replacement: Units | None = None
+    if kind in replacing and history.unsent:
+        replacement = dict(history.unsent.pop(0))
+    elif kind in replacing and history.reships:
+        replacement = dict(data.draw(st.sampled_from(history.reships), label="replacement of"))
+    if replacement is not None:
+        if kind == "replacement":
+            return replacement
+        return {sku: replacement.get(sku, 0) + rest.get(sku, 0) for sku in replacement | rest}
     if kind == "rest" and rest:
         return rest
     skus = st.sampled_from([*order.lines, FOREIGN_SKU])
