@@ -3,25 +3,30 @@ librdkafka mapping, the last checked against a real broker as well as key by key
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from processor.localstack.kafka import KafkaAdmin
 from processor.settings import (
     CONFIG_ENV,
     KafkaSettings,
     RedisSettings,
+    SchemaRegistrySettings,
     Settings,
     SettingsError,
     default_settings_file,
@@ -29,6 +34,7 @@ from processor.settings import (
     make_serde,
     validate_settings,
 )
+from tests.factories import T0, order_placed
 
 REPO = Path(__file__).resolve().parent.parent
 SECRETS = ("kafka-s3cret", "key-s3cret", "redis-s3cret", "registry-s3cret", "oauth-s3cret")
@@ -116,10 +122,11 @@ policy_file: /etc/policy.yaml
     assert settings.schema_registry_url is None
 
 
+@pytest.mark.parametrize("value", ['{"linger.ms": 5', ' ["linger.ms", 5'])
 def test_an_environment_variable_that_is_not_json_is_named(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
-    monkeypatch.setenv("REFUND_KAFKA__LIBRDKAFKA", '{"linger.ms": 5')
+    monkeypatch.setenv("REFUND_KAFKA__LIBRDKAFKA", value)
     monkeypatch.setenv("REFUND_KAFKA__CLIENT_ID", "a name")
 
     with pytest.raises(SettingsError) as raised:
@@ -243,8 +250,39 @@ def test_a_bad_value_from_the_environment_names_the_variable(
     with pytest.raises(SettingsError) as caught:
         load_settings(path)
 
-    assert "max_batch_records: Input should be a valid integer" in str(caught.value)
-    assert "REFUND_MAX_BATCH_RECORDS" in str(caught.value)
+    assert str(caught.value) == (
+        f"settings file {path} and environment variable REFUND_MAX_BATCH_RECORDS: "
+        "max_batch_records: Input should be a valid integer, unable to parse string as an "
+        "integer (from environment variable REFUND_MAX_BATCH_RECORDS)"
+    )
+
+
+def test_a_lowercase_environment_variable_is_named_as_the_one_that_supplied_the_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Variable names are case-insensitive to pydantic-settings, so must be to the message."""
+    monkeypatch.setenv("refund_max_batch_records", "lots")
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(_write(tmp_path, ""))
+
+    assert str(caught.value).endswith("(from environment variable REFUND_MAX_BATCH_RECORDS)")
+
+
+def test_a_section_error_from_the_file_blames_no_variable_of_a_similar_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REFUND_SCHEMA_REGISTRY_URL starts with REFUND_SCHEMA_REGISTRY but is not in its section."""
+    path = _write(tmp_path, "schema_registry:\n  username: refunds\n")
+    monkeypatch.setenv("REFUND_SCHEMA_REGISTRY_URL", "https://registry:8081")
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path)
+
+    assert str(caught.value) == (
+        f"settings file {path} and environment variable REFUND_SCHEMA_REGISTRY_URL: "
+        "schema_registry: Value error, give both username and password, or neither"
+    )
 
 
 def test_an_error_the_environment_caused_names_its_variables_not_only_the_file(
@@ -285,8 +323,58 @@ def test_an_error_the_environment_caused_names_its_variables_not_only_the_file(
         ("metrics:\n  port: 65536\n", r"metrics\.port: .*less than or equal to 65535"),
         ("metrics:\n  ready_max_lag: -1\n", r"metrics\.ready_max_lag: .*greater than"),
         ("metrics_address: 127.0.0.1:9108\n", r"metrics_address: Extra inputs"),
-        ("schema_registry:\n  username: u\n  password: p\n", r"schema_registry_url is unset"),
+        (
+            "schema_registry:\n  username: u\n  password: p\n",
+            r"<top level>: .*schema_registry_url is unset",
+        ),
+        (
+            "schema_registry_url: https://r:8081\nschema_registry:\n  username: u\n",
+            r"schema_registry: .*give both username and password",
+        ),
         ("application_id: 'has space'\n", r"application_id: String should match"),
+        ("application_id: ''\n", r"application_id: String should match"),
+        (f"application_id: {'a' * 101}\n", r"application_id: String should match"),
+        ("kafka:\n  librdkafka: [linger.ms]\n", r"kafka\.librdkafka: .*valid dictionary"),
+        ("kafka:\n  bootstrap_servers: ''\n", r"kafka\.bootstrap_servers: .*at least 1"),
+        ("kafka:\n  client_id: ''\n", r"kafka\.client_id: .*at least 1"),
+        (
+            "kafka:\n  sasl_password: p\n",
+            r"kafka: .*sasl_password set but security_protocol is PLAINTEXT",
+        ),
+        (
+            "kafka:\n  security_protocol: SSL\n  sasl_mechanism: PLAIN\n",
+            r"kafka: .*sasl_mechanism set but security_protocol is SSL",
+        ),
+        (
+            "kafka:\n  ssl_ca_location: /etc/ca.pem\n",
+            r"kafka: .*ssl_ca_location set but security_protocol is PLAINTEXT",
+        ),
+        (
+            "kafka:\n  ssl_certificate_location: /etc/client.pem\n",
+            r"kafka: .*ssl_certificate_location set but security_protocol is PLAINTEXT",
+        ),
+        (
+            "kafka:\n  security_protocol: SASL_PLAINTEXT\n  sasl_mechanism: OAUTHBEARER\n"
+            "  ssl_key_location: /etc/client.key\n",
+            r"kafka: .*ssl_key_location set but security_protocol is SASL_PLAINTEXT",
+        ),
+        (
+            "kafka:\n  ssl_key_password: k\n",
+            r"kafka: .*ssl_key_password set but security_protocol is PLAINTEXT",
+        ),
+        ("redis:\n  socket_timeout_s: 0\n", r"redis\.socket_timeout_s: .*greater than 0"),
+        (
+            "redis:\n  url: unix:///run/redis.sock\n  tls: true\n",
+            r"redis: .*tls needs a redis:// or rediss:// URL",
+        ),
+        ("topics:\n  orders: ''\n", r"topics\.orders: String should match"),
+        ("topics:\n  orders: orders events\n", r"topics\.orders: String should match"),
+        (f"topics:\n  orders: {'a' * 201}\n", r"topics\.orders: String should match"),
+        ("metrics:\n  host: ''\n", r"metrics\.host: .*at least 1"),
+        ("commit_interval_ms: 0\n", r"commit_interval_ms: .*greater than or equal to 1"),
+        ("max_batch_records: 0\n", r"max_batch_records: .*greater than or equal to 1"),
+        ("idle_partition_wait_ms: -1\n", r"idle_partition_wait_ms: .*greater than or equal to 0"),
+        ("purge_interval_ms: -1\n", r"purge_interval_ms: .*greater than or equal to 0"),
         ("- a list\n", r"must hold a mapping"),
     ],
 )
@@ -298,6 +386,86 @@ def test_inconsistent_settings_are_rejected(tmp_path: Path, text: str, expected:
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"cannot read settings file .*nope\.yaml"):
         load_settings(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "metrics:\n  port: 0\n",  # any free port
+        "metrics:\n  ready_max_lag: 0\n",
+        "idle_partition_wait_ms: 0\n",
+        "purge_interval_ms: 0\n",  # never purge
+        "commit_interval_ms: 1\nmax_batch_records: 1\n",
+        f"application_id: {'a' * 100}\n",
+        f"topics:\n  orders: {'a' * 200}\n",
+        # OAUTHBEARER authenticates with a token, not a username and password.
+        "kafka:\n  security_protocol: SASL_SSL\n  sasl_mechanism: OAUTHBEARER\n",
+    ],
+)
+def test_settings_at_the_edge_of_what_is_allowed_are_accepted(tmp_path: Path, text: str) -> None:
+    load_settings(_write(tmp_path, text))
+
+
+def test_a_file_that_sets_nothing_gets_the_documented_defaults(tmp_path: Path) -> None:
+    assert load_settings(_write(tmp_path, "")).model_dump() == {
+        "application_id": "refund-processor",
+        "kafka": {
+            "bootstrap_servers": "127.0.0.1:9092",
+            "security_protocol": "PLAINTEXT",
+            "sasl_mechanism": None,
+            "sasl_username": None,
+            "sasl_password": None,
+            "ssl_ca_location": None,
+            "ssl_certificate_location": None,
+            "ssl_key_location": None,
+            "ssl_key_password": None,
+            "client_id": "refund-processor",
+            "librdkafka": {},
+        },
+        "redis": {
+            "url": "redis://127.0.0.1:6379/0",
+            "password": None,
+            "tls": False,
+            "tls_ca_location": None,
+            "socket_timeout_s": 5.0,
+        },
+        "topics": {
+            "orders": "orders.events",
+            "tracking": "courier.tracking",
+            "wallet": "wallet.commands",
+            "fulfilment": "fulfilment.commands",
+            "decisions": "refunds.decisions",
+            "dlq": "refunds.dlq",
+        },
+        "schema_registry_url": None,
+        "schema_registry": {"username": None, "password": None},
+        "policy_file": None,
+        "commit_interval_ms": 100,
+        "max_batch_records": 40_000,
+        "idle_partition_wait_ms": 500,
+        "purge_interval_ms": 30_000,
+        "metrics": {"host": "127.0.0.1", "port": 9108, "ready_max_lag": 10_000},
+    }
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"application_id: caf\xe9\n", r"is not UTF-8 text$"),
+        (
+            b"kafka:\n  client_id: a: b\n",
+            r"is not valid YAML at line 2, column 15: mapping values are not allowed here$",
+        ),
+    ],
+)
+def test_a_file_that_is_not_yaml_text_is_a_clear_error(
+    tmp_path: Path, content: bytes, expected: str
+) -> None:
+    path = tmp_path / "settings.yaml"
+    path.write_bytes(content)
+
+    with pytest.raises(SettingsError, match=expected):
+        load_settings(path)
 
 
 # --------------------------------------------------------------------------- secrets
@@ -375,6 +543,16 @@ def test_secrets_never_appear_in_error_messages(
         ),
         (
             "REFUND_REDIS__URL",
+            "redis://redis:6379/0?client_secret=redis-s3cret",
+            r"redis\.url: .*not in a query parameter",
+        ),
+        (
+            "REFUND_SCHEMA_REGISTRY_URL",
+            "https://registry:8081?access_token=registry-s3cret",
+            r"schema_registry_url: .*not in a query parameter",
+        ),
+        (
+            "REFUND_REDIS__URL",
             "redis://redis-s3cret@redis:6379/0",
             r"redis: .*a user in redis\.url needs redis\.password",
         ),
@@ -400,6 +578,44 @@ def test_a_password_anywhere_in_a_url_is_refused(
 
     _assert_no_secret(str(caught.value))
     assert variable in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("model", "values"),
+    [
+        (Settings, {"kafka": {"sasl_password": ["kafka-s3cret"]}}),
+        (Settings, {"application_id": "kafka-s3cret!"}),
+        (KafkaSettings, {"ssl_key_password": ["key-s3cret"]}),
+        (RedisSettings, {"password": ["redis-s3cret"]}),
+    ],
+)
+def test_secrets_never_appear_in_errors_of_settings_built_in_code(
+    model: type[BaseModel], values: dict[str, Any]
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate(values)
+
+    _assert_no_secret(str(caught.value))
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "ssl.keystore.password",
+        "sasl.oauthbearer.client.secret",
+        "sasl.oauthbearer.config",
+        "sasl.oauthbearer.token",
+        "sasl.jaas.config",
+        "ssl.key.pem",
+    ],
+)
+def test_secret_passthrough_values_are_masked_in_repr_and_json(key: str) -> None:
+    kafka = KafkaSettings(librdkafka={key: "oauth-s3cret", "socket.keepalive.enable": "true"})
+
+    for shown in (repr(kafka), str(kafka), kafka.model_dump_json()):
+        _assert_no_secret(shown)
+        assert "socket.keepalive.enable" in shown
+    assert kafka.admin_config()[key] == "oauth-s3cret"
 
 
 def test_urls_without_passwords_are_accepted(
@@ -476,6 +692,40 @@ def test_producer_consumer_and_admin_configs_map_every_setting(
     assert kafka.admin_config() == {**common, **passthrough}
 
 
+@pytest.mark.parametrize(
+    "key",
+    [
+        "bootstrap.servers",
+        "metadata.broker.list",
+        "security.protocol",
+        "sasl.mechanism",
+        "sasl.mechanisms",
+        "sasl.username",
+        "sasl.password",
+        "ssl.ca.location",
+        "ssl.certificate.location",
+        "ssl.key.location",
+        "ssl.key.password",
+        "client.id",
+        "enable.idempotence",
+        "acks",
+        "request.required.acks",
+        "partitioner",
+        "transactional.id",
+        "group.id",
+        "isolation.level",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "auto.offset.reset",
+        "partition.assignment.strategy",
+    ],
+)
+def test_the_passthrough_cannot_set_a_typed_setting_or_a_guarantee(key: str) -> None:
+    """Nor its librdkafka alias (metadata.broker.list, sasl.mechanisms, request.required.acks)."""
+    with pytest.raises(ValidationError, match=rf"{key} cannot be set here"):
+        KafkaSettings(librdkafka={key: "x"})
+
+
 def test_the_passthrough_is_applied_last() -> None:
     kafka = KafkaSettings(librdkafka={"linger.ms": "50", "auto.commit.interval.ms": "1"})
 
@@ -484,11 +734,19 @@ def test_the_passthrough_is_applied_last() -> None:
 
 
 def test_passthrough_numbers_and_booleans_in_yaml_are_librdkafkas_text(tmp_path: Path) -> None:
-    text = "kafka:\n  librdkafka:\n    linger.ms: 5\n    socket.keepalive.enable: true\n"
+    text = (
+        "kafka:\n  librdkafka:\n    linger.ms: 0.5\n    batch.num.messages: 1000\n"
+        "    socket.keepalive.enable: true\n    enable.ssl.certificate.verification: false\n"
+    )
 
     settings = load_settings(_write(tmp_path, text))
 
-    assert settings.kafka.librdkafka == {"linger.ms": "5", "socket.keepalive.enable": "true"}
+    assert settings.kafka.librdkafka == {
+        "linger.ms": "0.5",
+        "batch.num.messages": "1000",
+        "socket.keepalive.enable": "true",
+        "enable.ssl.certificate.verification": "false",
+    }
 
 
 def test_clients_built_from_the_configs_work_against_a_real_broker(
@@ -533,12 +791,14 @@ def test_the_redis_client_talks_bytes_to_the_configured_server(redis_url: str) -
         client.delete(key)
 
 
-def test_redis_tls_and_password_reach_the_connection_pool() -> None:
+@pytest.mark.parametrize(
+    ("url", "tls"),
+    [("redis://redis.internal:6380/1", True), ("rediss://redis.internal:6380/1", False)],
+)
+def test_redis_tls_and_password_reach_the_connection_pool(url: str, tls: bool) -> None:
+    """A rediss:// URL is TLS with its CA whatever `tls` says."""
     client = RedisSettings(
-        url="redis://redis.internal:6380/1",
-        password="redis-s3cret",
-        tls=True,
-        tls_ca_location="/etc/redis-ca.pem",
+        url=url, password="redis-s3cret", tls=tls, tls_ca_location="/etc/redis-ca.pem"
     ).client()
 
     pool = client.connection_pool
@@ -546,6 +806,68 @@ def test_redis_tls_and_password_reach_the_connection_pool() -> None:
     assert pool.connection_kwargs["password"] == "redis-s3cret"
     assert pool.connection_kwargs["ssl_ca_certs"] == "/etc/redis-ca.pem"
     assert pool.connection_kwargs["db"] == 1
+
+
+def test_the_redis_socket_timeout_bounds_connecting_and_every_command() -> None:
+    kwargs = RedisSettings(socket_timeout_s=2.5).client().connection_pool.connection_kwargs
+
+    assert (kwargs["socket_connect_timeout"], kwargs["socket_timeout"]) == (2.5, 2.5)
+
+
+class _RegistryHandler(BaseHTTPRequestHandler):
+    """Gives every schema id 1 and records the credentials each request carried."""
+
+    server: _RecordingRegistry
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.authorizations.append(self.headers["Authorization"])
+        body = json.dumps({"id": 1}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _RecordingRegistry(ThreadingHTTPServer):
+    """A schema registry on a free local port, for what clients send it."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _RegistryHandler)
+        self.authorizations: list[str | None] = []
+
+
+@pytest.mark.parametrize(
+    ("credentials", "authorization"),
+    [
+        (
+            {"username": "refunds", "password": "registry-s3cret"},
+            "Basic " + base64.b64encode(b"refunds:registry-s3cret").decode(),
+        ),
+        ({}, None),
+    ],
+)
+def test_the_schema_registry_gets_the_configured_basic_auth(
+    credentials: dict[str, str], authorization: str | None
+) -> None:
+    server = _RecordingRegistry()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        settings = Settings(
+            schema_registry_url=f"http://127.0.0.1:{server.server_port}",
+            schema_registry=SchemaRegistrySettings.model_validate(credentials),
+        )
+        make_serde(settings).encode("order_placed", order_placed() | {"occurred_at": T0}, "orders")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert server.authorizations == [authorization]
 
 
 def test_make_serde_uses_the_confluent_framing_only_with_a_registry() -> None:
