@@ -2,6 +2,7 @@
 decisions of one order, in text and in the documented JSON shape (docs/explain.md)."""
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -11,22 +12,31 @@ import pytest
 from processor.config import load_policy
 from processor.events import parse_event_json, to_millis
 from processor.explain import (
+    Explanation,
+    SourcedDeadLetter,
+    SourcedEvent,
     UnknownOrderError,
+    describe_event,
     explain_history,
     explain_state,
     render_text,
+    timer_meaning,
     to_json,
 )
 from processor.generate import generate_history
-from processor.outputs import Decision, RefundCommand, iso_millis
+from processor.outputs import DeadLetter, Decision, RefundCommand, iso_millis
 from processor.replay import replay
 from tests.console import run_cli
 from tests.factories import (
     T0,
+    Event,
     at,
+    cancellation_requested,
     claim_filed,
     claim_reviewed,
+    order_cancelled,
     order_placed,
+    return_received,
     scan,
     shipped,
 )
@@ -75,6 +85,16 @@ def _explain_json(history: Path, order_id: str, *extra: str) -> dict[str, Any]:
     assert result.returncode == 0, result.stderr
     data: dict[str, Any] = json.loads(result.stdout)
     return data
+
+
+def _sections(text: str) -> dict[str, list[list[str]]]:
+    """`render_text`'s paragraphs by their first line, each line after it as its cells
+    (split at two spaces or more)."""
+    sections: dict[str, list[list[str]]] = {}
+    for paragraph in text.split("\n\n"):
+        title, *lines = paragraph.splitlines()
+        sections[title] = [re.split(r"\s{2,}", line.strip()) for line in lines]
+    return sections
 
 
 def test_a_refunded_order_shows_its_ledger_per_sku_and_package(history: Path) -> None:
@@ -233,6 +253,8 @@ def test_without_events_the_timeline_is_rebuilt_from_the_state(history: Path) ->
     assert live.timeline[-1].source == "history.jsonl:13"
     assert "dead-lettered, unknown_sku" in live.timeline[-1].detail
     assert live.untimed_event_ids == ("o1-rto", "o1-transit")
+    assert to_json(live)["untimed_event_ids"] == ["o1-rto", "o1-transit"]
+    assert "(the state keeps only their ids): o1-rto, o1-transit\n" in render_text(live)
     assert to_json(live)["ledger"] == to_json(from_file)["ledger"]
     assert live.timers == from_file.timers
 
@@ -257,6 +279,513 @@ def test_explanations_agree_with_the_replay_on_a_generated_history() -> None:
         assert ledger["refunded_minor"] == refunded[order_id]
         assert ledger["remaining_minor"] >= 0
         assert sum(s["refunded_minor"] for s in ledger["skus"]) <= ledger["refunded_minor"]
+
+
+def _explain_events(events: list[Event], order_id: str = "o1", *, days: int = 0) -> Explanation:
+    """`explain_history` of these events as the file h.jsonl, the clock `days` after T0."""
+    now = to_millis(T0) + days * 86_400_000 if days else None
+    lines = [json.dumps(event) for event in events]
+    return explain_history(lines, "h.jsonl", order_id, load_policy(), now=now)
+
+
+def _live(explanation: Explanation) -> Explanation:
+    """What a live explanation of the same state, decisions and dead letters shows."""
+    return explain_state(
+        explanation.order_id,
+        explanation.state,
+        explanation.decisions,
+        load_policy(),
+        mode="live",
+        origin="Redis task t",
+        clock=explanation.clock,
+        dead_letters=explanation.dead_letters,
+    )
+
+
+# p1 delivered then a wrong_quantity claim on it resolved by a reship; p2 lost on day 22.
+CLAIMED: list[Event] = [
+    order_placed(event_id="placed"),
+    shipped("p1", {"A": 2}, when=at(1), event_id="ship-p1"),
+    shipped("p2", {"B": 1}, when=at(2), event_id="ship-p2"),
+    scan("delivered", "TN-p1", when=at(3), event_id="p1-delivered"),
+    claim_filed("wrong_quantity", package_id="p1", lines={"A": 1}, event_id="filed"),
+    claim_reviewed(resolution="reship", event_id="reviewed"),
+]
+
+
+@pytest.mark.parametrize(
+    ("events", "days", "expected"),
+    [
+        (
+            CLAIMED,
+            30,
+            [
+                (
+                    "order_placed",
+                    "placed",
+                    "merchant m1: 2 x A at 1000, 1 x B at 2500, shipping 500; total 5000 USD",
+                ),
+                ("package_shipped", "ship-p1", "package p1 (tracking TN-p1): 2 x A"),
+                ("package_shipped", "ship-p2", "package p2 (tracking TN-p2): 1 x B"),
+                ("tracking_update", None, "package p1: first scan in the courier's hands"),
+                ("tracking_update", "p1-delivered", "package p1: delivered"),
+                ("claim_filed", "filed", "claim c1: wrong_quantity, package p1, 1 x A"),
+                ("claim_reviewed", "reviewed", "claim c1: proof accepted, resolution reship"),
+                ("reshipped", None, "wrong_quantity (R9): wrong_quantity claim c1: reship 1 x A"),
+                ("deadline", None, "package p2: lost deadline passed"),
+                (
+                    "refunded",
+                    None,
+                    "lost (R3): package p2 not delivered within 20 days of "
+                    "shipping: refunded 1 x B (2500) = 2500",
+                ),
+            ],
+        ),
+        (
+            [
+                order_placed(event_id="placed", fee=0, lines={"A": (1, 700)}),
+                cancellation_requested(request_id="r7", event_id="asked"),
+            ],
+            0,
+            [
+                ("order_placed", "placed", "merchant m1: 1 x A at 700, shipping 0; total 700 USD"),
+                (
+                    "cancellation_requested",
+                    "asked",
+                    "the merchant asked to cancel (request r7); awaiting the warehouse",
+                ),
+                (
+                    "pending",
+                    None,
+                    "awaiting_interception (R4): cancellation requested before "
+                    "any package shipped; waiting for the warehouse",
+                ),
+            ],
+        ),
+    ],
+)
+def test_a_live_timeline_shows_each_fact_the_state_keeps_and_each_decisions_rule(
+    events: list[Event], days: int, expected: list[tuple[str, str | None, str]]
+) -> None:
+    live = _live(_explain_events(events, days=days))
+
+    assert [(e.what, e.event_id, e.detail) for e in live.timeline] == expected
+
+
+def test_a_live_timeline_shows_the_warehouse_interception() -> None:
+    events = [order_placed(), cancellation_requested(), order_cancelled(event_id="intercepted")]
+
+    facts = [(e.what, e.event_id, e.detail) for e in _live(_explain_events(events)).timeline]
+
+    assert ("order_cancelled", "intercepted", "the warehouse intercepted the order") in facts
+
+
+def test_the_json_states_the_order_its_packages_and_its_claims() -> None:
+    data = to_json(_explain_events(CLAIMED, days=30))
+
+    assert data["order"] == {
+        "merchant_id": "m1",
+        "currency": "USD",
+        "placed_at": _iso(at(0)),
+        "placed_event_id": "placed",
+        "total_minor": 5000,
+    }
+    assert data["packages"] == [
+        {
+            "package_id": "p1",
+            "tracking_number": "TN-p1",
+            "lines": {"A": 2},
+            "shipped_at": _iso(at(1)),
+            "shipped_event_id": "ship-p1",
+            "deadline": _iso(at(21)),
+            "picked_up_at": _iso(at(3)),
+            "delivered_at": _iso(at(3)),
+            "delivered_event_id": "p1-delivered",
+            "back_event_id": None,
+            "settled_by": None,
+            "refund_denied": False,
+            "deadline_passed": False,
+        },
+        {
+            "package_id": "p2",
+            "tracking_number": "TN-p2",
+            "lines": {"B": 1},
+            "shipped_at": _iso(at(2)),
+            "shipped_event_id": "ship-p2",
+            "deadline": _iso(at(22)),
+            "picked_up_at": None,
+            "delivered_at": None,
+            "delivered_event_id": None,
+            "back_event_id": None,
+            "settled_by": "lost",
+            "refund_denied": False,
+            "deadline_passed": True,
+        },
+    ]
+    assert data["claims"] == [
+        {
+            "claim_id": "c1",
+            "claim_type": "wrong_quantity",
+            "package_id": "p1",
+            "lines": {"A": 1},
+            "status": "settled",
+            "filed_at": _iso(at(6)),
+            "filed_event_id": "filed",
+            "review": {
+                "proof_accepted": True,
+                "resolution": "reship",
+                "event_id": "reviewed",
+                "at": _iso(at(7)),
+            },
+        }
+    ]
+    assert [(s["sku"], s["reshipped"]) for s in data["ledger"]["skus"]] == [("A", 1), ("B", 0)]
+
+
+def test_the_text_lays_out_ledger_packages_claims_and_decisions_in_columns() -> None:
+    text = render_text(_explain_events(CLAIMED, days=30))
+
+    sections = _sections(text)
+    assert sections["Ledger (amounts in minor units of USD)"] == [
+        [
+            "SKU",
+            "unit price",
+            "ordered",
+            "shipped",
+            "refunded",
+            "reshipped",
+            "paid",
+            "refunded amount",
+        ],
+        ["A", "1000", "2", "2 (p1: 2)", "0", "1", "2000", "0"],
+        ["B", "2500", "1", "1 (p2: 1)", "1 (p2: 1)", "0", "2500", "2500"],
+        ["shipping fee 500: not refunded"],
+        ["total paid 5000, refunded 2500, remaining 2500"],
+    ]
+    # Each column as wide as its widest cell.
+    assert (
+        "  SKU  unit price  ordered  shipped    refunded   reshipped  paid  refunded amount\n"
+        in text
+    )
+    assert sections["Packages"] == [
+        [
+            "p1",
+            "tracking TN-p1",
+            f"shipped {_iso(at(1))}",
+            f"deadline {_iso(at(21))}",
+            f"delivered {_iso(at(3))}",
+            "not refunded",
+        ],
+        [
+            "p2",
+            "tracking TN-p2",
+            f"shipped {_iso(at(2))}",
+            f"deadline {_iso(at(22))}",
+            "delivered -",
+            "refunded as lost",
+        ],
+    ]
+    assert sections["Claims"] == [
+        ["c1", "wrong_quantity", "package p1", f"filed {_iso(at(6))}", "settled"]
+    ]
+    assert (sections["Dead letters"], sections["Pending timers"]) == ([["none"]], [["none"]])
+    reship, refund = sections["Decisions"][0:3], sections["Decisions"][3:6]
+    assert reship[:2] == [
+        [_iso(at(7)), "reshipped", "wrong_quantity", "rule R9", "-", "claim c1"],
+        ["wrong_quantity claim c1: reship 1 x A"],
+    ]
+    assert refund[:2] == [
+        [_iso(at(22)), "refunded", "lost", "rule R3", "2500 USD", "package p2"],
+        ["package p2 not delivered within 20 days of shipping: refunded 1 x B (2500) = 2500"],
+    ]
+    assert re.fullmatch(r"evidence: filed, reviewed; decision \S+, command \S+", reship[2][0])
+    assert reship[2][1] == "<replay>"
+
+
+def test_a_claim_whose_proof_was_rejected_says_so_in_its_review() -> None:
+    events = [
+        order_placed(),
+        shipped(),
+        claim_filed("wrong_item", event_id="filed"),
+        claim_reviewed(accepted=False, event_id="rejected"),
+    ]
+    explained = _explain_events(events)
+
+    (claim,) = to_json(explained)["claims"]
+    assert (claim["package_id"], claim["status"], claim["review"]) == (
+        None,
+        "denied",
+        {"proof_accepted": False, "resolution": None, "event_id": "rejected", "at": _iso(at(7))},
+    )
+    sections = _sections(render_text(explained))
+    assert sections["Claims"] == [
+        ["c1", "wrong_item", "whole order", f"filed {_iso(at(6))}", "denied"]
+    ]
+    # A denial commands nothing.
+    assert re.fullmatch(r"evidence: filed, rejected; decision \S+", sections["Decisions"][2][0])
+
+
+def test_a_decision_without_a_rule_shows_none_in_text_or_timeline() -> None:
+    """A second review of a settled claim is denied by no rule."""
+    events = [
+        order_placed(),
+        shipped(),
+        claim_filed("wrong_quantity", lines={"A": 1}),
+        claim_reviewed(resolution="refund"),
+        claim_reviewed(resolution="refund", when=at(8)),
+    ]
+    explained = _explain_events(events)
+
+    assert explained.timeline[-1].detail == (
+        "claim_already_settled: claim c1 already yielded its one refund or reship"
+    )
+    assert _sections(render_text(explained))["Decisions"][3] == [
+        _iso(at(8)),
+        "denied",
+        "claim_already_settled",
+        "rule -",
+        "-",
+        "claim c1",
+    ]
+
+
+def test_a_package_picked_up_before_its_delivery_shows_both_times() -> None:
+    events = [
+        order_placed(),
+        shipped(),
+        scan("in_transit", when=at(2)),
+        scan("delivered", when=at(3)),
+    ]
+
+    (package,) = to_json(_explain_events(events))["packages"]
+
+    assert (package["picked_up_at"], package["delivered_at"]) == (_iso(at(2)), _iso(at(3)))
+
+
+def test_a_cancellation_awaiting_the_warehouse_is_requested_not_cancelled() -> None:
+    events = [order_placed(), cancellation_requested(request_id="r7", event_id="asked")]
+
+    data = to_json(_explain_events(events))
+
+    assert data["cancellation"] == {
+        "requested": {"request_id": "r7", "event_id": "asked", "at": _iso(at(0, 1))},
+        "cancelled": None,
+    }
+
+
+def test_an_intercepted_order_refunds_every_unit_and_the_fee_before_shipping() -> None:
+    events = [
+        order_placed(),
+        cancellation_requested(),
+        order_cancelled(request_id="r1", event_id="intercepted"),
+    ]
+
+    data = to_json(_explain_events(events))
+
+    assert data["cancellation"] == {
+        "requested": None,
+        "cancelled": {"request_id": "r1", "event_id": "intercepted", "at": _iso(at(0, 2))},
+    }
+    ledger = data["ledger"]
+    assert [(s["sku"], s["refunded_unshipped"]) for s in ledger["skus"]] == [("A", 2), ("B", 1)]
+    assert (ledger["shipping_fee_refunded"], ledger["remaining_minor"]) == (True, 0)
+    sections = _sections(render_text(_explain_events(events)))
+    assert sections["Ledger (amounts in minor units of USD)"][1:] == [
+        ["A", "1000", "2", "0", "2 (cancelled before shipping: 2)", "0", "2000", "2000"],
+        ["B", "2500", "1", "0", "1 (cancelled before shipping: 1)", "0", "2500", "2500"],
+        ["shipping fee 500: refunded"],
+        ["total paid 5000, refunded 5000, remaining 0"],
+    ]
+    assert sections["Decisions"][3] == [
+        _iso(at(0, 2)),
+        "refunded",
+        "cancellation_intercepted",
+        "rule R5",
+        "5000 USD",
+        "order",
+    ]
+
+
+def test_packages_are_listed_by_ship_time_then_by_id() -> None:
+    events = [
+        order_placed(lines={"A": (3, 1000)}),
+        shipped("p2", {"A": 1}, when=at(1)),
+        shipped("p1", {"A": 1}, when=at(2)),
+        shipped("p0", {"A": 1}, when=at(2)),
+    ]
+
+    data = to_json(_explain_events(events))
+
+    assert [p["package_id"] for p in data["packages"]] == ["p2", "p0", "p1"]
+    assert list(data["ledger"]["skus"][0]["shipped"]) == ["p2", "p0", "p1"]
+
+
+@pytest.mark.parametrize(
+    ("name", "meaning"),
+    [
+        (
+            "deadline:p2",
+            "R3: package p2 is refunded as lost unless tracking shows it delivered or it "
+            "comes back by then",
+        ),
+        ("expire-held", "held events still waiting then go to the dead-letter topic (orphan_ttl)"),
+        ("something-new", "something-new"),
+    ],
+)
+def test_each_pending_timer_says_what_happens_when_it_fires(name: str, meaning: str) -> None:
+    assert timer_meaning(name) == meaning
+
+
+@pytest.mark.parametrize(
+    ("event", "detail"),
+    [
+        (
+            order_placed(lines={"A": (3, 250)}, fee=99, currency="EUR"),
+            "merchant m1: 3 x A at 250, shipping 99; total 849 EUR",
+        ),
+        (shipped("p4", {"A": 1, "B": 2}), "package p4 (ups TN-p4): 1 x A, 2 x B"),
+        (
+            scan("out_for_delivery", "TN-p1") | {"location": "Lyon"},
+            "tracking number TN-p1: out_for_delivery (ups says 'OUT_FOR_DELIVERY') at Lyon",
+        ),
+        (cancellation_requested(request_id="r5"), "the merchant asked to cancel (request r5)"),
+        (order_cancelled(request_id="r5"), "the warehouse intercepted the order (request r5)"),
+        (order_cancelled(request_id=None), "the warehouse intercepted the order"),
+        (claim_filed("wrong_item"), "claim c1: wrong_item, the whole order, no lines (all of it)"),
+        (
+            claim_filed("damaged", package_id="p1", lines={"A": 1}),
+            "claim c1: damaged, package p1, 1 x A",
+        ),
+        (claim_reviewed(accepted=False), "claim c1: proof rejected"),
+        (claim_reviewed(resolution="refund"), "claim c1: proof accepted, resolution refund"),
+        (return_received(condition="opened"), "package p1 came back to the warehouse opened"),
+    ],
+)
+def test_each_event_is_described_in_the_orders_terms(event: Event, detail: str) -> None:
+    assert describe_event(parse_event_json(json.dumps(event)), None) == detail
+
+
+def test_an_event_held_for_its_missing_order_says_it_waits_for_the_order() -> None:
+    data = to_json(_explain_events([shipped(order_id="o5")], "o5"))
+
+    [entry] = data["timeline"]
+    assert entry["detail"].endswith("[held until the order is known]")
+
+
+def test_a_held_event_sent_twice_is_held_once_and_then_a_duplicate() -> None:
+    review = claim_reviewed("c7", event_id="review")
+    data = to_json(_explain_events([order_placed(), review, review]))
+
+    details = [e["detail"] for e in data["timeline"] if e["kind"] == "event"]
+    assert details[1:] == [
+        "claim c7: proof accepted [held until claim 'c7' is known]",
+        "claim c7: proof accepted [a duplicate of an earlier line: ignored]",
+    ]
+
+
+def test_a_corrected_event_sent_again_after_its_refused_copy_is_a_duplicate() -> None:
+    """The refused copy's id is kept as not applied: the correction applies, and only a
+    copy of the correction is a duplicate."""
+    refused = shipped("p1", {"Z": 1}, event_id="ship1")
+    corrected = shipped("p1", event_id="ship1")
+    data = to_json(_explain_events([order_placed(), refused, corrected, corrected]))
+
+    details = {e["source"]: e["detail"] for e in data["timeline"] if e["kind"] == "event"}
+    assert "duplicate" not in details["h.jsonl:3"]
+    assert "a duplicate of an earlier line: ignored" in details["h.jsonl:4"]
+
+
+def test_an_order_id_escaped_in_the_file_still_finds_its_event() -> None:
+    line = json.dumps(order_placed(event_id="placed")).replace('"o1"', '"\\u006f1"')
+    assert "o1" not in line
+
+    explained = explain_history([line], "h.jsonl", "o1", load_policy())
+
+    assert [e.event_id for e in explained.timeline] == ["placed"]
+
+
+def test_a_scan_is_on_the_timeline_only_of_the_order_it_names_or_whose_package_it_tracks() -> None:
+    """o12's id holds o1's: a scan of o12's package that names no order, and a scan naming
+    o12 with o1's tracking number, are both o12's."""
+    events = [
+        order_placed("o1", event_id="o1-placed"),
+        order_placed("o12", event_id="o12-placed"),
+        shipped("p1", order_id="o1", event_id="o1-ship"),
+        shipped("p12", order_id="o12", event_id="o12-ship"),
+        scan("in_transit", "TN-p12", order_id=None, when=at(2), event_id="o12-scan"),
+        scan("in_transit", "TN-p1", order_id="o12", when=at(2), event_id="o12-misrouted"),
+    ]
+
+    explained = _explain_events(events)
+
+    assert [e.event_id for e in explained.timeline] == ["o1-placed", "o1-ship"]
+
+
+@pytest.mark.parametrize("known_by", ["decisions", "dead_letters", "events"])
+def test_an_order_without_state_is_explained_from_whatever_else_is_known(
+    history: Path, known_by: str
+) -> None:
+    """Its state expired from Redis, say, while its decisions and dead letters remain."""
+    from_file = explain_history(_lines(history), "history.jsonl", "o1", load_policy())
+    known: dict[str, Any] = {
+        "decisions": from_file.decisions,
+        "dead_letters": from_file.dead_letters,
+        "events": [SourcedEvent(parse_event_json(_lines(history)[0]), "history.jsonl:1")],
+    }
+
+    explained = explain_state(
+        **{"order_id": "o1", "state": None, "decisions": (), known_by: known[known_by]},
+        config=load_policy(),
+        mode="live",
+        origin="Redis task t",
+        clock=None,
+    )
+
+    assert len(explained.timeline) == 1
+    assert to_json(explained)["order"] is None
+
+
+def test_a_dead_letter_holding_no_event_says_why_instead_of_a_value() -> None:
+    note = "16 bytes that hold no valid event (the reason says why)"
+    dead = DeadLetter("orders/0/7", "avro_decode_error", "bad magic byte 0x7b", "", key="o1")
+    explained = explain_state(
+        "o1",
+        None,
+        (),
+        load_policy(),
+        mode="live",
+        origin="Redis task t",
+        clock=None,
+        dead_letters=[SourcedDeadLetter(dead, "dlq/0/3", note)],
+    )
+
+    assert to_json(explained)["dead_letters"] == [
+        {
+            "origin": "orders/0/7",
+            "reason": "avro_decode_error",
+            "message": "bad magic byte 0x7b",
+            "source": "dlq/0/3",
+            "value": None,
+            "value_note": note,
+        }
+    ]
+    assert render_text(explained) == (
+        "Order o1: its order_placed is not known\n"
+        "Explained from the live state in Redis task t\n"
+        "Event-time clock: not started\n"
+        "\n"
+        "Timeline (event time)\n"
+        "\n"
+        "Dead letters\n"
+        "  orders/0/7  avro_decode_error: bad magic byte 0x7b  <dlq/0/3>\n"
+        f"      value: none, {note}\n"
+        "\n"
+        "Pending timers\n"
+        "  none\n"
+        "\n"
+        "Decisions\n"
+        "  none\n"
+    )
 
 
 def test_an_unknown_order_is_an_error_naming_it(history: Path) -> None:
