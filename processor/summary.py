@@ -46,13 +46,13 @@ class Summary:
     dead_letters: Counter[str] = field(default_factory=Counter)  # by reason
 
     def refund_totals(self) -> dict[str, Tally]:
-        """Per currency, over every reason."""
+        """Per currency (in currency order), over every reason."""
         totals: dict[str, Tally] = {}
         for (_, currency), tally in sorted(self.refunds.items()):
             total = totals.setdefault(currency, Tally())
             total.count += tally.count
             total.amount_minor += tally.amount_minor
-        return totals
+        return dict(sorted(totals.items()))
 
 
 def summarize(records: Iterable[Mapping[str, Any]]) -> Summary:

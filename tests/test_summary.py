@@ -1,8 +1,21 @@
 """The summary's arithmetic over output records, and the refund comparison."""
 
+import io
+from collections import Counter
 from typing import Any
 
-from processor.summary import Tally, format_minor, refund_diff, summarize
+import pytest
+from rich.console import Console
+from rich.table import Table
+
+from processor.summary import (
+    Tally,
+    counts_table,
+    format_minor,
+    refund_diff,
+    refunds_table,
+    summarize,
+)
 
 
 def _refund(command_id: str, reason: str, amount: int, currency: str) -> dict[str, Any]:
@@ -85,3 +98,109 @@ def test_amounts_are_shown_in_the_currencys_major_unit() -> None:
     assert format_minor(-1999, "GBP") == "-19.99"
     assert format_minor(123456, "JPY") == "123,456"
     assert format_minor(1234, "KWD") == "1.234"
+
+
+def test_a_command_issued_twice_is_a_difference_even_with_no_id_missing() -> None:
+    expected = summarize([_refund("a", "lost", 100, "USD")])
+    twice = summarize([_refund("a", "lost", 100, "USD"), _refund("a", "lost", 100, "USD")])
+
+    diff = refund_diff(twice, expected)
+
+    assert (diff.missing, diff.extra, diff.duplicated, diff.same) == (0, 0, 1, False)
+
+
+def test_a_command_expected_but_never_issued_is_missing_not_extra() -> None:
+    expected = summarize([_refund("a", "lost", 100, "USD"), _refund("b", "lost", 5, "USD")])
+
+    diff = refund_diff(summarize([_refund("a", "lost", 100, "USD")]), expected)
+
+    assert (diff.missing, diff.extra, diff.duplicated) == (1, 0, 0)
+
+
+def test_records_of_another_type_are_ignored() -> None:
+    summary = summarize([{"type": "heartbeat"}, _decision("denied", "proof_rejected")])
+
+    assert (summary.outcomes, summary.dead_letters, summary.refunds) == ({"denied": 1}, {}, {})
+
+
+def test_the_same_command_in_another_currency_is_another_refund() -> None:
+    diff = refund_diff(
+        summarize([_refund("a", "lost", 100, "EUR")]),
+        summarize([_refund("a", "lost", 100, "USD")]),
+    )
+
+    assert (diff.missing, diff.extra) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "shown"),
+    [
+        (0, "USD", "0.00"),
+        (-5, "USD", "-0.05"),
+        (-1234, "JPY", "-1,234"),
+        (1234567, "VND", "1,234,567"),
+        (1234, "TND", "1.234"),
+        (123456, "CLF", "12.3456"),
+        (100, "XYZ", "1.00"),
+    ],
+)
+def test_amounts_of_every_sign_and_iso_4217_exponent_are_shown_in_the_major_unit(
+    amount: int, currency: str, shown: str
+) -> None:
+    assert format_minor(amount, currency) == shown
+
+
+def _rows(table: Table) -> list[list[str]]:
+    """The body's cells as printed, one list per row ("-" for a section's rule)."""
+    console = Console(file=io.StringIO(), width=100, color_system=None)
+    console.print(table)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("├"):
+            rows.append(["-"])
+        elif line.startswith("│"):
+            rows.append([cell.strip() for cell in line.strip("│").split("│")])
+    return rows
+
+
+def test_the_refunds_table_names_each_reason_once_then_totals_each_currency() -> None:
+    summary = summarize(
+        [
+            _refund("a", "lost", 1000, "USD"),
+            _refund("b", "wrong_item", 99, "USD"),
+            _refund("c", "lost", 700, "EUR"),
+            _refund("d", "lost", 250, "USD"),
+            _refund("e", "lost", 1500, "JPY"),
+            _refund("f", "damaged", 1, "USD"),
+            _refund("g", "cancellation_intercepted", 2, "EUR"),
+        ]
+    )
+
+    assert _rows(refunds_table(summary)) == [
+        ["cancellation_intercepted", "EUR", "1", "0.02"],
+        ["damaged", "USD", "1", "0.01"],
+        ["lost", "EUR", "1", "7.00"],
+        ["", "JPY", "1", "1,500"],
+        ["", "USD", "2", "12.50"],
+        ["wrong_item", "USD", "1", "0.99"],
+        ["-"],
+        ["total", "EUR", "2", "7.02"],
+        ["total", "JPY", "1", "1,500"],
+        ["total", "USD", "4", "13.50"],
+    ]
+
+
+def test_counts_are_listed_largest_first_then_by_name() -> None:
+    counts = Counter({"b_code": 2, "c_code": 1000, "a_code": 2, "d_code": 1})
+
+    assert _rows(counts_table("Denials", "code", counts)) == [
+        ["c_code", "1,000"],
+        ["a_code", "2"],
+        ["b_code", "2"],
+        ["d_code", "1"],
+    ]
+
+
+def test_no_counts_show_as_none() -> None:
+    assert _rows(counts_table("Denials", "code", Counter())) == [["(none)", "0"]]
