@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
@@ -18,7 +19,7 @@ import pytest
 from confluent_kafka import Producer
 from hypothesis import given
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -130,9 +131,11 @@ def test_a_committed_batch_counts_its_inputs_and_outputs() -> None:
     dead = [o for o in outputs if isinstance(o, DeadLetter)]
     assert refunds
     assert dead
+    letters = [(o.origin, o.reason, o.message) for o in dead]
+    letters.append(letters[0])  # a reason twice in a batch
     tally = BatchTally(
         outputs=[o for o in outputs if not isinstance(o, DeadLetter)],
-        dead_letters=[(o.origin, o.reason, o.message) for o in dead],
+        dead_letters=letters,
         arrivals_ms=Counter([1_000, 2_500, 2_500]),
         timers_fired=4,
     )
@@ -160,8 +163,8 @@ def test_a_committed_batch_counts_its_inputs_and_outputs() -> None:
         if isinstance(output, Decision):
             key = _key("refunds_decisions_total", outcome=output.outcome, code=output.code)
             expected[key] += 1
-    for letter in dead:
-        expected[_key("refunds_dead_letters_total", reason=letter.reason)] += 1
+    for _, reason, _ in letters:
+        expected[_key("refunds_dead_letters_total", reason=reason)] += 1
     expected[_key("refunds_reships_total")] += sum(isinstance(o, ReshipCommand) for o in outputs)
     consumed = "refunds_events_consumed_total"
     expected[_key(consumed, topic="orders-x", type="order_placed")] += 3
@@ -180,6 +183,42 @@ def test_a_committed_batch_counts_its_inputs_and_outputs() -> None:
 
     # approx: the histogram's sum is a float that earlier tests in this process added to.
     assert {key: value for key, value in change.items() if value} == pytest.approx(expected)
+
+
+def test_a_record_stamped_after_the_commit_counts_as_no_latency() -> None:
+    """LogAppendTime is the broker's clock, which may run ahead of ours."""
+    latency = "refunds_end_to_end_latency_seconds"
+    before = _registry_values()
+
+    BatchTally(arrivals_ms=Counter({5_000: 2})).count(committed_at_ms=4_000)
+
+    after = _registry_values()
+    assert after[_key(f"{latency}_count")] - before[_key(f"{latency}_count")] == 2
+    assert after[_key(f"{latency}_sum")] == before[_key(f"{latency}_sum")]
+    bucket = _key(f"{latency}_bucket", le="0.05")
+    assert after[bucket] - before[bucket] == 2
+
+
+@pytest.mark.parametrize(
+    ("child", "operation"),
+    [
+        (metrics.REDIS_PREFETCH, "prefetch"),
+        (metrics.REDIS_STAGE, "stage"),
+        (metrics.REDIS_APPLY, "apply"),
+        (metrics.REDIS_CLAIM, "claim"),
+        (metrics.REDIS_INDEX, "index"),
+    ],
+)
+def test_each_redis_round_trip_is_timed_under_its_own_operation(
+    child: Histogram, operation: str
+) -> None:
+    def count() -> float:
+        name = "refunds_redis_round_trip_seconds_count"
+        return REGISTRY.get_sample_value(name, {"operation": operation}) or 0.0
+
+    start = count()
+    child.observe(0.001)
+    assert count() == start + 1
 
 
 @given(st.lists(st.tuples(st.sampled_from([0.0, 0.05, 0.07, 1.0, 2.5, 1e4]), st.integers(1, 5))))
@@ -250,6 +289,22 @@ def test_partition_gauges_follow_the_assignment() -> None:
         assert sample("refunds_rebalances_total", kind=kind) == rebalances[kind] + count
 
 
+def test_the_assigned_count_ignores_a_partition_assigned_again_or_revoked_unassigned() -> None:
+    def assigned() -> float | None:
+        return REGISTRY.get_sample_value("refunds_assigned_partitions", {"topic": "again-t"})
+
+    gauges = PartitionGauges()
+    try:
+        gauges.assign([("again-t", 0)])
+        gauges.assign([("again-t", 0), ("again-t", 1)])
+        assert assigned() == 2
+        gauges.revoke([("again-t", 1), ("again-t", 2)])
+        assert assigned() == 1
+    finally:
+        gauges.clear()
+    assert assigned() == 0
+
+
 # --------------------------------------------------------------------------- probes
 
 
@@ -276,6 +331,8 @@ def test_the_server_serves_metrics_and_probes_on_a_configured_address() -> None:
         assert status == 200
         assert "# TYPE refunds_events_consumed_total counter" in body
         assert "process_resident_memory_bytes" in body
+        assert "python_gc_objects_collected_total" in body
+        assert "python_info" in body
         assert _get(f"{server.url}/healthz") == (200, "alive\n")
         assert _get(f"{server.url}/nothing")[0] == 404
         assert _get(f"{server.url}/readyz") == (503, "no partitions assigned\n")
@@ -294,6 +351,29 @@ def test_the_server_serves_metrics_and_probes_on_a_configured_address() -> None:
             gauges.clear()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{server.url}/healthz", timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("host", "url"), [("127.0.0.1", "http://127.0.0.1:"), ("::1", "http://[::1]:")]
+)
+def test_the_server_answers_on_an_ipv4_or_ipv6_address(host: str, url: str) -> None:
+    with MetricsServer(MetricsSettings(host=host, port=0)) as server:
+        assert server.url.startswith(url)
+        assert _get(f"{server.url}/healthz") == (200, "alive\n")
+
+
+def test_the_server_writes_no_access_log(capfd: pytest.CaptureFixture[str]) -> None:
+    """stderr carries JSON log lines only. Read to the end of the response: the server
+    closes the connection after it would have logged the request."""
+    with MetricsServer(MetricsSettings(host="127.0.0.1", port=0)) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as connection:
+            connection.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            response = b""
+            while chunk := connection.recv(4096):
+                response += chunk
+    assert response.startswith(b"HTTP/1.0 200 OK")
+    assert capfd.readouterr().err == ""
 
 
 # --------------------------------------------------------------------------- live

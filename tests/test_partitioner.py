@@ -21,6 +21,11 @@ def test_a_negative_hash_still_gives_a_partition_in_range() -> None:
     assert default_partition(b"21", 7) == (-973932308 & 0x7FFFFFFF) % 7
 
 
+@pytest.mark.parametrize("key", [b"21", b"o1", b""])
+def test_a_topic_of_one_partition_takes_every_key(key: bytes) -> None:
+    assert default_partition(key, 1) == 0
+
+
 def test_a_topic_without_partitions_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one partition"):
         default_partition(b"o1", 0)
