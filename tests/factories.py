@@ -15,6 +15,11 @@ def at(days: float = 0, hours: float = 0) -> str:
     return (T0 + timedelta(days=days, hours=hours)).isoformat().replace("+00:00", "Z")
 
 
+def at_ms(days: float = 0) -> int:
+    """Epoch milliseconds `days` after T0: an event's `at`, a clock, a deadline."""
+    return int(T0.timestamp()) * 1000 + int(days * 86_400_000)
+
+
 def _common(kind: str, when: str, event_id: str | None) -> Event:
     return {"type": kind, "event_id": event_id or f"ev-{next(_ids)}", "occurred_at": when}
 

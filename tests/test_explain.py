@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from processor.config import load_policy
-from processor.events import parse_event_json, to_millis
+from processor.events import parse_event_json
 from processor.explain import (
     Explanation,
     SourcedDeadLetter,
@@ -28,9 +28,9 @@ from processor.outputs import DeadLetter, Decision, RefundCommand, iso_millis
 from processor.replay import replay
 from tests.console import run_cli
 from tests.factories import (
-    T0,
     Event,
     at,
+    at_ms,
     cancellation_requested,
     claim_filed,
     claim_reviewed,
@@ -175,7 +175,7 @@ def test_pending_timers_are_the_deadlines_still_ahead(history: Path) -> None:
 
 
 def test_moving_the_clock_past_a_deadline_fires_it(history: Path) -> None:
-    now = to_millis(T0) + 30 * 86_400_000
+    now = at_ms(30)
     data = to_json(explain_history(_lines(history), "history.jsonl", "o1", load_policy(), now=now))
 
     assert [(d["code"], d["amount_minor"]) for d in data["decisions"]] == [
@@ -283,7 +283,7 @@ def test_explanations_agree_with_the_replay_on_a_generated_history() -> None:
 
 def _explain_events(events: list[Event], order_id: str = "o1", *, days: int = 0) -> Explanation:
     """`explain_history` of these events as the file h.jsonl, the clock `days` after T0."""
-    now = to_millis(T0) + days * 86_400_000 if days else None
+    now = at_ms(days) if days else None
     lines = [json.dumps(event) for event in events]
     return explain_history(lines, "h.jsonl", order_id, load_policy(), now=now)
 
@@ -913,9 +913,7 @@ def test_a_package_whose_rule_found_nothing_left_is_not_shown_as_refunded() -> N
             claim_reviewed(when=at(4)),
         ]
     ]
-    explained = explain_history(
-        lines, "h.jsonl", "o1", load_policy(), now=to_millis(T0) + 22 * 86_400_000
-    )
+    explained = explain_history(lines, "h.jsonl", "o1", load_policy(), now=at_ms(22))
 
     (package,) = to_json(explained)["packages"]
     assert (package["settled_by"], package["refund_denied"]) == ("lost", True)

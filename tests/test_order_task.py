@@ -6,11 +6,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from processor.config import load_policy
-from processor.events import Event, parse_event_json, to_millis
+from processor.events import Event, parse_event_json
 from processor.order_task import DirectEvent, OrderTask, RoutedEvent
 from processor.router import NOT_IDLE
 from processor.store import InMemoryStore
-from tests.factories import T0, at, order_placed
+from tests.factories import at, at_ms, order_placed
 
 SOURCE = "orders:0"
 
@@ -20,16 +20,12 @@ def placed(order_id: str, days: float) -> RoutedEvent:
     return event, order_id, f"orders/0/{order_id}", 0
 
 
-def day(days: float) -> int:
-    return to_millis(T0) + int(days * 86_400_000)
-
-
 def make_task() -> OrderTask:
     return OrderTask(InMemoryStore(), load_policy(), frozenset({SOURCE}))
 
 
 def decide_up_to(task: OrderTask, offset: int, days: float) -> list[str]:
-    task.receive_watermark(offset, SOURCE, day(days), idle_at_end=NOT_IDLE)
+    task.receive_watermark(offset, SOURCE, at_ms(days), idle_at_end=NOT_IDLE)
     ready = task.take_ready()
     task.release()
     return ready
@@ -83,8 +79,8 @@ def handed(offset: int, order_id: str, days: float) -> DirectEvent:
 
 def decide_direct_up_to(task: OrderTask, days: float) -> list[str]:
     """Both inputs at `days`: the direct one from the router, the other by a record."""
-    task.receive_local_watermark(SOURCE, day(days), idle_at_end=NOT_IDLE)
-    task.receive_watermark(0, OTHER, day(days), idle_at_end=NOT_IDLE)
+    task.receive_local_watermark(SOURCE, at_ms(days), idle_at_end=NOT_IDLE)
+    task.receive_watermark(0, OTHER, at_ms(days), idle_at_end=NOT_IDLE)
     ready = task.take_ready()
     task.release()
     return ready
@@ -95,11 +91,11 @@ def test_a_direct_input_is_committed_only_up_to_its_oldest_undecided_event() -> 
     task.sync()
     task.receive_direct([handed(10, "o1", 1), handed(11, "o2", 3), handed(12, "o3", 2)])
     assert task.direct_commit_offset(SOURCE) == 10
-    assert task.hold() == day(1) - 1
+    assert task.hold() == at_ms(1) - 1
 
     assert decide_direct_up_to(task, 2) == ["o1", "o3"]
     assert task.direct_commit_offset(SOURCE) == 11, "o2 at offset 11 is still buffered"
-    assert task.hold() == day(3) - 1
+    assert task.hold() == at_ms(3) - 1
 
     assert decide_direct_up_to(task, 3) == ["o2"]
     assert task.direct_commit_offset(SOURCE) is None
@@ -120,11 +116,12 @@ def test_an_update_handed_over_after_newer_ones_holds_its_older_offset() -> None
 def test_local_watermarks_count_only_once_the_task_is_synced() -> None:
     task = make_direct_task()
     task.receive_direct([handed(1, "o1", 1)])
-    task.receive_local_watermark(SOURCE, day(5), idle_at_end=NOT_IDLE)
-    task.receive_watermark(7, OTHER, day(5), idle_at_end=NOT_IDLE)
+    task.receive_local_watermark(SOURCE, at_ms(5), idle_at_end=NOT_IDLE)
+    task.receive_watermark(7, OTHER, at_ms(5), idle_at_end=NOT_IDLE)
     assert task.take_ready() == [], "records routed here before may still be unread"
 
-    task.receive_watermark(8, SOURCE, day(1) - 1, idle_at_end=NOT_IDLE)  # a held report, read back
+    # A held report, read back:
+    task.receive_watermark(8, SOURCE, at_ms(1) - 1, idle_at_end=NOT_IDLE)
     assert task.take_ready() == [], "the report read back holds the handed event"
 
     task.sync()
@@ -197,16 +194,16 @@ def test_an_input_reported_idle_is_left_out_only_while_its_log_ends_where_the_re
     input, or in this task's partition behind the report it read (found in review: a
     report trusted by the router's newer one let the clock pass them)."""
     task = OrderTask(InMemoryStore(), load_policy(), frozenset({SOURCE, OTHER}))
-    task.receive_watermark(0, SOURCE, day(5), idle_at_end=NOT_IDLE)
-    task.receive_watermark(1, OTHER, day(1), idle_at_end=40)
+    task.receive_watermark(0, SOURCE, at_ms(5), idle_at_end=NOT_IDLE)
+    task.receive_watermark(1, OTHER, at_ms(1), idle_at_end=40)
     assert task.idle_claims() == {OTHER}
-    assert task.watermark() == day(1)  # no end known yet
+    assert task.watermark() == at_ms(1)  # no end known yet
 
     task.trust_idle({OTHER: 40})
-    assert task.watermark() == day(5)
+    assert task.watermark() == at_ms(5)
 
     task.trust_idle({OTHER: 52})  # records came after the report
-    assert task.watermark() == day(1)
+    assert task.watermark() == at_ms(1)
 
 
 def test_a_direct_inputs_idle_claim_comes_from_its_router_once_synced() -> None:
@@ -214,24 +211,24 @@ def test_a_direct_inputs_idle_claim_comes_from_its_router_once_synced() -> None:
     asks for that input's end and leaves it out while the log ends there."""
     task = make_direct_task()
     task.sync()
-    task.receive_local_watermark(SOURCE, day(1), idle_at_end=40)
-    task.receive_watermark(0, OTHER, day(5), idle_at_end=NOT_IDLE)
+    task.receive_local_watermark(SOURCE, at_ms(1), idle_at_end=40)
+    task.receive_watermark(0, OTHER, at_ms(5), idle_at_end=NOT_IDLE)
     assert task.idle_claims() == {SOURCE}
 
     task.trust_idle({SOURCE: 40})
-    assert task.watermark() == day(5)
+    assert task.watermark() == at_ms(5)
 
 
 def test_an_input_idle_at_offset_0_is_left_out_like_any_other() -> None:
     """A partition nobody ever wrote to ends at offset 0: SPEC section 6, an empty
     partition must not stop timers."""
     task = OrderTask(InMemoryStore(), load_policy(), frozenset({SOURCE, OTHER}))
-    task.receive_watermark(0, SOURCE, day(5), idle_at_end=NOT_IDLE)
+    task.receive_watermark(0, SOURCE, at_ms(5), idle_at_end=NOT_IDLE)
     task.receive_watermark(1, OTHER, 0, idle_at_end=0)
     assert task.idle_claims() == {OTHER}
 
     task.trust_idle({OTHER: 0})
-    assert task.watermark() == day(5)
+    assert task.watermark() == at_ms(5)
 
 
 def test_the_clock_trails_the_watermark_by_allowed_lateness() -> None:
@@ -239,12 +236,12 @@ def test_the_clock_trails_the_watermark_by_allowed_lateness() -> None:
     then are what `clock_target` tells the store to prefetch."""
     task = make_task()
     lateness = load_policy().allowed_lateness_ms
-    task.receive_watermark(0, SOURCE, day(2), idle_at_end=NOT_IDLE)
-    assert task.clock_target() == day(2) - lateness
+    task.receive_watermark(0, SOURCE, at_ms(2), idle_at_end=NOT_IDLE)
+    assert task.clock_target() == at_ms(2) - lateness
 
     task.take_ready()
     task.release()
-    assert task.store.get_clock() == day(2) - lateness
+    assert task.store.get_clock() == at_ms(2) - lateness
 
 
 def test_release_tells_when_the_events_it_decided_arrived() -> None:
@@ -265,15 +262,15 @@ def test_events_taken_and_not_released_yet_are_still_undecided() -> None:
     task = make_direct_task()
     task.sync()
     task.receive_direct([handed(10, "o1", 1), handed(11, "o2", 2), handed(12, "o3", 4)])
-    task.receive_local_watermark(SOURCE, day(2), idle_at_end=NOT_IDLE)
-    task.receive_watermark(0, OTHER, day(2), idle_at_end=NOT_IDLE)
+    task.receive_local_watermark(SOURCE, at_ms(2), idle_at_end=NOT_IDLE)
+    task.receive_watermark(0, OTHER, at_ms(2), idle_at_end=NOT_IDLE)
     assert task.take_ready() == ["o1", "o2"]
 
     assert task.direct_commit_offset(SOURCE) == 10
-    assert task.hold() == day(1) - 1
+    assert task.hold() == at_ms(1) - 1
 
-    task.receive_local_watermark(SOURCE, day(4), idle_at_end=NOT_IDLE)
-    task.receive_watermark(1, OTHER, day(4), idle_at_end=NOT_IDLE)
+    task.receive_local_watermark(SOURCE, at_ms(4), idle_at_end=NOT_IDLE)
+    task.receive_watermark(1, OTHER, at_ms(4), idle_at_end=NOT_IDLE)
     assert task.take_ready() == ["o3"]
     task.release()
     assert len(task.released_arrivals) == 3
